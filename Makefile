@@ -1,0 +1,38 @@
+# Every target creates/refreshes the project's virtualenv (.venv) first: a fresh clone needs
+# nothing but Python 3.11 and pip.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RUNS ?= runs
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-all lint typecheck check clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install aecli with its dev tools
+
+demo: $(STAMP) ## train on the bundled digits data and print where the model and report are
+	$(BIN)/aecli train configs/digits.yaml --runs-dir $(RUNS) --quiet
+
+test: $(STAMP) ## run the test suite
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check aecli tests
+	$(BIN)/ruff format --check aecli tests
+
+typecheck: $(STAMP) ## mypy
+	$(BIN)/mypy
+
+check: lint typecheck test ## lint + types + tests
+
+clean: ## remove the virtualenv, caches and runs
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(RUNS) *.egg-info

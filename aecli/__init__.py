@@ -1,0 +1,13 @@
+"""aecli: train, evaluate and use autoencoders from a YAML file.
+
+Importing the package is cheap on purpose: the CLI's light paths (``--help``,
+``validate``, ``schema``) must never pull in TensorFlow.
+"""
+
+import os
+
+__version__ = "0.1.0"
+
+# TensorFlow's C++ start-up chatter (oneDNN, CPU features, missing CUDA) buries the training
+# output; it must be silenced before TensorFlow is first imported. Users can still override it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

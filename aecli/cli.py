@@ -1,0 +1,159 @@
+"""The `aecli` command line: arguments, exit codes and what is printed; no ML logic.
+
+Heavy modules (TensorFlow, Keras, scikit-learn, matplotlib) are imported inside the
+commands that need them, so `aecli --help`, `validate` and `schema` answer instantly.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from aecli import __version__
+from aecli.config import config_json_schema, config_to_yaml, load_config
+from aecli.errors import AecliError
+
+app = typer.Typer(
+    name="aecli",
+    help="Train, evaluate and use autoencoders described by a YAML file.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML file.", show_default=False)]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key, e.g. --set optimizer.name=sgd (repeatable)."),
+]
+
+
+def reports_errors(command: F) -> F:
+    """The one place user errors become `error: <message>` on stderr and an exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except AecliError as exc:
+            message = " ".join(str(exc).split())
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"aecli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Train, evaluate and use autoencoders described by a YAML file."""
+
+
+@app.command()
+@reports_errors
+def train(
+    config: ConfigArg,
+    overrides: SetOption = None,
+    runs_dir: Annotated[Path, typer.Option(help="Folder that receives the run directory.")] = Path("runs"),
+    name: Annotated[str | None, typer.Option(help="Run name (default: the config file's name).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain epoch lines instead of a live bar.")] = False,
+) -> None:
+    """Train an autoencoder and write a new run directory (its path is the last line printed)."""
+    from aecli.commands.train import train_run
+    from aecli.progress import PlainProgress, RichProgress
+
+    settings = load_config(config, overrides or [])
+    console = Console(highlight=False)
+    console.print(f"training {settings.model.kind} autoencoder on {settings.data.source} "
+                  f"({settings.optimizer.name}, {settings.loss.name}, {settings.training.epochs} epochs)")
+    reporter = RichProgress(console) if console.is_terminal and not quiet else PlainProgress(console)
+    started_dirs: list[Path] = []
+    try:
+        outcome = train_run(
+            settings,
+            runs_dir=runs_dir,
+            name=name or config.stem,
+            command=shlex.join(["aecli", *sys.argv[1:]]),
+            reporter=reporter,
+            on_run_dir=started_dirs.append,
+        )
+    except KeyboardInterrupt:
+        where = f" (run kept at {started_dirs[0]}, status interrupted)" if started_dirs else ""
+        typer.echo(f"interrupted{where}", err=True)
+        raise typer.Exit(130) from None
+    _print_training_summary(console, outcome.metrics)
+    run_dir = outcome.run_dir
+    console.print(f"model:  {run_dir / 'model.keras'} (+ encoder.keras, decoder.keras)", soft_wrap=True)
+    console.print(f"report: {run_dir / 'metrics.json'} (per sample: errors.csv, per epoch: history.csv)",
+                  soft_wrap=True)
+    typer.echo(str(run_dir))
+
+
+def _print_training_summary(console: Console, metrics: dict[str, Any]) -> None:
+    training = metrics["training"]
+    table = Table(title="test-set reconstruction", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics["reconstruction"].items():
+        table.add_row(key, f"{value:.5g}")
+    table.add_row("p95 error (mse)", f"{metrics['error_quantiles']['p95']:.5g}")
+    table.add_row("samples", str(metrics["n_samples"]))
+    table.add_row("epochs run (best)", f"{training['epochs_run']} ({training['best_epoch']})")
+    table.add_row("parameters", f"{training['parameters']:,}")
+    table.add_row("training time", f"{training['wall_seconds']:.1f} s ({training['samples_per_second']:,.0f} samples/s)")
+    console.print(table)
+
+
+@app.command()
+@reports_errors
+def validate(config: ConfigArg, overrides: SetOption = None) -> None:
+    """Check a config (and its data's shape) and print the resolved YAML and the model's layers."""
+    from aecli.data import peek_sample_shape
+    from aecli.models import check_model_fits_memory, count_parameters, plan_autoencoder
+
+    settings = load_config(config, overrides or [])
+    input_shape = peek_sample_shape(settings.data)
+    plan = plan_autoencoder(settings.model, input_shape)
+    console = Console(highlight=False)
+    console.print(config_to_yaml(settings), end="", markup=False)
+    table = Table(title=f"{settings.model.kind} autoencoder for input {input_shape}")
+    for column in ("part", "layer", "type", "output shape", "activation"):
+        table.add_column(column)
+    table.add_column("params", justify="right")
+    for spec in plan:
+        table.add_row(spec.part, spec.name, spec.kind, str(spec.output_shape), spec.activation or "",
+                      f"{spec.parameters:,}")
+    console.print(table)
+    console.print(f"total parameters: {count_parameters(plan):,}")
+    check_model_fits_memory(plan)
+    console.print("config is valid")
+
+
+@app.command()
+def schema() -> None:
+    """Print the config's JSON Schema (for editor completion and inline errors)."""
+    typer.echo(json.dumps(config_json_schema(), indent=2))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,150 @@
+"""`aecli train`: data -> model -> fit -> a complete run directory.
+
+Everything that can be checked without training (config, data, model size) is checked
+before the run directory exists, so bad input never leaves a run behind.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import aecli
+from aecli.backend import import_tensorflow
+from aecli.config import AecliConfig, config_to_yaml
+from aecli.data import Dataset, load_dataset
+from aecli.errors import ConfigError, TrainingDivergedError
+from aecli.evaluation import error_statistics, is_unit_range, predict_batched, reconstruction_report
+from aecli.models import check_model_fits_memory, count_parameters, plan_autoencoder
+from aecli.reporting import write_errors_csv, write_history_csv, write_metrics_json
+from aecli.runs import create_run_dir, now_iso, save_atomic, update_run_info, write_text_atomic
+
+DEFAULT_THRESHOLD = "percentile:95"
+
+
+@dataclass
+class TrainOutcome:
+    run_dir: Path
+    metrics: dict[str, Any]
+
+
+def train_run(
+    config: AecliConfig,
+    runs_dir: Path,
+    name: str,
+    command: str,
+    reporter: Any = None,
+    on_run_dir: Any = None,
+) -> TrainOutcome:
+    """Train one autoencoder described by `config` into a new folder under `runs_dir`."""
+    dataset = load_dataset(config.data, seed=config.training.seed)
+    _check_loss_matches_data(config, dataset)
+    plan = plan_autoencoder(config.model, dataset.sample_shape)
+    check_model_fits_memory(plan)
+
+    run_dir = create_run_dir(runs_dir, name)
+    if on_run_dir:
+        on_run_dir(run_dir)
+    write_text_atomic(run_dir / "config.yaml", config_to_yaml(config))
+    update_run_info(
+        run_dir,
+        status="running",
+        started=now_iso(),
+        finished=None,
+        seed=config.training.seed,
+        command=command,
+        versions=_versions(),
+        data={**dataset.description, **dataset.shapes(), "scaling": dataset.scaling.to_dict(),
+              "label_names": dataset.label_names},
+        model={"kind": config.model.kind, "parameters": count_parameters(plan)},
+    )
+    try:
+        metrics = _train_and_report(config, dataset, run_dir, reporter)
+    except KeyboardInterrupt:
+        update_run_info(run_dir, status="interrupted", finished=now_iso())
+        raise
+    except TrainingDivergedError as exc:
+        update_run_info(run_dir, status="failed", finished=now_iso(), error=str(exc))
+        raise
+    except BaseException as exc:
+        update_run_info(run_dir, status="failed", finished=now_iso(), error=f"{type(exc).__name__}: {exc}")
+        raise
+    update_run_info(run_dir, status="completed", finished=now_iso())
+    return TrainOutcome(run_dir, metrics)
+
+
+def _check_loss_matches_data(config: AecliConfig, dataset: Dataset) -> None:
+    if config.loss.name == "bce" and not is_unit_range(dataset.x_train):
+        low, high = float(dataset.x_train.min()), float(dataset.x_train.max())
+        raise ConfigError(
+            f"loss.name: bce needs targets in [0,1], but the training data spans [{low:g}, {high:g}] "
+            f"(data.scaling is {config.data.scaling!r}); use data.scaling auto or loss mse"
+        )
+
+
+def _versions() -> dict[str, str]:
+    tf = import_tensorflow()
+    import keras
+
+    return {
+        "aecli": aecli.__version__,
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def _train_and_report(config: AecliConfig, dataset: Dataset, run_dir: Path, reporter: Any) -> dict[str, Any]:
+    import_tensorflow()
+    from aecli.models import build_autoencoder
+    from aecli.training import fit_autoencoder, seed_everything
+
+    seed_everything(config.training.seed)
+    autoencoder = build_autoencoder(config.model, dataset.sample_shape)
+    result = fit_autoencoder(
+        autoencoder.model, dataset.x_train, dataset.x_val, config.training, config.optimizer, config.loss,
+        run_dir, reporter,
+    )
+    for part in ("model", "encoder", "decoder"):
+        save_atomic(run_dir / f"{part}.keras", getattr(autoencoder, part).save)
+    write_history_csv(run_dir / "history.csv", result.history)
+
+    started = time.perf_counter()
+    reconstructions = predict_batched(autoencoder.model, dataset.x_test)
+    metrics, errors = reconstruction_report(dataset.x_test, reconstructions, dataset.y_test, dataset.label_names)
+    write_errors_csv(run_dir / "errors.csv", errors, dataset.y_test, dataset.label_names)
+
+    train_report, train_errors = reconstruction_report(
+        dataset.x_train, predict_batched(autoencoder.model, dataset.x_train), None
+    )
+    train_mse = train_errors["mse"]
+    metrics["split"] = "test"
+    metrics["training"] = {
+        "epochs_run": result.epochs_run,
+        "epochs_configured": config.training.epochs,
+        "best_epoch": result.best_epoch,
+        "best_loss": result.best_loss,
+        "monitor": result.monitor,
+        "final_loss": result.history[-1]["loss"],
+        "final_val_loss": result.history[-1].get("val_loss"),
+        "wall_seconds": result.seconds,
+        "samples_per_second": result.samples_per_second,
+        "parameters": int(autoencoder.model.count_params()),
+    }
+    metrics["train_errors"] = {
+        "score": "mse",
+        **error_statistics(train_mse),
+        "default_threshold": DEFAULT_THRESHOLD,
+        "default_threshold_value": float(np.percentile(train_mse, 95)),
+        "reconstruction": train_report["reconstruction"],
+    }
+    metrics["evaluation_seconds"] = time.perf_counter() - started
+    write_metrics_json(run_dir / "metrics.json", metrics)
+    return metrics
+

@@ -1,0 +1,330 @@
+"""The experiment schema: YAML -> one validation pass -> a fully resolved `AecliConfig`.
+
+Every default lives here, once. Validation also resolves the defaults that depend on
+other fields (the mirrored decoder, the output activation, per-optimizer knobs), so the
+object that leaves `load_config` is never mutated again and is exactly what a run saves.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+
+from aecli.errors import ConfigError
+
+Activation = Literal[
+    "relu", "elu", "selu", "gelu", "silu", "swish", "leaky_relu", "tanh", "sigmoid", "softplus", "linear"
+]
+OutputActivation = Literal["sigmoid", "linear", "tanh", "relu", "softplus"]
+OptimizerName = Literal["gd", "sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "nadam"]
+LossName = Literal["mse", "bce", "mae", "huber"]
+
+# The knobs each optimizer understands, with the value used when the YAML leaves one out
+# (Keras's own defaults, except `momentum`, which would make the momentum optimizers plain SGD).
+OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gd": {"learning_rate": 0.01},
+    "sgd": {"learning_rate": 0.01},
+    "momentum": {"learning_rate": 0.01, "momentum": 0.9},
+    "nesterov": {"learning_rate": 0.01, "momentum": 0.9},
+    "adam": {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "amsgrad": False},
+    "adamw": {
+        "learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "amsgrad": False,
+        "weight_decay": 0.004,
+    },
+    "rmsprop": {"learning_rate": 0.001, "rho": 0.9, "momentum": 0.0, "epsilon": 1e-7, "centered": False},
+    "adagrad": {"learning_rate": 0.001, "initial_accumulator_value": 0.1, "epsilon": 1e-7},
+    "nadam": {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7},
+}
+# Knobs every optimizer accepts, off unless set.
+COMMON_OPTIMIZER_KNOBS = ("weight_decay", "clipnorm")
+
+BUILTIN_SOURCES = ("digits", "mnist", "fashion_mnist")
+
+
+class _Section(BaseModel):
+    """Strict base: unknown keys are errors, and assignments after validation are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataConfig(_Section):
+    source: str = Field(
+        "digits",
+        description="digits (scikit-learn, offline), mnist, fashion_mnist (keras.datasets), or a path to an "
+        "IDX file or folder, .npz, .npy or .csv file",
+    )
+    labels_path: Path | None = Field(None, description="labels for an IDX/.npy source (IDX or .npy)")
+    label_column: str | int | None = Field(None, description="CSV column (name or index) holding the labels")
+    validation_split: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the training rows held out")
+    test_split: float = Field(0.2, gt=0.0, lt=1.0, description="test fraction when the source has no test set")
+    classes: list[int] | None = Field(None, min_length=1, description="train only on these labels")
+    limit: PositiveInt | None = Field(None, description="read at most this many rows of each source split")
+    scaling: Literal["auto", "minmax", "global", "none"] = Field(
+        "auto",
+        description="auto: uint8 /255, other images global min-max, tabular per-feature min-max "
+        "(fitted on the training split)",
+    )
+
+    @model_validator(mode="after")
+    def _splits_leave_training_rows(self) -> DataConfig:
+        if self.validation_split + self.test_split >= 1.0:
+            raise ValueError(
+                f"validation_split + test_split must be below 1, got {self.validation_split} + {self.test_split}"
+            )
+        return self
+
+
+class ModelConfig(_Section):
+    kind: Literal["dense"] = Field("dense", description="model family")
+    encoder: list[PositiveInt] = Field([128, 64], description="hidden widths of the encoder, input side first")
+    latent_dim: PositiveInt = Field(32, description="size of the code")
+    decoder: list[PositiveInt] | None = Field(None, description="hidden widths of the decoder (default: mirror)")
+    activation: Activation = "relu"
+    latent_activation: Activation = "linear"
+    output_activation: OutputActivation | None = Field(
+        None, description="default: sigmoid when data is scaled to [0,1], linear otherwise"
+    )
+
+    @model_validator(mode="after")
+    def _mirror_decoder(self) -> ModelConfig:
+        if self.decoder is None:
+            object.__setattr__(self, "decoder", list(reversed(self.encoder)))
+        return self
+
+
+class OptimizerConfig(_Section):
+    name: OptimizerName = Field("adam", description="gd is full-batch gradient descent: one step per epoch")
+    learning_rate: float | None = Field(None, gt=0.0, description="default: Keras's default for the optimizer")
+    momentum: float | None = Field(None, ge=0.0, lt=1.0)
+    beta_1: float | None = Field(None, ge=0.0, lt=1.0)
+    beta_2: float | None = Field(None, ge=0.0, lt=1.0)
+    epsilon: float | None = Field(None, gt=0.0)
+    rho: float | None = Field(None, ge=0.0, lt=1.0)
+    amsgrad: bool | None = None
+    centered: bool | None = None
+    initial_accumulator_value: float | None = Field(None, ge=0.0)
+    weight_decay: float | None = Field(None, ge=0.0)
+    clipnorm: float | None = Field(None, gt=0.0)
+
+    @model_validator(mode="after")
+    def _resolve_knobs(self) -> OptimizerConfig:
+        defaults = OPTIMIZER_DEFAULTS[self.name]
+        allowed = set(defaults) | set(COMMON_OPTIMIZER_KNOBS)
+        for knob in type(self).model_fields:
+            if knob == "name":
+                continue
+            value = getattr(self, knob)
+            if value is not None and knob not in allowed:
+                usable = ", ".join(sorted(allowed))
+                raise ValueError(f"{knob}: does not apply to optimizer {self.name!r} (its knobs: {usable})")
+            if value is None and knob in defaults:
+                object.__setattr__(self, knob, defaults[knob])
+        return self
+
+
+class LossConfig(_Section):
+    name: LossName = Field("mse", description="mse, bce (binary cross-entropy, needs [0,1] data), mae, huber")
+    delta: float | None = Field(None, gt=0.0, description="huber only: where the loss turns linear")
+
+    @model_validator(mode="after")
+    def _resolve_delta(self) -> LossConfig:
+        if self.name == "huber" and self.delta is None:
+            object.__setattr__(self, "delta", 1.0)
+        elif self.name != "huber" and self.delta is not None:
+            raise ValueError(f"delta: applies to the huber loss only, not {self.name!r}")
+        return self
+
+
+class EarlyStoppingConfig(_Section):
+    patience: PositiveInt = 5
+    monitor: Literal["val_loss", "loss"] = "val_loss"
+    min_delta: float = Field(0.0, ge=0.0)
+    restore_best_weights: bool = True
+
+
+class CheckpointConfig(_Section):
+    best: bool = Field(True, description="keep checkpoints/best.keras (lowest monitored loss)")
+    last: bool = Field(True, description="keep checkpoints/last.keras (end of the latest epoch)")
+
+
+class TrainingConfig(_Section):
+    epochs: PositiveInt = Field(10, le=1_000_000)
+    batch_size: PositiveInt = Field(32, description="ignored by optimizer gd, which uses the whole training set")
+    seed: int = Field(0, ge=0)
+    shuffle: bool = True
+    early_stopping: EarlyStoppingConfig | None = Field(None, description="off unless set; `true` = defaults")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    tensorboard: bool = Field(False, description="write TensorBoard logs under the run directory")
+
+    @field_validator("early_stopping", mode="before")
+    @classmethod
+    def _early_stopping_shorthand(cls, value: Any) -> Any:
+        return _expand_switch(value)
+
+
+class AecliConfig(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss_shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _resolve_cross_section(self) -> AecliConfig:
+        if self.model.output_activation is None:
+            bounded = self.data.scaling != "none"
+            object.__setattr__(self.model, "output_activation", "sigmoid" if bounded else "linear")
+        if self.loss.name == "bce" and self.model.output_activation not in ("sigmoid",):
+            raise ValueError(
+                f"loss.name: bce needs outputs in [0,1], but model.output_activation is "
+                f"{self.model.output_activation!r}; use output_activation sigmoid with scaled data, or loss mse"
+            )
+        stopping = self.training.early_stopping
+        if stopping is not None and stopping.monitor == "val_loss" and self.data.validation_split == 0:
+            raise ValueError(
+                "training.early_stopping.monitor: val_loss needs data.validation_split > 0 (or monitor: loss)"
+            )
+        return self
+
+
+def _expand_switch(value: Any) -> Any:
+    """`true` turns an optional section on with its defaults, `false` turns it off."""
+    if value is True:
+        return {}
+    if value is False:
+        return None
+    return value
+
+
+def load_config(path: Path | str | None, overrides: Sequence[str] = ()) -> AecliConfig:
+    """Read a YAML file (or start from the defaults when `path` is None), apply `--set` overrides, validate."""
+    raw: dict[str, Any] = {} if path is None else read_yaml_mapping(Path(path))
+    for override in overrides:
+        apply_override(raw, override)
+    return validate_config(raw)
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"config path is a directory, expected a YAML file: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"invalid YAML in {path}{where}: {problem}") from None
+    if raw is None:
+        raise ConfigError(f"config file is empty: {path} (write `{{}}` to use every default)")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file must hold a mapping of sections, got a {type(raw).__name__}: {path}")
+    return raw
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply one `section.key=value` override in place; the value is parsed as a YAML scalar or list."""
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {override!r}: expected KEY=VALUE with a dotted key, e.g. optimizer.name=sgd")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"override {override!r}: the value is not valid YAML") from None
+    *parents, leaf = key.split(".")
+    node = raw
+    for depth, part in enumerate(parents):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif isinstance(child, str) and key.startswith("loss."):
+            child = node[part] = {"name": child}
+        elif isinstance(child, bool):
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = ".".join(parents[: depth + 1])
+            raise ConfigError(f"override {override!r}: {where} is {child!r}, not a section")
+        node = child
+    node[leaf] = value
+
+
+def validate_config(raw: dict[str, Any]) -> AecliConfig:
+    try:
+        return AecliConfig.model_validate(raw)
+    except ValidationError as exc:
+        by_path: dict[str, list[Any]] = {}
+        for err in exc.errors():
+            by_path.setdefault(_error_path(err), []).append(err)
+        raise ConfigError("; ".join(_describe_errors(path, errs) for path, errs in by_path.items())) from None
+
+
+def _error_path(err: Any) -> str:
+    # pydantic names the union member that failed ("int", "list[int]"); users think in keys only.
+    return ".".join(str(part) for part in err["loc"] if not _is_union_tag(part))
+
+
+def _describe_errors(path: str, errs: list[Any]) -> str:
+    if len(errs) > 1 and all(err["msg"].startswith("Input should be ") for err in errs):
+        expected = " or ".join(err["msg"].removeprefix("Input should be ") for err in errs)
+        return f"{path}: input should be {expected}, got {errs[0]['input']!r}"
+    return _describe_error(path, errs[0])
+
+
+def _describe_error(path: str, err: Any) -> str:
+    loc = path.split(".")
+    if err["type"] == "extra_forbidden":
+        valid = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else f"valid keys: {', '.join(valid)}"
+        return f"{path}: unknown key; {hint}"
+    if err["type"] == "value_error":
+        message = str(err["ctx"]["error"])
+        return f"{path}.{message}" if path else message
+    if err["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        return f"{path}: expected a mapping of keys, got {err['input']!r}"
+    return f"{path}: {err['msg'][0].lower()}{err['msg'][1:]}, got {err['input']!r}"
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part or "-" in part)
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    model: type[BaseModel] = AecliConfig
+    for part in loc:
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        nested = [arg for arg in getattr(annotation, "__args__", (annotation,)) if isinstance(arg, type)]
+        sections = [arg for arg in nested if issubclass(arg, BaseModel)]
+        if not sections:
+            return []
+        model = sections[0]
+    return list(model.model_fields)
+
+
+def dump_config(config: AecliConfig) -> dict[str, Any]:
+    """The resolved config as plain data: every default filled in, knobs that do not apply left out."""
+    return config.model_dump(mode="json", exclude_none=True)
+
+
+def config_to_yaml(config: AecliConfig) -> str:
+    return yaml.safe_dump(dump_config(config), sort_keys=False, default_flow_style=None)
+
+
+def config_json_schema() -> dict[str, Any]:
+    return AecliConfig.model_json_schema()

@@ -1,0 +1,453 @@
+"""Load a data source into validated float32 arrays, split it and scale it to [0, 1].
+
+Only numpy and the standard library are imported at module level: `aecli validate` reads
+shapes through here without TensorFlow. scikit-learn and keras.datasets load on demand.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import math
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aecli.config import BUILTIN_SOURCES, DataConfig
+from aecli.errors import DataError
+
+# IDX type codes (http://yann.lecun.com/exdb/mnist/ layout), all big-endian.
+IDX_DTYPES: dict[int, str] = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+KNOWN_SHAPES: dict[str, tuple[int, ...]] = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1)}
+# Keras's cache file per downloadable source, named in the offline error.
+KERAS_ARCHIVES = {"mnist": "mnist.npz", "fashion_mnist": "fashion-mnist (4 IDX .gz files)"}
+
+
+@dataclass(frozen=True)
+class RawData:
+    """What a source holds, before splitting and scaling."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray | None
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
+    label_names: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """x_scaled = (x - offset) / scale; offset/scale are scalars or per-feature arrays."""
+
+    kind: str
+    offset: np.ndarray
+    scale: np.ndarray
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.offset) / self.scale).astype(np.float32)
+
+    def invert(self, x: np.ndarray) -> np.ndarray:
+        return x * self.scale + self.offset
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "offset": self.offset.tolist(), "scale": self.scale.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Scaling:
+        return cls(data["kind"], np.asarray(data["offset"], np.float32), np.asarray(data["scale"], np.float32))
+
+
+@dataclass
+class Dataset:
+    """Scaled float32 splits, each of shape (n, *sample_shape); labels are int arrays or None."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray | None
+    x_val: np.ndarray | None
+    y_val: np.ndarray | None
+    x_test: np.ndarray
+    y_test: np.ndarray | None
+    sample_shape: tuple[int, ...]
+    is_image: bool
+    scaling: Scaling
+    label_names: list[str] | None = None
+    description: dict[str, Any] = field(default_factory=dict)
+
+    def shapes(self) -> dict[str, Any]:
+        return {
+            "sample_shape": list(self.sample_shape),
+            "train": len(self.x_train),
+            "validation": 0 if self.x_val is None else len(self.x_val),
+            "test": len(self.x_test),
+            "labelled": self.y_train is not None,
+        }
+
+
+def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
+    """Read `cfg.source`, split off test/validation rows (seeded), filter classes and scale."""
+    raw = read_source(cfg.source, labels_path=cfg.labels_path, label_column=cfg.label_column)
+    x_pool, y_pool = _take(raw.x_train, raw.y_train, cfg.limit)
+    rng = np.random.default_rng(seed)
+    if raw.x_test is None:
+        if len(x_pool) < 3:
+            raise DataError(f"data.source {cfg.source}: {len(x_pool)} rows are too few to split off a test set")
+        x_pool, y_pool, x_test, y_test = _split(x_pool, y_pool, cfg.test_split, rng)
+    else:
+        x_test, y_test = _take(raw.x_test, raw.y_test, cfg.limit)
+    if cfg.classes is not None:
+        x_pool, y_pool = _filter_classes(x_pool, y_pool, cfg.classes)
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    if cfg.validation_split > 0:
+        if len(x_pool) < 2:
+            raise DataError(f"data.validation_split: {len(x_pool)} training row(s) cannot be split further")
+        x_pool, y_pool, x_val, y_val = _split(x_pool, y_pool, cfg.validation_split, rng)
+
+    sample_shape = sample_shape_of(x_pool)
+    is_image = len(sample_shape) == 3
+    scaling = fit_scaling(x_pool, cfg.scaling, is_image)
+
+    def prepare(x: np.ndarray) -> np.ndarray:
+        return scaling.apply(x.reshape((len(x), *sample_shape)))
+
+    return Dataset(
+        x_train=prepare(x_pool),
+        y_train=y_pool,
+        x_val=None if x_val is None else prepare(x_val),
+        y_val=y_val,
+        x_test=prepare(x_test),
+        y_test=y_test,
+        sample_shape=sample_shape,
+        is_image=is_image,
+        scaling=scaling,
+        label_names=raw.label_names,
+        description={"source": cfg.source, "source_has_test_split": raw.x_test is not None},
+    )
+
+
+def peek_sample_shape(cfg: DataConfig) -> tuple[int, ...]:
+    """The shape of one sample, read cheaply (no TensorFlow, no scikit-learn) for `aecli validate`."""
+    if cfg.source in KNOWN_SHAPES:
+        return KNOWN_SHAPES[cfg.source]
+    raw = read_source(cfg.source, labels_path=cfg.labels_path, label_column=cfg.label_column)
+    return sample_shape_of(raw.x_train)
+
+
+def sample_shape_of(x: np.ndarray) -> tuple[int, ...]:
+    """(features,) for tabular data, (height, width, channels) for images."""
+    if x.ndim == 2:
+        return (x.shape[1],)
+    if x.ndim == 3:
+        return (x.shape[1], x.shape[2], 1)
+    return tuple(x.shape[1:])
+
+
+def read_source(source: str, labels_path: Path | None = None, label_column: str | int | None = None) -> RawData:
+    """Read any supported source into raw arrays, validated but not yet split or scaled."""
+    if source == "digits":
+        raw = _read_digits()
+    elif source in ("mnist", "fashion_mnist"):
+        raw = _read_keras_dataset(source)
+    else:
+        raw = _read_path(Path(source), labels_path, label_column)
+    _validate(raw, source)
+    return raw
+
+
+def _read_digits() -> RawData:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return RawData(digits.images.astype(np.float32), digits.target.astype(np.int64), None, None)
+
+
+def _read_keras_dataset(name: str) -> RawData:
+    from aecli.backend import import_tensorflow
+
+    import_tensorflow()
+    import keras
+
+    loader = getattr(keras.datasets, name)
+    try:
+        (x_train, y_train), (x_test, y_test) = loader.load_data()
+    except Exception as exc:  # keras reports a failed download as a bare Exception
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(
+            f"data.source {name}: could not download it ({reason}); offline, copy {KERAS_ARCHIVES[name]} into "
+            f"~/.keras/datasets/, or point at local files: --set data.source=path/to/train-images-idx3-ubyte.gz "
+            f"(labels found beside it), a folder of the IDX files, or an .npz with x_train/y_train/x_test/y_test"
+        ) from None
+    return RawData(x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64))
+
+
+def _read_path(path: Path, labels_path: Path | None, label_column: str | int | None) -> RawData:
+    if not path.exists():
+        hint = f" (built-in sources: {', '.join(BUILTIN_SOURCES)})" if "/" not in str(path) else ""
+        raise DataError(f"data.source: no such file or folder: {path}{hint}")
+    if label_column is not None and path.suffix.lower() != ".csv":
+        raise DataError(f"data.label_column: applies to .csv sources only, not {path.name}")
+    if path.is_dir():
+        return _read_idx_folder(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return _read_npz(path)
+    if suffix == ".npy":
+        return RawData(_read_npy(path), _read_labels(labels_path), None, None)
+    if suffix == ".csv":
+        return _read_csv(path, label_column)
+    if _looks_like_idx(path):
+        labels = _read_labels(labels_path) if labels_path else _read_sibling_idx_labels(path)
+        return RawData(read_idx(path), labels, None, None)
+    raise DataError(
+        f"data.source: unsupported file {path.name}; expected an IDX file (.gz or raw), .npz, .npy or .csv"
+    )
+
+
+def _looks_like_idx(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(".gz") or "idx" in name or "ubyte" in name or path.suffix.lower() == ".idx"
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse an IDX file (raw or gzip), checking the magic number and the promised size."""
+    try:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: cannot read it as {'gzip' if path.suffix == '.gz' else 'IDX'} ({exc})") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES:
+        raise DataError(f"{path}: not an IDX file (bad magic number 0x{data[:4].hex() or 'empty'})")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(data) < header:
+        raise DataError(f"{path}: corrupt IDX header ({ndim} dimensions, {len(data)} bytes)")
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    dtype = np.dtype(IDX_DTYPES[data[2]])
+    expected = math.prod(dims) * dtype.itemsize
+    if len(data) - header != expected:
+        raise DataError(
+            f"{path}: truncated or corrupt IDX: its header promises shape {dims} ({expected} bytes), "
+            f"but {len(data) - header} bytes follow"
+        )
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+
+
+def _read_sibling_idx_labels(images: Path) -> np.ndarray | None:
+    name = images.name
+    for candidate in (name.replace("images-idx3", "labels-idx1"), name.replace("-images-", "-labels-")):
+        if candidate != name and (images.parent / candidate).exists():
+            return read_idx(images.parent / candidate)
+    return None
+
+
+def _read_idx_folder(folder: Path) -> RawData:
+    images = sorted(p for p in folder.iterdir() if "images-idx3" in p.name)
+    train = [p for p in images if p.name.startswith("train")]
+    test = [p for p in images if p.name.startswith("t10k") or p.name.startswith("test")]
+    if not images:
+        raise DataError(f"data.source: folder {folder} holds no IDX image files (*-images-idx3-ubyte[.gz])")
+    if train and test:
+        return RawData(read_idx(train[0]), _read_sibling_idx_labels(train[0]),
+                       read_idx(test[0]), _read_sibling_idx_labels(test[0]))
+    only = (train or test or images)[0]
+    return RawData(read_idx(only), _read_sibling_idx_labels(only), None, None)
+
+
+def _read_npz(path: Path) -> RawData:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"{path}: cannot read it as .npz ({_first_line(exc)})") from None
+    if "x_train" in arrays:
+        return RawData(arrays["x_train"], arrays.get("y_train"), arrays.get("x_test"), arrays.get("y_test"))
+    if "x" in arrays:
+        return RawData(arrays["x"], arrays.get("y"), None, None)
+    found = ", ".join(arrays) or "nothing"
+    raise DataError(f"{path}: expected arrays x_train/y_train/x_test/y_test or x/y, found {found}")
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read it as .npy ({_first_line(exc)})") from None
+
+
+def _read_labels(path: Path | None) -> np.ndarray | None:
+    if path is None:
+        return None
+    if not path.exists():
+        raise DataError(f"data.labels_path: no such file: {path}")
+    return _read_npy(path) if path.suffix.lower() == ".npy" else read_idx(path)
+
+
+def _read_csv(path: Path, label_column: str | int | None) -> RawData:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read it as CSV ({_first_line(exc)})") from None
+    if not rows:
+        raise DataError(f"{path}: the CSV file has no rows")
+    header = rows[0] if not all(_is_number(cell) for cell in rows[0]) else None
+    body = rows[1:] if header else rows
+    if not body:
+        raise DataError(f"{path}: the CSV file has a header but no data rows")
+    width = len(body[0])
+    for number, row in enumerate(body, start=2 if header else 1):
+        if len(row) != width:
+            raise DataError(f"{path}: line {number} has {len(row)} columns, expected {width}")
+    label_index = _label_index(path, header, width, label_column)
+    labels: np.ndarray | None = None
+    label_names: list[str] | None = None
+    if label_index is not None:
+        label_cells = [row[label_index].strip() for row in body]
+        labels, label_names = _encode_labels(label_cells)
+        body = [row[:label_index] + row[label_index + 1 :] for row in body]
+    try:
+        x = np.array(body, dtype=np.float64)
+    except ValueError:
+        line, column = _first_non_number(body)
+        name = f" ({header[column]})" if header and label_index is None else ""
+        raise DataError(
+            f"{path}: line {line + (2 if header else 1)}, column {column + 1}{name} is not a number: "
+            f"{body[line][column]!r} (set data.label_column for a label column)"
+        ) from None
+    if x.shape[1] == 0:
+        raise DataError(f"{path}: no feature columns left besides the label column")
+    return RawData(x, labels, None, None, label_names)
+
+
+def _label_index(path: Path, header: list[str] | None, width: int, column: str | int | None) -> int | None:
+    if column is None:
+        return None
+    if isinstance(column, int):
+        if not -width <= column < width:
+            raise DataError(f"data.label_column: index {column} is out of range for {width} columns in {path}")
+        return column % width
+    if header is None or column not in header:
+        names = ", ".join(header) if header else "none (no header row)"
+        raise DataError(f"data.label_column: no column {column!r} in {path}; columns: {names}")
+    return header.index(column)
+
+
+def _encode_labels(cells: list[str]) -> tuple[np.ndarray, list[str] | None]:
+    if all(_is_integer(cell) for cell in cells):
+        return np.array([int(float(cell)) for cell in cells], dtype=np.int64), None
+    names, codes = np.unique(np.array(cells), return_inverse=True)
+    return codes.astype(np.int64), [str(name) for name in names]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_integer(text: str) -> bool:
+    return _is_number(text) and float(text).is_integer()
+
+
+def _first_non_number(rows: list[list[str]]) -> tuple[int, int]:
+    for line, row in enumerate(rows):
+        for column, cell in enumerate(row):
+            if not _is_number(cell):
+                return line, column
+    return 0, 0
+
+
+def _validate(raw: RawData, source: str) -> None:
+    for split, x, y in (("train", raw.x_train, raw.y_train), ("test", raw.x_test, raw.y_test)):
+        if x is None:
+            continue
+        if x.dtype.kind not in "biuf":
+            raise DataError(f"data.source {source}: {split} data has dtype {x.dtype}, expected numbers")
+        if x.ndim < 2 or x.ndim > 4:
+            raise DataError(
+                f"data.source {source}: {split} data has shape {x.shape}; expected (samples, features) "
+                f"or images (samples, height, width[, channels])"
+            )
+        if len(x) == 0 or math.prod(x.shape[1:]) == 0:
+            raise DataError(f"data.source {source}: {split} data is empty (shape {x.shape})")
+        if x.dtype.kind == "f":
+            bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+            if bad.any():
+                first = int(np.argmax(bad))
+                raise DataError(
+                    f"data.source {source}: {split} data has {int(bad.sum())} row(s) with NaN or inf "
+                    f"(first: row {first}); clean or drop them"
+                )
+        if y is not None:
+            if y.dtype.kind not in "biu" and not (y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0)):
+                raise DataError(f"data.source {source}: {split} labels have dtype {y.dtype}, expected integers")
+            if y.ndim != 1 or len(y) != len(x):
+                raise DataError(
+                    f"data.source {source}: {len(x)} {split} samples but labels of shape {y.shape}; "
+                    f"images and labels must have the same length"
+                )
+    if raw.x_test is not None and raw.x_test.shape[1:] != raw.x_train.shape[1:]:
+        raise DataError(
+            f"data.source {source}: train samples have shape {raw.x_train.shape[1:]} "
+            f"but test samples {raw.x_test.shape[1:]}"
+        )
+
+
+def fit_scaling(x_train: np.ndarray, kind: str, is_image: bool) -> Scaling:
+    """Fit the [0,1] scaling on the training split only, so validation and test stay unseen."""
+    if kind == "auto":
+        if x_train.dtype == np.uint8:
+            return Scaling("uint8", np.zeros((), np.float32), np.full((), 255.0, np.float32))
+        kind = "global" if is_image else "minmax"
+    if kind == "none":
+        return Scaling("none", np.zeros((), np.float32), np.ones((), np.float32))
+    flat = x_train.reshape(len(x_train), -1).astype(np.float64)
+    if kind == "global":
+        low, high = flat.min(), flat.max()
+        span = high - low if high > low else 1.0
+        return Scaling("global", np.asarray(low, np.float32), np.asarray(span, np.float32))
+    low_f, high_f = flat.min(axis=0), flat.max(axis=0)
+    span_f = np.where(high_f > low_f, high_f - low_f, 1.0)
+    return Scaling("minmax", low_f.astype(np.float32), span_f.astype(np.float32))
+
+
+def _take(x: np.ndarray, y: np.ndarray | None, limit: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    if limit is None:
+        return x, (None if y is None else y.astype(np.int64))
+    return x[:limit], (None if y is None else y[:limit].astype(np.int64))
+
+
+def _split(
+    x: np.ndarray, y: np.ndarray | None, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """Shuffle, then hold out `fraction` of the rows (at least one, never all)."""
+    order = rng.permutation(len(x))
+    n_held = min(max(1, round(fraction * len(x))), len(x) - 1)
+    held, kept = order[:n_held], order[n_held:]
+    if y is None:
+        return x[kept], None, x[held], None
+    return x[kept], y[kept], x[held], y[held]
+
+
+def _filter_classes(
+    x: np.ndarray, y: np.ndarray | None, classes: list[int]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    if y is None:
+        raise DataError("data.classes: the source has no labels to filter on")
+    keep = np.isin(y, classes)
+    if not keep.any():
+        present = ", ".join(str(c) for c in np.unique(y)[:20])
+        raise DataError(f"data.classes: none of {classes} occur in the training labels (present: {present})")
+    return x[keep], y[keep]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -84,8 +84,10 @@ def train(
 
     settings = load_config(config, overrides or [])
     console = Console(highlight=False)
-    console.print(f"training {settings.model.kind} autoencoder on {settings.data.source} "
-                  f"({settings.optimizer.name}, {settings.loss.name}, {settings.training.epochs} epochs)")
+    console.print(
+        f"training {settings.model.kind} autoencoder on {settings.data.source} "
+        f"({settings.optimizer.name}, {settings.loss.name}, {settings.training.epochs} epochs)"
+    )
     reporter = RichProgress(console) if console.is_terminal and not quiet else PlainProgress(console)
     started_dirs: list[Path] = []
     try:
@@ -104,8 +106,9 @@ def train(
     _print_training_summary(console, outcome.metrics)
     run_dir = outcome.run_dir
     console.print(f"model:  {run_dir / 'model.keras'} (+ encoder.keras, decoder.keras)", soft_wrap=True)
-    console.print(f"report: {run_dir / 'metrics.json'} (per sample: errors.csv, per epoch: history.csv)",
-                  soft_wrap=True)
+    console.print(
+        f"report: {run_dir / 'metrics.json'} (per sample: errors.csv, per epoch: history.csv)", soft_wrap=True
+    )
     typer.echo(str(run_dir))
 
 
@@ -120,7 +123,9 @@ def _print_training_summary(console: Console, metrics: dict[str, Any]) -> None:
     table.add_row("samples", str(metrics["n_samples"]))
     table.add_row("epochs run (best)", f"{training['epochs_run']} ({training['best_epoch']})")
     table.add_row("parameters", f"{training['parameters']:,}")
-    table.add_row("training time", f"{training['wall_seconds']:.1f} s ({training['samples_per_second']:,.0f} samples/s)")
+    table.add_row(
+        "training time", f"{training['wall_seconds']:.1f} s ({training['samples_per_second']:,.0f} samples/s)"
+    )
     console.print(table)
 
 
@@ -141,8 +146,9 @@ def validate(config: ConfigArg, overrides: SetOption = None) -> None:
         table.add_column(column)
     table.add_column("params", justify="right")
     for spec in plan:
-        table.add_row(spec.part, spec.name, spec.kind, str(spec.output_shape), spec.activation or "",
-                      f"{spec.parameters:,}")
+        table.add_row(
+            spec.part, spec.name, spec.kind, str(spec.output_shape), spec.activation or "", f"{spec.parameters:,}"
+        )
     console.print(table)
     console.print(f"total parameters: {count_parameters(plan):,}")
     check_model_fits_memory(plan)

@@ -33,7 +33,11 @@ OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
     "nesterov": {"learning_rate": 0.01, "momentum": 0.9},
     "adam": {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "amsgrad": False},
     "adamw": {
-        "learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "amsgrad": False,
+        "learning_rate": 0.001,
+        "beta_1": 0.9,
+        "beta_2": 0.999,
+        "epsilon": 1e-7,
+        "amsgrad": False,
         "weight_decay": 0.004,
     },
     "rmsprop": {"learning_rate": 0.001, "rho": 0.9, "momentum": 0.0, "epsilon": 1e-7, "centered": False},
@@ -322,8 +326,17 @@ def dump_config(config: AecliConfig) -> dict[str, Any]:
     return config.model_dump(mode="json", exclude_none=True)
 
 
+class _ConfigDumper(yaml.SafeDumper):
+    """Block-style sections with short lists kept on one line: `encoder: [128, 64]`."""
+
+
+_ConfigDumper.add_representer(
+    list, lambda dumper, items: dumper.represent_sequence("tag:yaml.org,2002:seq", items, flow_style=True)
+)
+
+
 def config_to_yaml(config: AecliConfig) -> str:
-    return yaml.safe_dump(dump_config(config), sort_keys=False, default_flow_style=None)
+    return yaml.dump(dump_config(config), Dumper=_ConfigDumper, sort_keys=False)
 
 
 def config_json_schema() -> dict[str, Any]:

@@ -202,9 +202,7 @@ def _read_path(path: Path, labels_path: Path | None, label_column: str | int | N
     if _looks_like_idx(path):
         labels = _read_labels(labels_path) if labels_path else _read_sibling_idx_labels(path)
         return RawData(read_idx(path), labels, None, None)
-    raise DataError(
-        f"data.source: unsupported file {path.name}; expected an IDX file (.gz or raw), .npz, .npy or .csv"
-    )
+    raise DataError(f"data.source: unsupported file {path.name}; expected an IDX file (.gz or raw), .npz, .npy or .csv")
 
 
 def _looks_like_idx(path: Path) -> bool:
@@ -252,8 +250,9 @@ def _read_idx_folder(folder: Path) -> RawData:
     if not images:
         raise DataError(f"data.source: folder {folder} holds no IDX image files (*-images-idx3-ubyte[.gz])")
     if train and test:
-        return RawData(read_idx(train[0]), _read_sibling_idx_labels(train[0]),
-                       read_idx(test[0]), _read_sibling_idx_labels(test[0]))
+        return RawData(
+            read_idx(train[0]), _read_sibling_idx_labels(train[0]), read_idx(test[0]), _read_sibling_idx_labels(test[0])
+        )
     only = (train or test or images)[0]
     return RawData(read_idx(only), _read_sibling_idx_labels(only), None, None)
 
@@ -436,9 +435,7 @@ def _split(
     return x[kept], y[kept], x[held], y[held]
 
 
-def _filter_classes(
-    x: np.ndarray, y: np.ndarray | None, classes: list[int]
-) -> tuple[np.ndarray, np.ndarray | None]:
+def _filter_classes(x: np.ndarray, y: np.ndarray | None, classes: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
     if y is None:
         raise DataError("data.classes: the source has no labels to filter on")
     keep = np.isin(y, classes)

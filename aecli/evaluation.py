@@ -22,7 +22,9 @@ def predict_batched(model: Any, x: np.ndarray, batch_size: int = PREDICT_BATCH_S
     """Run `model` over `x` in large batches through its compiled predict step (no per-call overhead)."""
     if len(x) == 0:
         return np.zeros((0, *model.output_shape[1:]), np.float32)
-    parts = [np.asarray(model.predict_on_batch(x[start : start + batch_size])) for start in range(0, len(x), batch_size)]
+    parts = [
+        np.asarray(model.predict_on_batch(x[start : start + batch_size])) for start in range(0, len(x), batch_size)
+    ]
     return np.concatenate(parts).astype(np.float32, copy=False)
 
 
@@ -59,11 +61,13 @@ def reconstruction_report(
     data_range = 1.0 if is_unit_range(x) else float(x.max() - x.min()) or 1.0
     reconstruction = {name: float(np.mean(values)) for name, values in errors.items()}
     reconstruction["psnr"] = psnr(errors["mse"], data_range)
-    report: dict[str, Any] = {"n_samples": int(len(x)), "reconstruction": reconstruction}
+    report: dict[str, Any] = {"n_samples": len(x), "reconstruction": reconstruction}
     if labels is not None:
         report["per_class"] = {
-            label_name(label, label_names): {"mse": float(np.mean(errors["mse"][labels == label])),
-                                             "n": int(np.sum(labels == label))}
+            label_name(label, label_names): {
+                "mse": float(np.mean(errors["mse"][labels == label])),
+                "n": int(np.sum(labels == label)),
+            }
             for label in np.unique(labels)
         }
     report["error_quantiles"] = error_quantiles(errors["mse"])

@@ -66,13 +66,21 @@ def plan_autoencoder(cfg: ModelConfig, input_shape: tuple[int, ...]) -> list[Lay
         width = units
     for index, units in enumerate(cfg.decoder, start=1):
         plan.append(
-            LayerSpec("decoder", f"decoder_dense_{index}", "Dense", (units,), width * units + units, units,
-                      cfg.activation)
+            LayerSpec(
+                "decoder", f"decoder_dense_{index}", "Dense", (units,), width * units + units, units, cfg.activation
+            )
         )
         width = units
     plan.append(
-        LayerSpec("decoder", "reconstruction", "Dense", (features,), width * features + features, features,
-                  cfg.output_activation)
+        LayerSpec(
+            "decoder",
+            "reconstruction",
+            "Dense",
+            (features,),
+            width * features + features,
+            features,
+            cfg.output_activation,
+        )
     )
     if len(input_shape) > 1:
         plan.append(LayerSpec("decoder", "reshape", "Reshape", tuple(input_shape)))

@@ -18,8 +18,15 @@ from aecli.config import LossConfig, OptimizerConfig, TrainingConfig
 from aecli.errors import TrainingDivergedError
 
 KERAS_OPTIMIZERS: dict[str, str] = {
-    "gd": "SGD", "sgd": "SGD", "momentum": "SGD", "nesterov": "SGD", "adam": "Adam", "adamw": "AdamW",
-    "rmsprop": "RMSprop", "adagrad": "Adagrad", "nadam": "Nadam",
+    "gd": "SGD",
+    "sgd": "SGD",
+    "momentum": "SGD",
+    "nesterov": "SGD",
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "rmsprop": "RMSprop",
+    "adagrad": "Adagrad",
+    "nadam": "Nadam",
 }
 
 

@@ -59,8 +59,12 @@ def train_run(
         seed=config.training.seed,
         command=command,
         versions=_versions(),
-        data={**dataset.description, **dataset.shapes(), "scaling": dataset.scaling.to_dict(),
-              "label_names": dataset.label_names},
+        data={
+            **dataset.description,
+            **dataset.shapes(),
+            "scaling": dataset.scaling.to_dict(),
+            "label_names": dataset.label_names,
+        },
         model={"kind": config.model.kind, "parameters": count_parameters(plan)},
     )
     try:
@@ -108,8 +112,14 @@ def _train_and_report(config: AecliConfig, dataset: Dataset, run_dir: Path, repo
     seed_everything(config.training.seed)
     autoencoder = build_autoencoder(config.model, dataset.sample_shape)
     result = fit_autoencoder(
-        autoencoder.model, dataset.x_train, dataset.x_val, config.training, config.optimizer, config.loss,
-        run_dir, reporter,
+        autoencoder.model,
+        dataset.x_train,
+        dataset.x_val,
+        config.training,
+        config.optimizer,
+        config.loss,
+        run_dir,
+        reporter,
     )
     for part in ("model", "encoder", "decoder"):
         save_atomic(run_dir / f"{part}.keras", getattr(autoencoder, part).save)
@@ -147,4 +157,3 @@ def _train_and_report(config: AecliConfig, dataset: Dataset, run_dir: Path, repo
     metrics["evaluation_seconds"] = time.perf_counter() - started
     write_metrics_json(run_dir / "metrics.json", metrics)
     return metrics
-

@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install aecli with its dev tools
 
-demo: $(STAMP) ## train on the bundled digits data and print where the model and report are
-	$(BIN)/aecli train configs/digits.yaml --runs-dir $(RUNS) --quiet
+demo: $(STAMP) ## train on the bundled digits data, evaluate it, and print where the model and report are
+	@run=$$($(BIN)/aecli train configs/digits.yaml --runs-dir $(RUNS) --quiet | tee /dev/stderr | tail -n 1) && \
+	$(BIN)/aecli evaluate "$$run" && \
+	echo "demo done: model in $$run, report in $$run/eval-*/report.html"
 
 test: $(STAMP) ## run the test suite
 	$(BIN)/python -m pytest -q

@@ -83,7 +83,7 @@ def train(
     from aecli.progress import PlainProgress, RichProgress
 
     settings = load_config(config, overrides or [])
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     console.print(
         f"training {settings.model.kind} autoencoder on {settings.data.source} "
         f"({settings.optimizer.name}, {settings.loss.name}, {settings.training.epochs} epochs)"
@@ -139,7 +139,7 @@ def validate(config: ConfigArg, overrides: SetOption = None) -> None:
     settings = load_config(config, overrides or [])
     input_shape = peek_sample_shape(settings.data)
     plan = plan_autoencoder(settings.model, input_shape)
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     console.print(config_to_yaml(settings), end="", markup=False)
     table = Table(title=f"{settings.model.kind} autoencoder for input {input_shape}")
     for column in ("part", "layer", "type", "output shape", "activation"):
@@ -153,6 +153,138 @@ def validate(config: ConfigArg, overrides: SetOption = None) -> None:
     console.print(f"total parameters: {count_parameters(plan):,}")
     check_model_fits_memory(plan)
     console.print("config is valid")
+
+
+def _parse_int_list(text: str | None, option: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers such as 0,1, got {text!r}") from None
+    if not values:
+        raise typer.BadParameter(f"expected at least one integer, got {text!r}")
+    return values
+
+
+@app.command()
+@reports_errors
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A completed run directory.", show_default=False)],
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Evaluate every row of this source instead of the run's test split (same syntax as data.source)."
+        ),
+    ] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", "-s", help="data.KEY=VALUE for --data.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: <run>/eval-<timestamp>).")] = None,
+    normal_classes: Annotated[
+        str | None,
+        typer.Option(
+            help="Labels that are normal, e.g. 0,1; every other label is an anomaly (default: the run's data.classes)."
+        ),
+    ] = None,
+    anomaly_data: Annotated[
+        str | None, typer.Option(help="A source whose every sample is an anomaly (the evaluated data is normal).")
+    ] = None,
+    score: Annotated[str, typer.Option(help="Anomaly score: per-sample mse, mae or bce.")] = "mse",
+    threshold: Annotated[
+        str | None,
+        typer.Option(
+            help="percentile:95 or mean_std:1 (of the training errors), contamination:0.1, or a number "
+            "(default: the run's, percentile:95)."
+        ),
+    ] = None,
+    tsne: Annotated[bool, typer.Option("--tsne", help="Project the latent space with t-SNE instead of PCA.")] = False,
+) -> None:
+    """Metrics, latent-space quality, anomaly scores, plots and a report for a trained run."""
+    from aecli.commands.evaluate import EvaluateRequest, evaluate_run
+
+    request = EvaluateRequest(
+        run_dir=run_dir,
+        data=data,
+        data_overrides=overrides or [],
+        out=out,
+        normal_classes=_parse_int_list(normal_classes, "--normal-classes"),
+        anomaly_data=anomaly_data,
+        score=score,
+        threshold=threshold,
+        tsne=tsne,
+    )
+    outcome = evaluate_run(request)
+    console = Console(highlight=False, soft_wrap=True)
+    _print_evaluation_summary(console, outcome.metrics)
+    console.print(f"report: {outcome.report_html} (plots and metrics.json beside it)", soft_wrap=True)
+    typer.echo(str(outcome.out_dir))
+
+
+def _print_evaluation_summary(console: Console, metrics: dict[str, Any]) -> None:
+    table = Table(title=f"evaluation on the {metrics['data']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("samples", str(metrics["n_samples"]))
+    for key, value in metrics["reconstruction"].items():
+        table.add_row(key, f"{value:.5g}")
+    for key in ("kmeans_nmi", "kmeans_ari", "silhouette", "knn_accuracy"):
+        if key in metrics.get("latent", {}):
+            table.add_row(f"latent {key}", f"{metrics['latent'][key]:.4f}")
+    anomaly = metrics.get("anomaly")
+    if anomaly:
+        for key in ("auroc", "auprc"):
+            table.add_row(key, "n/a" if anomaly[key] is None else f"{anomaly[key]:.4f}")
+        table.add_row(f"threshold ({anomaly['threshold_spec']})", f"{anomaly['threshold']:.5g}")
+        table.add_row(
+            "precision / recall / f1", f"{anomaly['precision']:.3f} / {anomaly['recall']:.3f} / {anomaly['f1']:.3f}"
+        )
+        table.add_row(
+            "flagged", f"{anomaly['n_flagged']} of {metrics['n_samples']} ({anomaly['n_anomalies']} anomalies)"
+        )
+    console.print(table)
+
+
+@app.command()
+@reports_errors
+def reconstruct(
+    run_dir: Annotated[Path, typer.Argument(help="A completed run directory.", show_default=False)],
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Image files (PNG/JPG...) or data files (IDX, .npz, .npy, .csv).", show_default=False),
+    ] = None,
+    indices: Annotated[str | None, typer.Option(help="Indices of the run's test split, e.g. 0,5,9.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: <run>/reconstruct-<timestamp>).")] = None,
+    noise: Annotated[
+        str | None,
+        typer.Option(help="Corrupt the inputs first: gaussian:0.3, salt_pepper:0.1 or mask:0.2 (the denoising demo)."),
+    ] = None,
+    save_latent: Annotated[
+        bool, typer.Option("--save-latent", help="Also write the latent codes (latent.npy).")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
+) -> None:
+    """Reconstruct given inputs (and denoise them with --noise); writes images, a grid and a CSV."""
+    from aecli.commands.reconstruct import ReconstructRequest
+    from aecli.commands.reconstruct import reconstruct as reconstruct_inputs
+
+    request = ReconstructRequest(
+        run_dir=run_dir,
+        inputs=inputs or [],
+        indices=_parse_int_list(indices, "--indices"),
+        out=out,
+        noise=noise,
+        save_latent=save_latent,
+        seed=seed,
+    )
+    outcome = reconstruct_inputs(request)
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(f"reconstructed {outcome.n_inputs} input(s): mean mse {outcome.mean_mse:.5g}")
+    if outcome.psnr_noisy is not None and outcome.psnr_reconstructed is not None:
+        console.print(
+            f"denoising: PSNR {outcome.psnr_noisy:.2f} dB (noisy) -> {outcome.psnr_reconstructed:.2f} dB "
+            f"(reconstructed), against the clean inputs"
+        )
+    console.print(f"grid: {outcome.out_dir / 'reconstructions.png'}, table: reconstructions.csv", soft_wrap=True)
+    typer.echo(str(outcome.out_dir))
 
 
 @app.command()

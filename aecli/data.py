@@ -129,6 +129,28 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     )
 
 
+def load_for_model(
+    cfg: DataConfig, sample_shape: tuple[int, ...], scaling: Scaling
+) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+    """Every row of `cfg.source` (its train and test sets, each capped at `cfg.limit`), shaped and
+    scaled for a trained model: used to evaluate or reconstruct data the run did not train on."""
+    raw = read_source(cfg.source, labels_path=cfg.labels_path, label_column=cfg.label_column)
+    parts = [_take(raw.x_train, raw.y_train, cfg.limit)]
+    if raw.x_test is not None:
+        parts.append(_take(raw.x_test, raw.y_test, cfg.limit))
+    x = np.concatenate([part[0] for part in parts])
+    labels = [part[1] for part in parts if part[1] is not None]
+    y = np.concatenate(labels) if len(labels) == len(parts) else None
+    return fit_to_model(x, sample_shape, scaling, cfg.source), y, raw.label_names
+
+
+def fit_to_model(x: np.ndarray, sample_shape: tuple[int, ...], scaling: Scaling, what: str) -> np.ndarray:
+    """Reshape raw samples to the model's input shape and apply the run's saved scaling."""
+    if math.prod(x.shape[1:]) != math.prod(sample_shape):
+        raise DataError(f"{what}: samples have shape {tuple(x.shape[1:])}, but the model expects {sample_shape}")
+    return scaling.apply(x.reshape((len(x), *sample_shape)).astype(np.float32))
+
+
 def peek_sample_shape(cfg: DataConfig) -> tuple[int, ...]:
     """The shape of one sample, read cheaply (no TensorFlow, no scikit-learn) for `aecli validate`."""
     if cfg.source in KNOWN_SHAPES:

@@ -19,6 +19,10 @@ class RunError(AecliError):
     """A run directory is missing, incomplete or cannot be written."""
 
 
+class EvaluationError(AecliError):
+    """An evaluate/reconstruct request that cannot be answered (bad option, missing labels, shapes)."""
+
+
 class TrainingDivergedError(AecliError):
     """The loss became NaN or inf: the run is marked failed, with what was saved so far kept."""
 

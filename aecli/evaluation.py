@@ -8,14 +8,20 @@ the mean over samples. The range is 1 for data scaled to [0, 1].
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from aecli.errors import EvaluationError
 
 PSNR_CAP_DB = 100.0
 BCE_EPSILON = 1e-7
 QUANTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99}
 PREDICT_BATCH_SIZE = 4096
+SILHOUETTE_SAMPLE = 5000  # silhouette is O(n^2): score a fixed-size sample of larger sets
+KNN_NEIGHBOURS = 5
+KNN_HELD_OUT = 0.3  # share of the evaluated samples the k-NN classifier is scored on
 
 
 def predict_batched(model: Any, x: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE) -> np.ndarray:
@@ -91,3 +97,132 @@ def label_name(label: Any, label_names: list[str] | None) -> str:
 
 def finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+THRESHOLD_FORMS = "percentile:Q (of the training errors), mean_std:K, contamination:F, or a number"
+
+
+@dataclass(frozen=True)
+class ThresholdSpec:
+    kind: str  # percentile | mean_std | contamination | value
+    parameter: float
+
+    def __str__(self) -> str:
+        return f"{self.parameter:g}" if self.kind == "value" else f"{self.kind}:{self.parameter:g}"
+
+
+def parse_threshold(spec: str) -> ThresholdSpec:
+    """`percentile:95`, `mean_std:1`, `contamination:0.1` or a plain number."""
+    kind, sep, text = spec.partition(":")
+    try:
+        parameter = float(text if sep else kind)
+    except ValueError:
+        raise EvaluationError(f"--threshold {spec!r}: expected {THRESHOLD_FORMS}") from None
+    if not sep:
+        kind = "value"
+    valid = {
+        "value": math.isfinite(parameter),
+        "percentile": 0 < parameter <= 100,
+        "mean_std": math.isfinite(parameter),
+        "contamination": 0 < parameter < 1,
+    }
+    if kind not in valid:
+        raise EvaluationError(f"--threshold {spec!r}: unknown kind {kind!r}; expected {THRESHOLD_FORMS}")
+    if not valid[kind]:
+        ranges = {"percentile": "in (0, 100]", "contamination": "in (0, 1)"}
+        raise EvaluationError(f"--threshold {spec!r}: {kind} must be {ranges.get(kind, 'finite')}")
+    return ThresholdSpec(kind, parameter)
+
+
+def resolve_threshold(spec: ThresholdSpec, train_scores: np.ndarray, scores: np.ndarray) -> float:
+    """Percentile and mean_std use the training errors; contamination flags that share of `scores`."""
+    if spec.kind == "percentile":
+        return float(np.percentile(train_scores, spec.parameter))
+    if spec.kind == "mean_std":
+        return float(np.mean(train_scores) + spec.parameter * np.std(train_scores))
+    if spec.kind == "contamination":
+        return float(np.quantile(scores, 1 - spec.parameter))
+    return spec.parameter
+
+
+def anomaly_report(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Ranking quality (AUROC, AUPRC) and the confusion at `threshold`; anomalies are the positive class."""
+    from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
+
+    flagged = scores > threshold
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        is_anomaly, flagged, average="binary", pos_label=True, zero_division=0
+    )
+    both = 0 < is_anomaly.sum() < len(is_anomaly)
+    return {
+        "positive_class": "anomaly",
+        "n_anomalies": int(is_anomaly.sum()),
+        "n_normal": int((~is_anomaly).sum()),
+        "auroc": float(roc_auc_score(is_anomaly, scores)) if both else None,
+        "auprc": float(average_precision_score(is_anomaly, scores)) if both else None,
+        "threshold": float(threshold),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "n_flagged": int(flagged.sum()),
+    }
+
+
+def latent_report(codes: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[str, Any] | None:
+    """How well the codes separate the labels: k-means agreement, silhouette and k-NN accuracy."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.neighbors import KNeighborsClassifier
+
+    classes, counts = np.unique(labels, return_counts=True)
+    if len(classes) < 2 or len(labels) < 2 * len(classes) + 2:
+        return None
+    clusters = KMeans(n_clusters=len(classes), n_init=10, random_state=seed).fit_predict(codes)
+    sample = min(len(codes), SILHOUETTE_SAMPLE)
+    report: dict[str, Any] = {
+        "n_classes": len(classes),
+        "kmeans_nmi": float(normalized_mutual_info_score(labels, clusters)),
+        "kmeans_ari": float(adjusted_rand_score(labels, clusters)),
+        "silhouette": float(silhouette_score(codes, labels, sample_size=sample, random_state=seed)),
+    }
+    stratify = labels if counts.min() >= 2 else None
+    fit_x, score_x, fit_y, score_y = train_test_split(
+        codes, labels, test_size=KNN_HELD_OUT, random_state=seed, stratify=stratify
+    )
+    neighbours = KNeighborsClassifier(n_neighbors=min(KNN_NEIGHBOURS, len(fit_x)))
+    report["knn_accuracy"] = float(neighbours.fit(fit_x, fit_y).score(score_x, score_y))
+    report["knn"] = {"k": neighbours.n_neighbors, "held_out": KNN_HELD_OUT}
+    return report
+
+
+def mean_ssim(x: np.ndarray, x_hat: np.ndarray) -> float:
+    """Mean SSIM of images in [0, 1] (TensorFlow's tf.image.ssim; window shrunk for small images)."""
+    from aecli.backend import import_tensorflow
+
+    tf = import_tensorflow()
+    window = min(11, x.shape[1], x.shape[2])
+    values = tf.image.ssim(
+        tf.convert_to_tensor(x, tf.float32),
+        tf.convert_to_tensor(np.clip(x_hat, 0, 1), tf.float32),
+        max_val=1.0,
+        filter_size=window,
+        filter_sigma=1.5 * window / 11,
+    )
+    return float(np.mean(values.numpy()))
+
+
+def project_2d(codes: np.ndarray, method: str, seed: int = 0) -> tuple[np.ndarray, str]:
+    """The codes themselves when 2-D, else PCA (or t-SNE) to two dimensions."""
+    if codes.shape[1] == 2:
+        return codes, "latent codes"
+    if codes.shape[1] == 1:
+        return np.column_stack([codes[:, 0], np.zeros(len(codes))]), "latent code (1-D)"
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = min(30.0, max(2.0, (len(codes) - 1) / 3))
+        return TSNE(2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(codes), "t-SNE"
+    from sklearn.decomposition import PCA
+
+    return PCA(2, random_state=seed).fit_transform(codes), "PCA"

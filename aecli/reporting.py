@@ -1,8 +1,10 @@
-"""Report files of a run: history.csv, errors.csv, metrics.json (plots join them later)."""
+"""Report files: history.csv, errors.csv, metrics.json, PNG plots (matplotlib, Agg) and report.md/.html."""
 
 from __future__ import annotations
 
+import base64
 import csv
+import html
 import io
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from aecli.evaluation import label_name
-from aecli.runs import write_json_atomic, write_text_atomic
+from aecli.runs import atomic_path, write_json_atomic, write_text_atomic
 
 HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "learning_rate", "seconds")
 
@@ -29,17 +31,29 @@ def read_history_csv(path: Path) -> list[dict[str, float]]:
         return [{key: float(value) for key, value in row.items() if value != ""} for row in csv.DictReader(handle)]
 
 
+def read_error_column(path: Path, column: str) -> np.ndarray:
+    """One score column of an errors.csv / train_errors.csv file."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        return np.array([float(row[column]) for row in csv.DictReader(handle)])
+
+
 def write_errors_csv(
-    path: Path, errors: dict[str, np.ndarray], labels: np.ndarray | None, label_names: list[str] | None
+    path: Path,
+    errors: dict[str, np.ndarray],
+    labels: np.ndarray | None,
+    label_names: list[str] | None,
+    flags: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """One row per sample: its index in the evaluated split, its label and each error measure."""
-    names = list(errors)
+    """One row per sample: its index in the evaluated split, its label, each error measure and 0/1 flags."""
+    names, flag_names = list(errors), list(flags or {})
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["index", "label", *names])
+    writer.writerow(["index", "label", *names, *flag_names])
     for index in range(len(errors["mse"])):
         label = "" if labels is None else label_name(labels[index], label_names)
-        writer.writerow([index, label, *(f"{errors[name][index]:.8g}" for name in names)])
+        values = [f"{errors[name][index]:.8g}" for name in names]
+        marks = [int(bool((flags or {})[name][index])) for name in flag_names]
+        writer.writerow([index, label, *values, *marks])
     write_text_atomic(path, buffer.getvalue())
 
 
@@ -56,3 +70,202 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed, works on headless machines
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    with atomic_path(path) as temp:
+        fig.savefig(temp, dpi=110, bbox_inches="tight", format="png")
+    _pyplot().close(fig)
+
+
+def plot_loss_curves(history: list[dict[str, float]], path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [row["epoch"] for row in history]
+    ax.plot(epochs, [row["loss"] for row in history], marker="o", markersize=3, label="train loss")
+    if any("val_loss" in row for row in history):
+        ax.plot(
+            epochs, [row.get("val_loss", np.nan) for row in history], marker="o", markersize=3, label="validation loss"
+        )
+    ax.set(xlabel="epoch", ylabel="loss", title="Training curve")
+    if all(row["loss"] > 0 for row in history):
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def representative_indices(errors: np.ndarray, per_group: int) -> dict[str, np.ndarray]:
+    """Indices of the best, most typical (around the median) and worst reconstructions."""
+    order = np.argsort(errors, kind="stable")
+    k = min(per_group, len(order))
+    middle = max(0, len(order) // 2 - k // 2)
+    return {"best": order[:k], "typical": order[middle : middle + k], "worst": order[::-1][:k]}
+
+
+def plot_image_rows(rows: list[tuple[str, np.ndarray]], path: Path, column_titles: list[str] | None = None) -> None:
+    """One row of images per (title, images[n, h, w, c]) pair, images in [0, 1]."""
+    plt = _pyplot()
+    n_cols = max(len(images) for _, images in rows)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.3 * n_cols + 1.2, 1.35 * len(rows)), squeeze=False)
+    for r, (title, images) in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(images):
+                ax.axis("off")
+                continue
+            image = np.clip(images[c], 0, 1)
+            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
+            if r == 0 and column_titles:
+                ax.set_title(column_titles[c], fontsize=7)
+        axes[r][0].set_ylabel(title, fontsize=8, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_feature_rows(rows: list[tuple[str, np.ndarray]], reference: np.ndarray, path: Path) -> None:
+    """Tabular data: each sample's features as lines, reconstructions against the originals."""
+    plt = _pyplot()
+    n = len(reference)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.4), squeeze=False, sharey=True)
+    for i in range(n):
+        ax = axes[0][i]
+        for title, values in rows:
+            ax.plot(values[i].ravel(), marker=".", linewidth=1, label=title)
+        ax.set_title(f"sample {i}", fontsize=8)
+        ax.set_xlabel("feature", fontsize=7)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_reconstruction_grid(
+    x: np.ndarray, x_hat: np.ndarray, errors: np.ndarray, is_image: bool, path: Path, per_group: int = 6
+) -> None:
+    """Originals above reconstructions for the best, typical and worst samples by error."""
+    groups = representative_indices(errors, per_group)
+    if is_image:
+        rows: list[tuple[str, np.ndarray]] = []
+        for name, index in groups.items():
+            rows += [(f"{name}\noriginal", x[index]), (f"{name}\nreconstructed", x_hat[index])]
+        plot_image_rows(rows, path)
+        return
+    index = np.concatenate(list(groups.values()))[: 3 * min(per_group, 3)]
+    plot_feature_rows([("original", x[index]), ("reconstructed", x_hat[index])], x[index], path)
+
+
+def plot_error_histogram(
+    scores: np.ndarray,
+    score_name: str,
+    path: Path,
+    is_anomaly: np.ndarray | None = None,
+    threshold: float | None = None,
+) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.histogram_bin_edges(scores, bins=50)
+    if is_anomaly is not None and is_anomaly.any() and (~is_anomaly).any():
+        ax.hist(scores[~is_anomaly], bins=bins, alpha=0.6, label=f"normal ({int((~is_anomaly).sum())})")
+        ax.hist(scores[is_anomaly], bins=bins, alpha=0.6, label=f"anomaly ({int(is_anomaly.sum())})")
+    else:
+        ax.hist(scores, bins=bins, alpha=0.8, label=f"samples ({len(scores)})")
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g}")
+    ax.set(xlabel=f"reconstruction error ({score_name})", ylabel="samples", title="Reconstruction errors")
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_latent(
+    points: np.ndarray, labels: np.ndarray | None, method: str, path: Path, label_names: list[str] | None = None
+) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    if labels is None:
+        ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.7)
+    else:
+        cmap = plt.get_cmap("tab10" if len(np.unique(labels)) <= 10 else "tab20")
+        for i, label in enumerate(np.unique(labels)):
+            chosen = labels == label
+            ax.scatter(
+                points[chosen, 0],
+                points[chosen, 1],
+                s=6,
+                alpha=0.7,
+                color=cmap(i % cmap.N),
+                label=label_name(label, label_names),
+            )
+        ax.legend(markerscale=2, fontsize=7, loc="best", ncol=2)
+    ax.set(title=f"Latent space ({method})", xlabel="dimension 1", ylabel="dimension 2")
+    _save(fig, path)
+
+
+def write_report(out_dir: Path, title: str, blocks: list[tuple[str, Any]]) -> tuple[Path, Path]:
+    """report.md (images linked) and a self-contained report.html (images inlined as base64).
+
+    `blocks` are ("heading", text), ("text", text), ("table", {name: value} or list of rows with a
+    header row first) and ("image", (file name, caption)).
+    """
+    markdown = [f"# {title}", ""]
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for kind, content in blocks:
+        if kind == "heading":
+            markdown += [f"## {content}", ""]
+            body.append(f"<h2>{html.escape(content)}</h2>")
+        elif kind == "text":
+            markdown += [content, ""]
+            body.append(f"<p>{html.escape(content)}</p>")
+        elif kind == "table":
+            rows = [["", "value"], *[[k, v] for k, v in content.items()]] if isinstance(content, dict) else content
+            cells = [[_cell(value) for value in row] for row in rows]
+            markdown += ["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
+            markdown += ["| " + " | ".join(row) + " |" for row in cells[1:]] + [""]
+            head = "".join(f"<th>{html.escape(c)}</th>" for c in cells[0])
+            rows_html = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells[1:]
+            )
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows_html}</tbody></table>")
+        elif kind == "image":
+            name, caption = content
+            markdown += [f"![{caption}]({name})", ""]
+            encoded = base64.b64encode((out_dir / name).read_bytes()).decode("ascii")
+            body.append(
+                f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{encoded}">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
+    page = HTML_PAGE.format(title=html.escape(title), body="\n".join(body))
+    write_text_atomic(out_dir / "report.md", "\n".join(markdown))
+    write_text_atomic(out_dir / "report.html", page)
+    return out_dir / "report.md", out_dir / "report.html"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.5g}"
+    return "" if value is None else str(value)
+
+
+HTML_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25em 0.7em; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+figure {{ margin: 1em 0 2em; }} img {{ max-width: 100%; }} figcaption {{ color: #555; font-size: 0.9em; }}
+</style></head>
+<body>
+{body}
+</body></html>
+"""

@@ -13,11 +13,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aecli.errors import RunError
+from aecli.config import AecliConfig, load_config
+from aecli.data import Scaling
+from aecli.errors import AecliError, RunError
 
 RUN_FILE = "run.json"
 REQUIRED_ARTIFACTS = ("config.yaml", "model.keras", "encoder.keras", "decoder.keras", RUN_FILE)
@@ -113,3 +116,48 @@ def update_run_info(run_dir: Path, **changes: Any) -> dict[str, Any]:
     info.update(changes)
     write_json_atomic(path, info)
     return info
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A completed run, read back: what evaluate and reconstruct need to use its model."""
+
+    path: Path
+    info: dict[str, Any]
+    config: AecliConfig
+    scaling: Scaling
+    sample_shape: tuple[int, ...]
+    metrics: dict[str, Any]
+
+
+def open_trained_run(run_dir: Path) -> TrainedRun:
+    """Check that `run_dir` is a completed run with all its artifacts, and read its records."""
+    info = read_run_info(run_dir)
+    if info["status"] != "completed":
+        raise RunError(f"run {run_dir} is {info['status']}, not completed; train it again (or resume it)")
+    missing = [name for name in (*REQUIRED_ARTIFACTS, "metrics.json") if not (run_dir / name).is_file()]
+    if missing:
+        raise RunError(f"run {run_dir} is incomplete: missing {', '.join(missing)}")
+    try:
+        config = load_config(run_dir / "config.yaml")
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        data = info["data"]
+        scaling = Scaling.from_dict(data["scaling"])
+        sample_shape = tuple(int(size) for size in data["sample_shape"])
+    except (AecliError, KeyError, TypeError, ValueError) as exc:
+        raise RunError(f"run {run_dir} has unreadable records ({exc})") from None
+    return TrainedRun(run_dir, info, config, scaling, sample_shape, metrics)
+
+
+def load_model(path: Path) -> Any:
+    """Load a `.keras` file with safe mode on: a file carrying code (a Lambda layer) is refused."""
+    from aecli.backend import import_tensorflow
+
+    import_tensorflow()
+    import keras
+
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for corrupt, foreign or unsafe files
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise RunError(f"model file {path} failed to load: {reason}") from None

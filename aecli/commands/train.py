@@ -134,6 +134,7 @@ def _train_and_report(config: AecliConfig, dataset: Dataset, run_dir: Path, repo
         dataset.x_train, predict_batched(autoencoder.model, dataset.x_train), None
     )
     train_mse = train_errors["mse"]
+    write_errors_csv(run_dir / "train_errors.csv", train_errors, dataset.y_train, dataset.label_names)
     metrics["split"] = "test"
     metrics["training"] = {
         "epochs_run": result.epochs_run,

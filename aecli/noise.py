@@ -1,0 +1,49 @@
+"""Input corruption for denoising: `gaussian:0.3`, `salt_pepper:0.1`, `mask:0.2` on data in [0, 1]."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from aecli.errors import AecliError
+
+NOISE_FORMS = "gaussian:STD, salt_pepper:FRACTION or mask:FRACTION"
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    kind: str
+    amount: float
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.amount:g}"
+
+
+def parse_noise(spec: str, option: str = "--noise") -> NoiseSpec:
+    kind, sep, text = spec.partition(":")
+    try:
+        amount = float(text)
+    except ValueError:
+        raise AecliError(f"{option} {spec!r}: expected {NOISE_FORMS}") from None
+    if not sep or kind not in ("gaussian", "salt_pepper", "mask"):
+        raise AecliError(f"{option} {spec!r}: expected {NOISE_FORMS}")
+    if kind == "gaussian" and not (amount > 0 and math.isfinite(amount)):
+        raise AecliError(f"{option} {spec!r}: the gaussian standard deviation must be above 0")
+    if kind != "gaussian" and not 0 < amount <= 1:
+        raise AecliError(f"{option} {spec!r}: the {kind} fraction must be in (0, 1]")
+    return NoiseSpec(kind, amount)
+
+
+def corrupt(x: np.ndarray, noise: NoiseSpec, rng: np.random.Generator) -> np.ndarray:
+    """A corrupted copy of `x`, clipped to [0, 1]: additive Gaussian noise, pixels set to 0 or 1
+    (salt and pepper), or pixels set to 0 (mask)."""
+    if noise.kind == "gaussian":
+        noisy = x + rng.normal(0.0, noise.amount, size=x.shape)
+    elif noise.kind == "salt_pepper":
+        hit = rng.random(x.shape) < noise.amount
+        noisy = np.where(hit, (rng.random(x.shape) < 0.5).astype(x.dtype), x)
+    else:
+        noisy = np.where(rng.random(x.shape) < noise.amount, 0.0, x)
+    return np.clip(noisy, 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,222 @@
+"""aecli evaluate and aecli reconstruct through the CLI, on the shared trained digits run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.test_data import write_idx
+
+
+def fingerprint(run: Path) -> dict[str, str]:
+    files = [p for p in run.iterdir() if p.is_file()]
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def last_line(result) -> Path:
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def test_evaluate_writes_every_metric_and_plot_without_touching_the_run(cli, trained_run: Path) -> None:
+    before = fingerprint(trained_run)
+    result = cli("evaluate", trained_run)
+    assert result.exit_code == 0, result.output
+    out = last_line(result)
+    assert out.parent == trained_run and out.name.startswith("eval-")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["reconstruction"]) == {"mse", "mae", "bce", "psnr", "ssim"}
+    assert {"kmeans_nmi", "kmeans_ari", "silhouette", "knn_accuracy"} <= set(metrics["latent"])
+    assert metrics["n_samples"] == 80 and "anomaly" not in metrics
+    for name in (
+        "loss_curves.png",
+        "reconstructions.png",
+        "error_histogram.png",
+        "latent.png",
+        "errors.csv",
+        "report.md",
+        "report.html",
+    ):
+        assert (out / name).is_file(), name
+    html = (out / "report.html").read_text()
+    assert html.count('src="data:image/png;base64,') == 4
+    assert fingerprint(trained_run) == before
+
+
+def test_evaluate_with_normal_classes_reports_anomaly_metrics(cli, trained_run: Path, tmp_path: Path) -> None:
+    result = cli(
+        "evaluate",
+        trained_run,
+        "--normal-classes",
+        "0,1",
+        "--threshold",
+        "contamination:0.2",
+        "--score",
+        "mae",
+        "--out",
+        tmp_path / "ev",
+    )
+    assert result.exit_code == 0, result.output
+    anomaly = json.loads((tmp_path / "ev" / "metrics.json").read_text())["anomaly"]
+    assert anomaly["positive_class"] == "anomaly" and anomaly["score"] == "mae"
+    assert anomaly["normal_classes"] == [0, 1] and anomaly["n_flagged"] == 16
+    assert 0 <= anomaly["auroc"] <= 1 and set(anomaly) >= {"auprc", "precision", "recall", "f1", "threshold"}
+    header = (tmp_path / "ev" / "errors.csv").read_text().splitlines()[0]
+    assert header.endswith("is_anomaly,flagged")
+
+
+def test_evaluate_with_out_of_distribution_data(cli, trained_run: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "noise.npy", 12 + rng.random((60, 8, 8)) * 4)  # same shape and range, nearly all bright
+    result = cli("evaluate", trained_run, "--anomaly-data", tmp_path / "noise.npy", "--out", tmp_path / "ood")
+    assert result.exit_code == 0, result.output
+    anomaly = json.loads((tmp_path / "ood" / "metrics.json").read_text())["anomaly"]
+    assert anomaly["n_anomalies"] == 60 and anomaly["n_normal"] == 80
+    assert anomaly["auroc"] > 0.9 and anomaly["threshold_spec"] == "percentile:95"
+
+
+def test_evaluate_on_another_source_with_data_overrides(cli, trained_run: Path, tmp_path: Path) -> None:
+    path = tmp_path / "more.npz"
+    rng = np.random.default_rng(2)
+    np.savez(path, x=rng.random((30, 8, 8)) * 16, y=rng.integers(0, 3, 30))
+    result = cli("evaluate", trained_run, "--data", path, "--set", "data.limit=20", "--out", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["n_samples"] == 20
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--threshold", "median"], "error: --threshold 'median': expected"),
+        (["--score", "rmse"], "error: --score 'rmse': expected one of mse, mae, bce"),
+        (["--normal-classes", "0", "--anomaly-data", "x.npy"], "error: --normal-classes and --anomaly-data"),
+        (["--data", "missing.npy"], "error: data.source: no such file or folder: missing.npy"),
+        (["--set", "data.limit=3"], "error: --set data.KEY=VALUE needs --data"),
+    ],
+)
+def test_evaluate_bad_requests_write_nothing(cli, trained_run: Path, args: list[str], message: str) -> None:
+    before = sorted(p.name for p in trained_run.iterdir())
+    result = cli("evaluate", trained_run, *args)
+    assert result.exit_code == 2 and result.stderr.startswith(message), result.output
+    assert sorted(p.name for p in trained_run.iterdir()) == before
+
+
+def test_evaluate_refuses_what_is_not_a_completed_run(cli, trained_run: Path, tmp_path: Path) -> None:
+    assert cli("evaluate", tmp_path).stderr.startswith("error: not a run directory (no run.json)")
+    failed = tmp_path / "failed"
+    shutil.copytree(trained_run, failed, ignore=shutil.ignore_patterns("eval-*", "reconstruct-*"))
+    info = json.loads((failed / "run.json").read_text())
+    (failed / "run.json").write_text(json.dumps({**info, "status": "failed"}))
+    assert "is failed, not completed" in cli("evaluate", failed).stderr
+    (failed / "run.json").write_text(json.dumps(info))
+    (failed / "model.keras").write_bytes(b"not a zip")
+    result = cli("evaluate", failed)
+    assert result.exit_code == 2 and "model.keras failed to load" in result.stderr
+    (failed / "encoder.keras").unlink()
+    assert "incomplete: missing encoder.keras" in cli("evaluate", failed).stderr
+
+
+def test_model_with_code_is_refused_in_safe_mode(cli, trained_run: Path, tmp_path: Path) -> None:
+    import keras
+
+    run = tmp_path / "lambda"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval-*", "reconstruct-*"))
+    inputs = keras.Input((8, 8, 1))
+    keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2)(inputs)).save(run / "model.keras")
+    result = cli("evaluate", run)
+    assert result.exit_code == 2 and "model.keras failed to load" in result.stderr and "safe" in result.stderr
+
+
+def test_reconstruct_png_idx_and_indices_with_noise(cli, trained_run: Path, tmp_path: Path) -> None:
+    Image.fromarray((np.random.default_rng(0).random((40, 30)) * 255).astype(np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "b.jpg")
+    digits_like = np.random.default_rng(1).integers(0, 17, (3, 8, 8)).astype(np.uint8)  # the run's 0..16 range
+    write_idx(tmp_path / "some-images-idx3-ubyte.gz", digits_like)
+    out = tmp_path / "rec"
+    result = cli(
+        "reconstruct",
+        trained_run,
+        tmp_path / "a.png",
+        tmp_path / "b.jpg",
+        tmp_path / "some-images-idx3-ubyte.gz",
+        "--indices",
+        "0,5",
+        "--noise",
+        "gaussian:0.3",
+        "--save-latent",
+        "--out",
+        out,
+    )
+    assert result.exit_code == 0, result.output
+    assert last_line(result) == out and "denoising: PSNR" in result.stdout
+    rows = (out / "reconstructions.csv").read_text().splitlines()
+    assert rows[0] == "index,input,label,mse,psnr_noisy,psnr_reconstructed" and len(rows) == 8
+    assert (out / "reconstructions.png").is_file() and (out / "000-a-reconstruction.png").is_file()
+    assert (out / "000-a-noisy.png").is_file()
+    assert Image.open(out / "006-test_5_-reconstruction.png").size == (8, 8)
+    assert np.load(out / "latent.npy").shape == (7, 8)
+
+
+def test_reconstruct_without_noise_into_the_run(cli, trained_run: Path) -> None:
+    result = cli("reconstruct", trained_run, "--indices", "1")
+    assert result.exit_code == 0, result.output
+    out = last_line(result)
+    assert out.parent == trained_run and (out / "reconstructions.csv").read_text().startswith("index,input,label,mse\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "error: give at least one INPUT file or --indices"),
+        (["--indices", "9999"], "error: --indices [9999]: the run's test split has indices 0..79"),
+        (["--indices", "0", "--noise", "blur:2"], "error: --noise 'blur:2': expected"),
+        (["--indices", "0", "--noise", "mask:1.5"], "error: --noise 'mask:1.5': the mask fraction must be in (0, 1]"),
+        (["missing.png"], "error: input not found: missing.png"),
+    ],
+)
+def test_reconstruct_bad_requests(cli, trained_run: Path, args: list[str], message: str) -> None:
+    result = cli("reconstruct", trained_run, *args)
+    assert result.exit_code == 2 and result.stderr.startswith(message), result.output
+
+
+def test_reconstruct_inputs_of_the_wrong_shape(cli, trained_run: Path, tmp_path: Path) -> None:
+    np.save(tmp_path / "wide.npy", np.zeros((2, 10, 10)))
+    result = cli("reconstruct", trained_run, tmp_path / "wide.npy")
+    assert result.exit_code == 2 and "samples have shape (10, 10), but the model expects (8, 8, 1)" in result.stderr
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG garbage")
+    result = cli("reconstruct", trained_run, tmp_path / "broken.png")
+    assert result.exit_code == 2 and "cannot read it as an image" in result.stderr
+
+
+@pytest.mark.slow
+def test_html_report_renders_in_headless_chromium(cli, trained_run: Path, tmp_path: Path) -> None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium on this machine")
+    result = cli("evaluate", trained_run, "--out", tmp_path / "ev")
+    assert result.exit_code == 0
+    page = (tmp_path / "ev" / "report.html").resolve()
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.stdout.count("<img") == 4 and "Latent space" in dom.stdout
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [browser, *flags, f"--screenshot={shot}", "--window-size=1000,3000", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert (pixels < 128).mean() > 0.01  # the plots drew something dark on the white page

@@ -143,7 +143,7 @@ def validate(config: ConfigArg, overrides: SetOption = None) -> None:
     console.print(config_to_yaml(settings), end="", markup=False)
     table = Table(title=f"{settings.model.kind} autoencoder for input {input_shape}")
     for column in ("part", "layer", "type", "output shape", "activation"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=True)
     table.add_column("params", justify="right")
     for spec in plan:
         table.add_row(

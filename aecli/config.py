@@ -83,22 +83,86 @@ class DataConfig(_Section):
         return self
 
 
+class SparsityConfig(_Section):
+    target: float = Field(0.05, gt=0.0, lt=1.0, description="desired mean activation of each latent unit")
+    weight: float = Field(1.0, gt=0.0, description="weight of the KL(target || mean activation) penalty")
+
+
+class RegularizationConfig(_Section):
+    l1: float = Field(0.0, ge=0.0, description="L1 penalty on every kernel")
+    l2: float = Field(0.0, ge=0.0, description="L2 penalty on every kernel")
+    activity_l1: float = Field(0.0, ge=0.0, description="L1 penalty on the latent code (sparse codes)")
+    sparsity: SparsityConfig | None = Field(None, description="KL sparsity penalty; needs latent_activation sigmoid")
+
+    @field_validator("sparsity", mode="before")
+    @classmethod
+    def _sparsity_shorthand(cls, value: Any) -> Any:
+        return _expand_switch(value)
+
+
+# Defaults of the knobs that only some model families use (the rest must stay unset).
+CONV_DEFAULTS: dict[str, Any] = {"filters": [32, 64], "kernel_size": 3, "downsample": "stride"}
+
+
 class ModelConfig(_Section):
-    kind: Literal["dense"] = Field("dense", description="model family")
-    encoder: list[PositiveInt] = Field([128, 64], description="hidden widths of the encoder, input side first")
+    kind: Literal["dense", "conv", "vae"] = Field("dense", description="dense, conv, or vae (variational)")
+    body: Literal["dense", "conv"] | None = Field(None, description="vae only: dense (default) or conv layers")
+    encoder: list[PositiveInt] | None = Field(
+        None,
+        description="dense hidden widths of the encoder, input side first (default: [128, 64] for dense "
+        "bodies, none after conv blocks)",
+    )
     latent_dim: PositiveInt = Field(32, description="size of the code")
-    decoder: list[PositiveInt] | None = Field(None, description="hidden widths of the decoder (default: mirror)")
+    decoder: list[PositiveInt] | None = Field(None, description="dense hidden widths of the decoder (default: mirror)")
+    filters: list[PositiveInt] | None = Field(
+        None, min_length=1, description="conv: filters per block (default [32, 64])"
+    )
+    kernel_size: PositiveInt | None = Field(None, description="conv: kernel size (default 3)")
+    downsample: Literal["stride", "maxpool"] | None = Field(
+        None, description="conv: halve the size per block by stride-2 convolutions (default) or 2x2 max pooling"
+    )
     activation: Activation = "relu"
     latent_activation: Activation = "linear"
     output_activation: OutputActivation | None = Field(
         None, description="default: sigmoid when data is scaled to [0,1], linear otherwise"
     )
+    beta: float | None = Field(None, ge=0.0, description="vae only: weight of the KL term (default 1)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout rate after each hidden layer")
+    batch_norm: bool = Field(False, description="batch normalization after each hidden layer")
+    regularization: RegularizationConfig = Field(default_factory=RegularizationConfig)
+
+    @property
+    def uses_conv(self) -> bool:
+        return self.kind == "conv" or (self.kind == "vae" and self.body == "conv")
 
     @model_validator(mode="after")
-    def _mirror_decoder(self) -> ModelConfig:
-        if self.decoder is None:
-            object.__setattr__(self, "decoder", list(reversed(self.encoder)))
+    def _resolve_family(self) -> ModelConfig:
+        if self.kind == "vae":
+            self._fill("body", "dense")
+            self._fill("beta", 1.0)
+            if self.regularization.sparsity is not None or self.regularization.activity_l1:
+                raise ValueError("regularization: sparsity and activity_l1 apply to dense and conv codes, not vae")
+        else:
+            for knob in ("body", "beta"):
+                if getattr(self, knob) is not None:
+                    raise ValueError(f"{knob}: applies to model.kind vae only, not {self.kind!r}")
+        for knob, default in CONV_DEFAULTS.items():
+            if self.uses_conv:
+                self._fill(knob, default)
+            elif getattr(self, knob) is not None:
+                raise ValueError(f"{knob}: applies to conv models only (kind conv, or vae with body conv)")
+        self._fill("encoder", [] if self.uses_conv else [128, 64])
+        self._fill("decoder", list(reversed(self.encoder or [])))
+        if self.regularization.sparsity is not None and self.latent_activation != "sigmoid":
+            raise ValueError(
+                "regularization.sparsity: needs latent_activation sigmoid (mean activations must lie in (0, 1)), "
+                f"got {self.latent_activation!r}"
+            )
         return self
+
+    def _fill(self, knob: str, value: Any) -> None:
+        if getattr(self, knob) is None:
+            object.__setattr__(self, knob, value)
 
 
 class OptimizerConfig(_Section):
@@ -156,6 +220,48 @@ class CheckpointConfig(_Section):
     last: bool = Field(True, description="keep checkpoints/last.keras (end of the latest epoch)")
 
 
+class NoiseConfig(_Section):
+    kind: Literal["gaussian", "salt_pepper", "mask"] = Field(
+        "gaussian", description="gaussian: add N(0, amount); salt_pepper: set a fraction to 0 or 1; mask: set to 0"
+    )
+    amount: float = Field(0.3, gt=0.0, description="standard deviation (gaussian) or fraction (salt_pepper, mask)")
+
+    @model_validator(mode="after")
+    def _amount_in_range(self) -> NoiseConfig:
+        if self.kind != "gaussian" and self.amount > 1:
+            raise ValueError(f"amount: the {self.kind} fraction must be in (0, 1], got {self.amount}")
+        return self
+
+
+# Knobs of each learning-rate schedule with their defaults; any other knob is an error.
+SCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "constant": {},
+    "exponential": {"decay_rate": 0.9},
+    "cosine": {"alpha": 0.0},
+    "reduce_on_plateau": {"factor": 0.5, "patience": 3, "min_lr": 0.0},
+}
+
+
+class LRScheduleConfig(_Section):
+    kind: Literal["constant", "exponential", "cosine", "reduce_on_plateau"] = "constant"
+    decay_rate: float | None = Field(None, gt=0.0, le=1.0, description="exponential: factor per epoch")
+    alpha: float | None = Field(None, ge=0.0, le=1.0, description="cosine: final rate as a fraction of the first")
+    factor: float | None = Field(None, gt=0.0, lt=1.0, description="reduce_on_plateau: multiply the rate by this")
+    patience: PositiveInt | None = Field(None, description="reduce_on_plateau: epochs without improvement")
+    min_lr: float | None = Field(None, ge=0.0, description="reduce_on_plateau: lower bound")
+
+    @model_validator(mode="after")
+    def _resolve_knobs(self) -> LRScheduleConfig:
+        defaults = SCHEDULE_DEFAULTS[self.kind]
+        for knob in ("decay_rate", "alpha", "factor", "patience", "min_lr"):
+            if getattr(self, knob) is not None and knob not in defaults:
+                usable = ", ".join(defaults) or "none"
+                raise ValueError(f"{knob}: does not apply to schedule {self.kind!r} (its knobs: {usable})")
+            if getattr(self, knob) is None and knob in defaults:
+                object.__setattr__(self, knob, defaults[knob])
+        return self
+
+
 class TrainingConfig(_Section):
     epochs: PositiveInt = Field(10, le=1_000_000)
     batch_size: PositiveInt = Field(32, description="ignored by optimizer gd, which uses the whole training set")
@@ -164,11 +270,18 @@ class TrainingConfig(_Section):
     early_stopping: EarlyStoppingConfig | None = Field(None, description="off unless set; `true` = defaults")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     tensorboard: bool = Field(False, description="write TensorBoard logs under the run directory")
+    noise: NoiseConfig | None = Field(None, description="denoising: corrupt the inputs (fresh each epoch), not targets")
+    lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig)
 
-    @field_validator("early_stopping", mode="before")
+    @field_validator("early_stopping", "noise", mode="before")
     @classmethod
-    def _early_stopping_shorthand(cls, value: Any) -> Any:
+    def _switch_shorthand(cls, value: Any) -> Any:
         return _expand_switch(value)
+
+    @field_validator("lr_schedule", mode="before")
+    @classmethod
+    def _schedule_shorthand(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
 
 
 class AecliConfig(_Section):
@@ -193,6 +306,8 @@ class AecliConfig(_Section):
                 f"loss.name: bce needs outputs in [0,1], but model.output_activation is "
                 f"{self.model.output_activation!r}; use output_activation sigmoid with scaled data, or loss mse"
             )
+        if self.model.kind == "vae" and self.loss.name not in ("mse", "bce"):
+            raise ValueError(f"loss.name: a vae's reconstruction term is mse or bce, got {self.loss.name!r}")
         stopping = self.training.early_stopping
         if stopping is not None and stopping.monitor == "val_loss" and self.data.validation_split == 0:
             raise ValueError(
@@ -257,8 +372,10 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         child = node.get(part)
         if child is None:
             child = node[part] = {}
-        elif isinstance(child, str) and key.startswith("loss."):
+        elif isinstance(child, str) and part == "loss":
             child = node[part] = {"name": child}
+        elif isinstance(child, str) and part == "lr_schedule":
+            child = node[part] = {"kind": child}
         elif isinstance(child, bool):
             child = node[part] = {}
         if not isinstance(child, dict):

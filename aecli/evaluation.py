@@ -26,12 +26,15 @@ KNN_HELD_OUT = 0.3  # share of the evaluated samples the k-NN classifier is scor
 
 def predict_batched(model: Any, x: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE) -> np.ndarray:
     """Run `model` over `x` in large batches through its compiled predict step (no per-call overhead)."""
-    if len(x) == 0:
-        return np.zeros((0, *model.output_shape[1:]), np.float32)
     parts = [
-        np.asarray(model.predict_on_batch(x[start : start + batch_size])) for start in range(0, len(x), batch_size)
+        _first_output(model.predict_on_batch(x[start : start + batch_size])) for start in range(0, len(x), batch_size)
     ]
     return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def _first_output(outputs: Any) -> np.ndarray:
+    """A VAE encoder returns (z_mean, z_log_var, z): its code is z_mean."""
+    return np.asarray(outputs[0] if isinstance(outputs, (list, tuple)) else outputs)
 
 
 def per_sample_errors(x: np.ndarray, x_hat: np.ndarray) -> dict[str, np.ndarray]:

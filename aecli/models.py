@@ -1,15 +1,16 @@
 """Autoencoder architectures: a TensorFlow-free layer plan, and the Keras builder that follows it.
 
 The plan is the single description of a model: `aecli validate` prints it (parameter counts
-without importing Keras) and `build_autoencoder` turns it into built-in Keras layers, so
-the saved `.keras` files load in plain Keras.
+without importing Keras) and `build_autoencoder` turns it into Keras layers. Dense and conv
+autoencoders use built-in layers only, so their `.keras` files load in plain Keras; a VAE
+adds aecli's registered `Sampling` layer and `VariationalAutoencoder` model (see layers.py).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aecli.config import ModelConfig
@@ -20,19 +21,24 @@ if TYPE_CHECKING:
 
 # Bytes held per parameter while training: weights, gradients and up to two optimizer slots (float32).
 TRAINING_BYTES_PER_PARAMETER = 16
+# Layers that take the model's kernel regularizers (l1/l2).
+WEIGHTED_KINDS = ("Dense", "Conv2D", "Conv2DTranspose")
 
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One layer of the plan: `part` is encoder or decoder, `units` is set for Dense layers."""
+    """One layer of the plan: a Keras layer class name plus its arguments."""
 
-    part: str
+    part: str  # encoder | decoder
     name: str
     kind: str
     output_shape: tuple[int, ...]
     parameters: int = 0
-    units: int | None = None
-    activation: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def activation(self) -> str | None:
+        return self.options.get("activation")
 
 
 class Autoencoder(NamedTuple):
@@ -41,50 +47,127 @@ class Autoencoder(NamedTuple):
     decoder: keras.Model
 
 
+class _Planner:
+    """Accumulates layer specs while tracking the current output shape."""
+
+    def __init__(self, cfg: ModelConfig, input_shape: tuple[int, ...]) -> None:
+        self.cfg = cfg
+        self.shape = input_shape
+        self.part = "encoder"
+        self.specs: list[LayerSpec] = []
+        self._count: dict[str, int] = {}
+
+    def add(
+        self, kind: str, shape: tuple[int, ...], parameters: int = 0, name: str | None = None, **options: Any
+    ) -> None:
+        if name is None:
+            self._count[kind] = self._count.get(kind, 0) + 1
+            name = f"{self.part}_{kind.lower()}_{self._count[kind]}"
+        self.specs.append(LayerSpec(self.part, name, kind, shape, parameters, options))
+        self.shape = shape
+
+    def dense(self, units: int, activation: str, name: str | None = None, hidden: bool = True) -> None:
+        inputs = math.prod(self.shape)
+        self.add("Dense", (units,), inputs * units + units, name, units=units, activation=activation)
+        if hidden:
+            self.extras()
+
+    def conv(
+        self,
+        filters: int,
+        strides: int,
+        transpose: bool = False,
+        activation: str | None = None,
+        name: str | None = None,
+        hidden: bool = True,
+    ) -> None:
+        height, width, channels = self.shape
+        k = self.cfg.kernel_size or 3
+        if transpose:
+            shape = (height * strides, width * strides, filters)
+        else:
+            shape = (math.ceil(height / strides), math.ceil(width / strides), filters)
+        kind = "Conv2DTranspose" if transpose else "Conv2D"
+        self.add(
+            kind,
+            shape,
+            k * k * channels * filters + filters,
+            name,
+            filters=filters,
+            kernel_size=k,
+            strides=strides,
+            padding="same",
+            activation=activation or self.cfg.activation,
+        )
+        if hidden:
+            self.extras()
+
+    def extras(self) -> None:
+        """Batch normalization and dropout after a hidden layer, when configured."""
+        if self.cfg.batch_norm:
+            self.add("BatchNormalization", self.shape, 4 * self.shape[-1])
+        if self.cfg.dropout:
+            self.add("Dropout", self.shape, rate=self.cfg.dropout)
+
+
 def plan_autoencoder(cfg: ModelConfig, input_shape: tuple[int, ...]) -> list[LayerSpec]:
     """The layers of the encoder then the decoder, with output shapes and parameter counts."""
+    assert cfg.encoder is not None and cfg.decoder is not None and cfg.output_activation is not None
+    planner = _Planner(cfg, input_shape)
+    if cfg.uses_conv:
+        _check_conv_input(cfg, input_shape)
+        for filters in cfg.filters or []:
+            if cfg.downsample == "maxpool":
+                planner.conv(filters, strides=1)
+                h, w, c = planner.shape
+                planner.add("MaxPooling2D", (math.ceil(h / 2), math.ceil(w / 2), c), pool_size=2, padding="same")
+            else:
+                planner.conv(filters, strides=2)
+    conv_shape = planner.shape
+    if len(planner.shape) > 1:
+        planner.add("Flatten", (math.prod(planner.shape),), name="flatten")
+    for units in cfg.encoder:
+        planner.dense(units, cfg.activation)
+    if cfg.kind == "vae":
+        code_input = planner.shape
+        planner.dense(cfg.latent_dim, "linear", name="z_mean", hidden=False)
+        planner.shape = code_input
+        planner.dense(cfg.latent_dim, "linear", name="z_log_var", hidden=False)
+        planner.add("Sampling", (cfg.latent_dim,), name="z")
+    else:
+        planner.dense(cfg.latent_dim, cfg.latent_activation, name="latent", hidden=False)
+
+    planner.part = "decoder"
+    for units in cfg.decoder:
+        planner.dense(units, cfg.activation)
     features = math.prod(input_shape)
-    plan: list[LayerSpec] = []
-    if len(input_shape) > 1:
-        plan.append(LayerSpec("encoder", "flatten", "Flatten", (features,)))
-    width = features
-    assert cfg.decoder is not None and cfg.output_activation is not None  # resolved by validation
-    dense_stack = [*cfg.encoder, cfg.latent_dim]
-    for index, units in enumerate(dense_stack, start=1):
-        is_latent = index == len(dense_stack)
-        plan.append(
-            LayerSpec(
-                "encoder",
-                "latent" if is_latent else f"encoder_dense_{index}",
-                "Dense",
-                (units,),
-                width * units + units,
-                units,
-                cfg.latent_activation if is_latent else cfg.activation,
-            )
+    if cfg.uses_conv:
+        planner.dense(math.prod(conv_shape), cfg.activation)
+        planner.add("Reshape", conv_shape, target_shape=conv_shape)
+        for filters in reversed(cfg.filters or []):
+            planner.conv(filters, strides=2, transpose=True)
+        planner.conv(input_shape[-1], strides=1, activation=cfg.output_activation, name="reconstruction", hidden=False)
+    else:
+        planner.dense(features, cfg.output_activation, name="reconstruction", hidden=False)
+        if len(input_shape) > 1:
+            planner.add("Reshape", tuple(input_shape), name="reshape", target_shape=tuple(input_shape))
+    return planner.specs
+
+
+def _check_conv_input(cfg: ModelConfig, input_shape: tuple[int, ...]) -> None:
+    if len(input_shape) != 3:
+        raise ConfigError(
+            f"model.kind: {cfg.kind} with conv layers needs image data (height, width, channels), but this data "
+            f"is tabular with {input_shape[0]} features; use model.kind dense"
         )
-        width = units
-    for index, units in enumerate(cfg.decoder, start=1):
-        plan.append(
-            LayerSpec(
-                "decoder", f"decoder_dense_{index}", "Dense", (units,), width * units + units, units, cfg.activation
-            )
+    blocks = len(cfg.filters or [])
+    step = 2**blocks
+    height, width, _ = input_shape
+    if height % step or width % step:
+        raise ConfigError(
+            f"model.filters: {blocks} down-sampling blocks cannot be mirrored on {height}x{width} inputs "
+            f"({height}x{width} is not divisible by 2^{blocks} = {step}); use fewer blocks"
         )
-        width = units
-    plan.append(
-        LayerSpec(
-            "decoder",
-            "reconstruction",
-            "Dense",
-            (features,),
-            width * features + features,
-            features,
-            cfg.output_activation,
-        )
-    )
-    if len(input_shape) > 1:
-        plan.append(LayerSpec("decoder", "reshape", "Reshape", tuple(input_shape)))
-    return plan
 
 
 def count_parameters(plan: list[LayerSpec]) -> int:
@@ -99,35 +182,71 @@ def check_model_fits_memory(plan: list[LayerSpec]) -> None:
         raise ConfigError(
             f"model: {count_parameters(plan):,} parameters need about {needed / 2**30:.1f} GiB to train "
             f"(weights, gradients, optimizer state), more than this machine's {available / 2**30:.1f} GiB; "
-            f"reduce model.encoder, model.decoder or model.latent_dim"
+            f"reduce model.encoder, model.decoder, model.filters or model.latent_dim"
         )
 
 
-def build_autoencoder(cfg: ModelConfig, input_shape: tuple[int, ...]) -> Autoencoder:
-    """Build encoder, decoder and the end-to-end model from built-in Keras layers (functional API)."""
+def build_autoencoder(cfg: ModelConfig, input_shape: tuple[int, ...], reconstruction_loss: str = "mse") -> Autoencoder:
+    """Build encoder, decoder and the end-to-end model (functional API; a VAE is a Model subclass
+    whose own loss uses `reconstruction_loss`, mse or bce)."""
     import keras
 
     plan = plan_autoencoder(cfg, input_shape)
     encoder_input = keras.Input(shape=input_shape, name="input")
-    latent = _apply(encoder_input, [spec for spec in plan if spec.part == "encoder"])
-    encoder = keras.Model(encoder_input, latent, name="encoder")
+    encoded = _apply(encoder_input, [spec for spec in plan if spec.part == "encoder"], cfg)
+    encoder = keras.Model(encoder_input, encoded, name="encoder")
 
     decoder_input = keras.Input(shape=(cfg.latent_dim,), name="code")
-    reconstruction = _apply(decoder_input, [spec for spec in plan if spec.part == "decoder"])
+    reconstruction = _apply(decoder_input, [spec for spec in plan if spec.part == "decoder"], cfg)
     decoder = keras.Model(decoder_input, reconstruction, name="decoder")
 
+    if cfg.kind == "vae":
+        from aecli.layers import VariationalAutoencoder
+
+        vae = VariationalAutoencoder(
+            encoder, decoder, beta=cfg.beta or 0.0, reconstruction=reconstruction_loss, name="vae"
+        )
+        vae(keras.ops.zeros((1, *input_shape)))  # build the weights now, so they can be counted and saved
+        return Autoencoder(vae, encoder, decoder)
     model = keras.Model(encoder_input, decoder(encoder(encoder_input)), name="autoencoder")
     return Autoencoder(model, encoder, decoder)
 
 
-def _apply(tensor: Any, specs: list[LayerSpec]) -> Any:
+def _apply(tensor: Any, specs: list[LayerSpec], cfg: ModelConfig) -> Any:
     import keras
 
+    heads: dict[str, Any] = {}
+    trunk = tensor
     for spec in specs:
-        if spec.kind == "Flatten":
-            tensor = keras.layers.Flatten(name=spec.name)(tensor)
-        elif spec.kind == "Reshape":
-            tensor = keras.layers.Reshape(spec.output_shape, name=spec.name)(tensor)
-        else:
-            tensor = keras.layers.Dense(spec.units, activation=spec.activation, name=spec.name)(tensor)
-    return tensor
+        options = dict(spec.options)
+        if spec.kind in WEIGHTED_KINDS and (cfg.regularization.l1 or cfg.regularization.l2):
+            options["kernel_regularizer"] = keras.regularizers.L1L2(cfg.regularization.l1, cfg.regularization.l2)
+        if spec.name == "latent":
+            options["activity_regularizer"] = _code_regularizer(cfg)
+        if spec.kind == "Sampling":
+            from aecli.layers import Sampling
+
+            return [
+                heads["z_mean"],
+                heads["z_log_var"],
+                Sampling(seed=0, name=spec.name)([heads["z_mean"], heads["z_log_var"]]),
+            ]
+        layer = getattr(keras.layers, spec.kind)(name=spec.name, **options)
+        if spec.name in ("z_mean", "z_log_var"):
+            heads[spec.name] = layer(trunk)
+            continue
+        trunk = layer(trunk)
+    return trunk
+
+
+def _code_regularizer(cfg: ModelConfig) -> Any:
+    import keras
+
+    sparsity = cfg.regularization.sparsity
+    if sparsity is not None:
+        from aecli.layers import KLSparsity
+
+        return KLSparsity(sparsity.target, sparsity.weight, cfg.regularization.activity_l1)
+    if cfg.regularization.activity_l1:
+        return keras.regularizers.L1(cfg.regularization.activity_l1)
+    return None

@@ -18,7 +18,9 @@ HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "learning_rate", "seconds")
 
 
 def write_history_csv(path: Path, rows: list[dict[str, float]]) -> None:
-    columns = [column for column in HISTORY_COLUMNS if any(column in row for row in rows)]
+    extras = [key for key in dict.fromkeys(key for row in rows for key in row) if key not in HISTORY_COLUMNS]
+    known = [column for column in HISTORY_COLUMNS if any(column in row for row in rows)]
+    columns = known[:3] + extras + known[3:] if "val_loss" in known else known[:2] + extras + known[2:]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

@@ -156,6 +156,8 @@ def load_model(path: Path) -> Any:
     import_tensorflow()
     import keras
 
+    import aecli.layers  # noqa: F401  (registers aecli's custom objects for VAE and sparse models)
+
     try:
         return keras.saving.load_model(path, safe_mode=True)
     except Exception as exc:  # Keras raises many types for corrupt, foreign or unsafe files

@@ -14,8 +14,10 @@ from typing import Any, Protocol
 import keras
 import numpy as np
 
-from aecli.config import LossConfig, OptimizerConfig, TrainingConfig
+from aecli.config import LossConfig, LRScheduleConfig, NoiseConfig, OptimizerConfig, TrainingConfig
 from aecli.errors import TrainingDivergedError
+from aecli.layers import VariationalAutoencoder
+from aecli.noise import NoiseSpec, corrupt
 
 KERAS_OPTIMIZERS: dict[str, str] = {
     "gd": "SGD",
@@ -58,13 +60,55 @@ def seed_everything(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def build_optimizer(cfg: OptimizerConfig) -> keras.optimizers.Optimizer:
-    """The Keras optimizer for `cfg`; gd/sgd/momentum/nesterov are SGD with different knobs."""
+def build_optimizer(cfg: OptimizerConfig, learning_rate: Any = None) -> keras.optimizers.Optimizer:
+    """The Keras optimizer for `cfg`; gd/sgd/momentum/nesterov are SGD with different knobs.
+
+    `learning_rate` replaces cfg.learning_rate, e.g. with a schedule from `build_learning_rate`.
+    """
     knobs = cfg.model_dump(exclude={"name"}, exclude_none=True)
+    if learning_rate is not None:
+        knobs["learning_rate"] = learning_rate
     if cfg.name == "nesterov":
         knobs["nesterov"] = True
     optimizer_class = getattr(keras.optimizers, KERAS_OPTIMIZERS[cfg.name])
     return optimizer_class(**knobs)
+
+
+def build_learning_rate(
+    initial: float, cfg: LRScheduleConfig, steps_per_epoch: int, epochs: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """A constant rate, or a per-step schedule whose knobs are expressed per epoch."""
+    if cfg.kind == "exponential":
+        return keras.optimizers.schedules.ExponentialDecay(
+            initial, decay_steps=steps_per_epoch, decay_rate=cfg.decay_rate
+        )
+    if cfg.kind == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            initial, decay_steps=steps_per_epoch * epochs, alpha=cfg.alpha or 0.0
+        )
+    return initial
+
+
+class NoisyBatches(keras.utils.PyDataset):
+    """Denoising input: (corrupted batch, clean batch), with fresh noise and order every epoch."""
+
+    def __init__(self, x: np.ndarray, batch_size: int, noise: NoiseConfig, seed: int, shuffle: bool) -> None:
+        super().__init__()
+        self.x, self.batch_size, self.shuffle = x, batch_size, shuffle
+        self.noise = NoiseSpec(noise.kind, noise.amount)
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(x)) if shuffle else np.arange(len(x))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        clean = self.x[self.order[index * self.batch_size : (index + 1) * self.batch_size]]
+        return corrupt(clean, self.noise, self.rng), clean
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self.order = self.rng.permutation(len(self.x))
 
 
 def build_loss(cfg: LossConfig) -> keras.losses.Loss:
@@ -99,8 +143,7 @@ class _HistoryRecorder(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
         row = {"epoch": epoch + 1, "loss": float(logs.get("loss", math.nan))}
-        if "val_loss" in logs:
-            row["val_loss"] = float(logs["val_loss"])
+        row.update({key: float(value) for key, value in logs.items() if key != "learning_rate" and key not in row})
         row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row["seconds"] = time.perf_counter() - self._started
         self.rows.append(row)
@@ -119,10 +162,15 @@ def fit_autoencoder(
     reporter: ProgressReporter | None = None,
 ) -> TrainingResult:
     """Compile `model` and fit it to reproduce its input; checkpoints and logs go under `run_dir`."""
-    model.compile(optimizer=build_optimizer(optimizer), loss=build_loss(loss))
     full_batch = optimizer.name == "gd"
     batch_size = len(x_train) if full_batch else min(training.batch_size, len(x_train))
     steps = math.ceil(len(x_train) / batch_size)
+    assert optimizer.learning_rate is not None  # resolved by validation
+    learning_rate = build_learning_rate(optimizer.learning_rate, training.lr_schedule, steps, training.epochs)
+    if isinstance(model, VariationalAutoencoder):
+        model.compile(optimizer=build_optimizer(optimizer, learning_rate))  # its own loss: see layers.py
+    else:
+        model.compile(optimizer=build_optimizer(optimizer, learning_rate), loss=build_loss(loss))
     monitor = "val_loss" if x_val is not None else "loss"
     if training.early_stopping is not None:
         monitor = training.early_stopping.monitor
@@ -130,18 +178,22 @@ def fit_autoencoder(
     callbacks: list[keras.callbacks.Callback] = [recorder, keras.callbacks.TerminateOnNaN()]
     callbacks += _optional_callbacks(training, monitor, run_dir)
 
+    inputs: dict[str, Any] = {
+        "x": x_train,
+        "y": x_train,
+        "batch_size": batch_size,
+        "shuffle": training.shuffle and not full_batch,
+    }
+    validation = None if x_val is None else (x_val, x_val)
+    if training.noise is not None:
+        inputs = {"x": NoisyBatches(x_train, batch_size, training.noise, training.seed, training.shuffle)}
+        if x_val is not None:  # validate on fixed noisy inputs, so val_loss is comparable across epochs
+            noise = NoiseSpec(training.noise.kind, training.noise.amount)
+            validation = (corrupt(x_val, noise, np.random.default_rng(training.seed + 1)), x_val)
+
     started = time.perf_counter()
     try:
-        model.fit(
-            x_train,
-            x_train,
-            validation_data=None if x_val is None else (x_val, x_val),
-            epochs=training.epochs,
-            batch_size=batch_size,
-            shuffle=training.shuffle and not full_batch,
-            callbacks=callbacks,
-            verbose=0,
-        )
+        model.fit(**inputs, validation_data=validation, epochs=training.epochs, callbacks=callbacks, verbose=0)
     finally:
         if reporter:
             reporter.training_finished()
@@ -187,6 +239,13 @@ def _optional_callbacks(training: TrainingConfig, monitor: str, run_dir: Path) -
         )
     if training.checkpoint.last:
         callbacks.append(keras.callbacks.ModelCheckpoint(checkpoints / "last.keras"))
+    schedule = training.lr_schedule
+    if schedule.kind == "reduce_on_plateau":
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=monitor, factor=schedule.factor, patience=schedule.patience, min_lr=schedule.min_lr or 0.0
+            )
+        )
     if training.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
     return callbacks

@@ -173,7 +173,7 @@ def test_shipped_schema_matches_the_config_model() -> None:
     assert shipped == config_json_schema(), "regenerate it: aecli schema > configs/aecli.schema.json"
 
 
-@pytest.mark.parametrize("name", ["digits.yaml", "mnist.yaml", "seed.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[1] / "configs").glob("*.yaml")))
 def test_shipped_configs_are_valid(name: str) -> None:
     from aecli.config import load_config
 

@@ -110,7 +110,7 @@ def _train_and_report(config: AecliConfig, dataset: Dataset, run_dir: Path, repo
     from aecli.training import fit_autoencoder, seed_everything
 
     seed_everything(config.training.seed)
-    autoencoder = build_autoencoder(config.model, dataset.sample_shape)
+    autoencoder = build_autoencoder(config.model, dataset.sample_shape, config.loss.name)
     result = fit_autoencoder(
         autoencoder.model,
         dataset.x_train,

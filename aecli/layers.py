@@ -1,0 +1,136 @@
+"""aecli's custom Keras objects, registered so saved models load back with `keras.saving.load_model`.
+
+Importing this module registers them (it imports Keras, so the CLI loads it only when a
+model is built or loaded). Written with `keras.ops`/`keras.random` only.
+
+VAE loss convention: per sample, the reconstruction term is *summed* over all features
+(pixels) and the KL term is summed over latent dimensions; both are then averaged over
+the batch: loss = reconstruction + beta * KL (the negative ELBO when beta = 1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+_EPSILON = 1e-7
+
+
+@keras.saving.register_keras_serializable(package="aecli")
+class Sampling(keras.layers.Layer):
+    """The reparameterisation trick: z = z_mean + exp(z_log_var / 2) * epsilon, epsilon ~ N(0, I)."""
+
+    def __init__(self, seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs: list[Any]) -> Any:
+        z_mean, z_log_var = inputs
+        epsilon = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
+        return z_mean + ops.exp(0.5 * z_log_var) * epsilon
+
+    def compute_output_shape(self, input_shape: list[tuple[int, ...]]) -> tuple[int, ...]:
+        return input_shape[0]
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="aecli")
+class KLSparsity(keras.regularizers.Regularizer):
+    """Sparse codes: weight * sum_j KL(target || mean activation of unit j over the batch), plus an
+    optional L1 term on the activations. Needs activations in (0, 1) (a sigmoid code)."""
+
+    def __init__(self, target: float = 0.05, weight: float = 1.0, l1: float = 0.0) -> None:
+        self.target, self.weight, self.l1 = float(target), float(weight), float(l1)
+
+    def __call__(self, activations: Any) -> Any:
+        rho = self.target
+        rho_hat = ops.clip(ops.mean(activations, axis=0), _EPSILON, 1 - _EPSILON)
+        divergence = rho * ops.log(rho / rho_hat) + (1 - rho) * ops.log((1 - rho) / (1 - rho_hat))
+        penalty = self.weight * ops.sum(divergence)
+        if self.l1:
+            penalty = penalty + self.l1 * ops.sum(ops.abs(activations))
+        return penalty
+
+    def get_config(self) -> dict[str, Any]:
+        return {"target": self.target, "weight": self.weight, "l1": self.l1}
+
+
+@keras.saving.register_keras_serializable(package="aecli")
+class VariationalAutoencoder(keras.Model):
+    """A VAE around an encoder (-> z_mean, z_log_var, z) and a decoder.
+
+    Training decodes the sampled z; inference decodes z_mean, so reconstructions are
+    deterministic. `reconstruction_loss` and `kl_loss` are reported next to `loss`.
+    """
+
+    def __init__(
+        self,
+        encoder: keras.Model,
+        decoder: keras.Model,
+        beta: float = 1.0,
+        reconstruction: str = "mse",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if reconstruction not in ("mse", "bce"):
+            raise ValueError(f"reconstruction must be 'mse' or 'bce'. Received: reconstruction={reconstruction}")
+        self.encoder, self.decoder = encoder, decoder
+        self.beta, self.reconstruction = float(beta), reconstruction
+        self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction_loss")
+        self.kl_tracker = keras.metrics.Mean(name="kl_loss")
+
+    def call(self, inputs: Any, training: bool = False) -> Any:
+        z_mean, z_log_var, z = self.encoder(inputs, training=training)
+        kl = -0.5 * ops.sum(1 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=1)
+        # Read back by compute_loss in the same (traced) step; bypasses Keras's attribute tracking.
+        object.__setattr__(self, "_batch_kl", ops.mean(kl))
+        return self.decoder(z if training else z_mean, training=training)
+
+    def compute_loss(
+        self, x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None, training: bool = True
+    ) -> Any:
+        flat_true = ops.reshape(y, (ops.shape(y)[0], -1))
+        flat_pred = ops.reshape(y_pred, (ops.shape(y_pred)[0], -1))
+        if self.reconstruction == "bce":
+            per_feature = ops.binary_crossentropy(flat_true, ops.clip(flat_pred, _EPSILON, 1 - _EPSILON))
+        else:
+            per_feature = ops.square(flat_true - flat_pred)
+        reconstruction = ops.mean(ops.sum(per_feature, axis=1))
+        kl = self._batch_kl
+        self.reconstruction_tracker.update_state(reconstruction)
+        self.kl_tracker.update_state(kl)
+        total = reconstruction + self.beta * kl
+        if self.losses:  # kernel / activity regularizers of the encoder and decoder
+            total = total + ops.sum(self.losses)
+        return total
+
+    @property
+    def metrics(self) -> list[Any]:
+        return [*super().metrics, self.reconstruction_tracker, self.kl_tracker]
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "decoder": keras.saving.serialize_keras_object(self.decoder),
+            "beta": self.beta,
+            "reconstruction": self.reconstruction,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> VariationalAutoencoder:
+        config = dict(config)
+        encoder = keras.saving.deserialize_keras_object(config.pop("encoder"))
+        decoder = keras.saving.deserialize_keras_object(config.pop("decoder"))
+        return cls(encoder, decoder, **config)
+
+
+def custom_objects() -> dict[str, Any]:
+    """For `keras.saving.load_model(path, custom_objects=aecli.layers.custom_objects())`."""
+    return {"Sampling": Sampling, "KLSparsity": KLSparsity, "VariationalAutoencoder": VariationalAutoencoder}

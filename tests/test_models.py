@@ -18,7 +18,7 @@ SEED_MODEL = {
 def test_reference_model_plan_has_222384_parameters() -> None:
     plan = plan_autoencoder(ModelConfig(**SEED_MODEL), (28, 28, 1))
     assert count_parameters(plan) == 222_384
-    dense = [spec.units for spec in plan if spec.kind == "Dense"]
+    dense = [spec.options["units"] for spec in plan if spec.kind == "Dense"]
     assert dense == [128, 64, 32, 64, 128, 784]
 
 

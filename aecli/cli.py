@@ -39,6 +39,12 @@ SetOption = Annotated[
 ]
 
 
+def _console() -> Console:
+    """Rich output on stdout; pipes and logs get a wide fixed width so tables are not squeezed."""
+    probe = Console()
+    return Console(highlight=False, soft_wrap=True, width=None if probe.is_terminal else 160)
+
+
 def reports_errors(command: F) -> F:
     """The one place user errors become `error: <message>` on stderr and an exit code."""
 
@@ -83,7 +89,7 @@ def train(
     from aecli.progress import PlainProgress, RichProgress
 
     settings = load_config(config, overrides or [])
-    console = Console(highlight=False, soft_wrap=True)
+    console = _console()
     console.print(
         f"training {settings.model.kind} autoencoder on {settings.data.source} "
         f"({settings.optimizer.name}, {settings.loss.name}, {settings.training.epochs} epochs)"
@@ -139,7 +145,7 @@ def validate(config: ConfigArg, overrides: SetOption = None) -> None:
     settings = load_config(config, overrides or [])
     input_shape = peek_sample_shape(settings.data)
     plan = plan_autoencoder(settings.model, input_shape)
-    console = Console(highlight=False, soft_wrap=True)
+    console = _console()
     console.print(config_to_yaml(settings), end="", markup=False)
     table = Table(title=f"{settings.model.kind} autoencoder for input {input_shape}")
     for column in ("part", "layer", "type", "output shape", "activation"):
@@ -213,7 +219,7 @@ def evaluate(
         tsne=tsne,
     )
     outcome = evaluate_run(request)
-    console = Console(highlight=False, soft_wrap=True)
+    console = _console()
     _print_evaluation_summary(console, outcome.metrics)
     console.print(f"report: {outcome.report_html} (plots and metrics.json beside it)", soft_wrap=True)
     typer.echo(str(outcome.out_dir))
@@ -276,7 +282,7 @@ def reconstruct(
         seed=seed,
     )
     outcome = reconstruct_inputs(request)
-    console = Console(highlight=False, soft_wrap=True)
+    console = _console()
     console.print(f"reconstructed {outcome.n_inputs} input(s): mean mse {outcome.mean_mse:.5g}")
     if outcome.psnr_noisy is not None and outcome.psnr_reconstructed is not None:
         console.print(
@@ -285,6 +291,69 @@ def reconstruct(
         )
     console.print(f"grid: {outcome.out_dir / 'reconstructions.png'}, table: reconstructions.csv", soft_wrap=True)
     typer.echo(str(outcome.out_dir))
+
+
+@app.command()
+@reports_errors
+def compare(
+    config: ConfigArg,
+    vary: Annotated[
+        list[str] | None,
+        typer.Option("--vary", "-v", help="KEY=V1,V2,... (repeatable): the grid is the product of every --vary."),
+    ] = None,
+    overrides: SetOption = None,
+    repeats: Annotated[int, typer.Option(help="Seeds per cell (mean ± std in the tables).")] = 1,
+    runs_dir: Annotated[Path, typer.Option(help="Folder that receives the sweep folder.")] = Path("runs"),
+    name: Annotated[str | None, typer.Option(help="Sweep name (default: the config file's name).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Finish an interrupted sweep folder (same options).")] = None,
+    log_scale: Annotated[bool, typer.Option("--log-scale/--linear", help="Y axis of the curve plots.")] = True,
+) -> None:
+    """Train a grid of variations (optimizers, losses, ...) and compare them side by side."""
+    from aecli.commands.compare import CompareRequest, format_value, run_comparison
+    from aecli.progress import RichProgress
+
+    console = _console()
+    request = CompareRequest(
+        config=config,
+        vary=vary or [],
+        overrides=overrides or [],
+        repeats=repeats,
+        runs_dir=runs_dir,
+        name=name,
+        resume=resume,
+        log_scale=log_scale,
+    )
+    try:
+        live = (lambda: RichProgress(console, print_epochs=False)) if console.is_terminal else None
+        outcome = run_comparison(request, reporter_factory=live, say=console.print)
+    except KeyboardInterrupt:
+        typer.echo(
+            "interrupted: finished cells are kept; run the same command with --resume SWEEP_DIR "
+            "(the compare-* folder) to train the rest",
+            err=True,
+        )
+        raise typer.Exit(130) from None
+    table = Table(title="comparison (ranked by test MSE, the metric every loss shares)")
+    columns = {
+        "final_loss": "final val loss",
+        "best_loss": "best val loss",
+        "best_epoch": "best epoch",
+        "test_mse": "test MSE",
+        "epochs_to_5pct": "epochs to 5% of best",
+        "wall_seconds": "seconds",
+        "samples_per_second": "samples/s",
+    }
+    for key in outcome.varied:
+        table.add_column(key)
+    for title in columns.values():
+        table.add_column(title, justify="right")
+    for row in sorted(outcome.rows, key=lambda r: (r["test_mse"] is None, r["test_mse"] or 0)):
+        style = "bold green" if row["group"] == outcome.best else ("red" if "diverged" in row["status"] else None)
+        table.add_row(*[str(row[key]) for key in outcome.varied], *[format_value(row, c) for c in columns], style=style)
+    console.print(table)
+    sweep = outcome.sweep_dir
+    console.print(f"tables: {sweep / 'comparison.md'}, comparison.csv; curves: curves.png, curves_time.png")
+    typer.echo(str(sweep))
 
 
 @app.command()

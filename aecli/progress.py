@@ -35,10 +35,12 @@ class PlainProgress:
 
 
 class RichProgress(PlainProgress):
-    """A live bar for the current epoch (step, loss, ETA); finished epochs stay as plain lines."""
+    """A live bar for the current epoch (step, loss, ETA); finished epochs stay as plain lines
+    unless `print_epochs` is off (compare shows one line per run instead)."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, print_epochs: bool = True) -> None:
         super().__init__(console)
+        self.print_epochs = print_epochs
         self.bar = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}"),
             BarColumn(),
@@ -58,7 +60,8 @@ class RichProgress(PlainProgress):
         self.bar.update(self.task, completed=step, loss="-" if loss is None else f"{loss:.4g}")
 
     def epoch_finished(self, epoch: int, epochs: int, row: dict[str, float]) -> None:
-        self.bar.console.print(format_epoch(epoch, epochs, row), highlight=False, soft_wrap=True)
+        if self.print_epochs:
+            self.bar.console.print(format_epoch(epoch, epochs, row), highlight=False, soft_wrap=True)
 
     def training_finished(self) -> None:
         self.bar.stop()

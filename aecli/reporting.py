@@ -106,6 +106,27 @@ def plot_loss_curves(history: list[dict[str, float]], path: Path) -> None:
     _save(fig, path)
 
 
+def plot_series(
+    series: list[tuple[str, list[float], list[float]]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    path: Path,
+    log_scale: bool = True,
+) -> None:
+    """Several labelled curves on one set of axes (log y-axis when every value is positive)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, xs, ys in series:
+        ax.plot(xs, ys, marker="o", markersize=2.5, linewidth=1.4, label=label)
+    if log_scale and all(y > 0 for _, _, ys in series for y in ys):
+        ax.set_yscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
 def representative_indices(errors: np.ndarray, per_group: int) -> dict[str, np.ndarray]:
     """Indices of the best, most typical (around the median) and worst reconstructions."""
     order = np.argsort(errors, kind="stable")

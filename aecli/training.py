@@ -121,6 +121,15 @@ def build_loss(cfg: LossConfig) -> keras.losses.Loss:
     return keras.losses.Huber(delta=cfg.delta if cfg.delta is not None else 1.0)
 
 
+class _StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Like keras.callbacks.TerminateOnNaN (NaN or inf), without printing to stdout."""
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.model.stop_training = True
+
+
 class _HistoryRecorder(keras.callbacks.Callback):
     """Per-epoch loss, validation loss, learning rate and wall seconds, streamed to the reporter."""
 
@@ -175,7 +184,7 @@ def fit_autoencoder(
     if training.early_stopping is not None:
         monitor = training.early_stopping.monitor
     recorder = _HistoryRecorder(training.epochs, steps, reporter)
-    callbacks: list[keras.callbacks.Callback] = [recorder, keras.callbacks.TerminateOnNaN()]
+    callbacks: list[keras.callbacks.Callback] = [recorder, _StopOnNonFiniteLoss()]
     callbacks += _optional_callbacks(training, monitor, run_dir)
 
     inputs: dict[str, Any] = {

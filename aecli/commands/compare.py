@@ -194,7 +194,7 @@ def _open_sweep(request: CompareRequest, cells: list[Cell]) -> dict[str, Any]:
 
 def _slug(cell: Cell) -> str:
     parts = [f"{key.rsplit('.', 1)[-1]}-{value}" for key, value in cell.values]
-    return "_".join(parts + [f"seed-{cell.seed}"])
+    return "_".join([*parts, f"seed-{cell.seed}"])
 
 
 def _command_line() -> str:
@@ -343,7 +343,7 @@ def _plot_curves(sweep_dir: Path, cells: list[Cell], results: dict[str, dict[str
         if result["status"] != "completed":
             continue
         label = cell.group + (f" (seed {cell.seed})" if any(c.group == cell.group and c != cell for c in cells) else "")
-        epochs = list(range(1, len(result["curve"]) + 1))
+        epochs = [float(epoch) for epoch in range(1, len(result["curve"]) + 1)]
         series_epochs.append((label, epochs, result["curve"]))
         series_time.append((label, result["elapsed"], result["curve"]))
     if not series_epochs:

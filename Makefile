@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUNS ?= runs
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint typecheck check clean
+.PHONY: help install demo test lint typecheck check bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,9 +27,12 @@ demo: $(STAMP) ## train on the bundled digits data, evaluate it, and print where
 test: $(STAMP) ## run the test suite
 	$(BIN)/python -m pytest -q
 
+bench: $(STAMP) ## speed and memory benchmarks (writes BENCHMARKS.md; several minutes)
+	$(BIN)/python benchmarks/bench.py
+
 lint: $(STAMP) ## ruff
-	$(BIN)/ruff check aecli tests
-	$(BIN)/ruff format --check aecli tests
+	$(BIN)/ruff check aecli tests benchmarks
+	$(BIN)/ruff format --check aecli tests benchmarks
 
 typecheck: $(STAMP) ## mypy
 	$(BIN)/mypy

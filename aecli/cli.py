@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import shlex
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -75,46 +76,80 @@ def main_options(
     """Train, evaluate and use autoencoders described by a YAML file."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so the run is marked interrupted; exits 143 instead of 130."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 @app.command()
 @reports_errors
 def train(
-    config: ConfigArg,
+    config: Annotated[Path | None, typer.Argument(help="Experiment YAML file.", show_default=False)] = None,
     overrides: SetOption = None,
     runs_dir: Annotated[Path, typer.Option(help="Folder that receives the run directory.")] = Path("runs"),
     name: Annotated[str | None, typer.Option(help="Run name (default: the config file's name).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain epoch lines instead of a live bar.")] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue an interrupted run directory to its configured epochs (no CONFIG needed)."),
+    ] = None,
 ) -> None:
     """Train an autoencoder and write a new run directory (its path is the last line printed)."""
-    from aecli.commands.train import train_run
+    from aecli.commands.train import resume_run, train_run
     from aecli.progress import PlainProgress, RichProgress
 
-    settings = load_config(config, overrides or [])
+    if (config is None) == (resume is None):
+        raise typer.BadParameter("give a CONFIG to train, or --resume RUN_DIR to continue a run (not both)")
+    if resume is not None and overrides:
+        raise typer.BadParameter("--set cannot change a run being resumed: it continues with its saved config.yaml")
     console = _console()
-    console.print(
-        f"training {settings.model.kind} autoencoder on {settings.data.source} "
-        f"({settings.optimizer.name}, {settings.loss.name}, {settings.training.epochs} epochs)"
-    )
     reporter = RichProgress(console) if console.is_terminal and not quiet else PlainProgress(console)
-    started_dirs: list[Path] = []
+    started_dirs: list[Path] = [] if resume is None else [resume]
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        outcome = train_run(
-            settings,
-            runs_dir=runs_dir,
-            name=name or config.stem,
-            command=shlex.join(["aecli", *sys.argv[1:]]),
-            reporter=reporter,
-            on_run_dir=started_dirs.append,
-        )
-    except KeyboardInterrupt:
-        where = f" (run kept at {started_dirs[0]}, status interrupted)" if started_dirs else ""
-        typer.echo(f"interrupted{where}", err=True)
-        raise typer.Exit(130) from None
-    _print_training_summary(console, outcome.metrics)
-    run_dir = outcome.run_dir
-    console.print(f"model:  {run_dir / 'model.keras'} (+ encoder.keras, decoder.keras)", soft_wrap=True)
-    console.print(
-        f"report: {run_dir / 'metrics.json'} (per sample: errors.csv, per epoch: history.csv)", soft_wrap=True
-    )
+        if resume is not None:
+            resumed = resume_run(resume, reporter)
+            if resumed.metrics is None:
+                console.print(f"run {resume} has already completed: nothing to resume")
+                typer.echo(str(resume))
+                return
+            console.print(f"resumed after epoch {resumed.from_epoch}")
+            run_dir, metrics = resumed.run_dir, resumed.metrics
+        else:
+            assert config is not None
+            settings = load_config(config, overrides or [])
+            console.print(
+                f"training {settings.model.kind} autoencoder on {settings.data.source} "
+                f"({settings.optimizer.name}, {settings.loss.name}, {settings.training.epochs} epochs)"
+            )
+            outcome = train_run(
+                settings,
+                runs_dir=runs_dir,
+                name=name or config.stem,
+                command=shlex.join(["aecli", *sys.argv[1:]]),
+                reporter=reporter,
+                on_run_dir=started_dirs.append,
+            )
+            run_dir, metrics = outcome.run_dir, outcome.metrics
+    except KeyboardInterrupt as interrupt:
+        code = 143 if isinstance(interrupt, Terminated) else 130
+        if started_dirs:
+            typer.echo(
+                f"interrupted: run kept at {started_dirs[0]} (status interrupted); continue it with "
+                f"aecli train --resume {started_dirs[0]}",
+                err=True,
+            )
+        else:
+            typer.echo("interrupted before a run directory was created", err=True)
+        raise typer.Exit(code) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _print_training_summary(console, metrics)
+    console.print(f"model:  {run_dir / 'model.keras'} (+ encoder.keras, decoder.keras)")
+    console.print(f"report: {run_dir / 'metrics.json'} (per sample: errors.csv, per epoch: history.csv)")
     typer.echo(str(run_dir))
 
 

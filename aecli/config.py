@@ -272,6 +272,10 @@ class TrainingConfig(_Section):
     tensorboard: bool = Field(False, description="write TensorBoard logs under the run directory")
     noise: NoiseConfig | None = Field(None, description="denoising: corrupt the inputs (fresh each epoch), not targets")
     lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig)
+    steps_per_execution: PositiveInt = Field(
+        64, description="training steps run per compiled call (capped at one epoch): hides per-step Python overhead"
+    )
+    jit_compile: bool = Field(True, description="compile the training step with XLA")
 
     @field_validator("early_stopping", "noise", mode="before")
     @classmethod

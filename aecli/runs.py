@@ -163,3 +163,24 @@ def load_model(path: Path) -> Any:
     except Exception as exc:  # Keras raises many types for corrupt, foreign or unsafe files
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise RunError(f"model file {path} failed to load: {reason}") from None
+
+
+@dataclass
+class ResumeState:
+    """Where an interrupted run stopped: epochs finished, their history, the best monitored value."""
+
+    epoch: int
+    history: list[dict[str, float]]
+    best: float | None = None
+
+
+STATE_FILE = "state.json"
+
+
+def read_resume_state(run_dir: Path) -> ResumeState | None:
+    """The state written with checkpoints/last.keras, or None when no epoch finished."""
+    path = run_dir / "checkpoints" / STATE_FILE
+    if not path.is_file() or not (run_dir / "checkpoints" / "last.keras").is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return ResumeState(int(data["epoch"]), list(data["history"]), data.get("best"))

@@ -14,11 +14,14 @@ from typing import Any, Protocol
 import keras
 import numpy as np
 
+from aecli.backend import import_tensorflow
 from aecli.config import LossConfig, LRScheduleConfig, NoiseConfig, OptimizerConfig, TrainingConfig
 from aecli.errors import TrainingDivergedError
 from aecli.layers import VariationalAutoencoder
 from aecli.noise import NoiseSpec, corrupt
+from aecli.runs import STATE_FILE, ResumeState, save_atomic, write_json_atomic
 
+VALIDATION_BATCH_SIZE = 1024  # validation only runs forward passes: larger batches, same mean loss
 KERAS_OPTIMIZERS: dict[str, str] = {
     "gd": "SGD",
     "sgd": "SGD",
@@ -87,6 +90,24 @@ def build_learning_rate(
             initial, decay_steps=steps_per_epoch * epochs, alpha=cfg.alpha or 0.0
         )
     return initial
+
+
+def reconstruction_pipeline(inputs: np.ndarray, targets: np.ndarray, batch_size: int, shuffle: bool, seed: int) -> Any:
+    """A tf.data pipeline over in-memory arrays: shuffled row indices (reshuffled every epoch,
+    seeded), batched, then gathered from one tensor copy of the data, and prefetched.
+
+    Feeding numpy arrays to `fit` rebuilds Keras's data adapter every epoch, which on small data
+    sets costs more than the training itself; shuffling indices instead of rows keeps the
+    per-epoch work and memory small (one copy of the data, no per-row cache).
+    """
+    tf = import_tensorflow()
+    x = tf.constant(inputs)
+    y = x if targets is inputs else tf.constant(targets)
+    indices = tf.data.Dataset.range(len(inputs))
+    if shuffle:
+        indices = indices.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
+    batches = indices.batch(batch_size).map(lambda rows: (tf.gather(x, rows), tf.gather(y, rows)))
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 class NoisyBatches(keras.utils.PyDataset):
@@ -169,40 +190,60 @@ def fit_autoencoder(
     loss: LossConfig,
     run_dir: Path,
     reporter: ProgressReporter | None = None,
+    resume: ResumeState | None = None,
 ) -> TrainingResult:
-    """Compile `model` and fit it to reproduce its input; checkpoints and logs go under `run_dir`."""
+    """Compile `model` and fit it to reproduce its input; checkpoints and logs go under `run_dir`.
+
+    With `resume`, `model` is the loaded last checkpoint: its optimizer (and state) is kept and
+    training continues after `resume.epoch` finished epochs.
+    """
     full_batch = optimizer.name == "gd"
     batch_size = len(x_train) if full_batch else min(training.batch_size, len(x_train))
     steps = math.ceil(len(x_train) / batch_size)
     assert optimizer.learning_rate is not None  # resolved by validation
     learning_rate = build_learning_rate(optimizer.learning_rate, training.lr_schedule, steps, training.epochs)
+    # The fast path: several steps per compiled call (XLA-compiled), so per-step framework
+    # overhead no longer dominates small dense models; callbacks still see every epoch.
+    speed = {"steps_per_execution": min(training.steps_per_execution, steps), "jit_compile": training.jit_compile}
+    keras_optimizer = model.optimizer if resume is not None else build_optimizer(optimizer, learning_rate)
     if isinstance(model, VariationalAutoencoder):
-        model.compile(optimizer=build_optimizer(optimizer, learning_rate))  # its own loss: see layers.py
+        model.compile(optimizer=keras_optimizer, **speed)  # its own loss: see layers.py
     else:
-        model.compile(optimizer=build_optimizer(optimizer, learning_rate), loss=build_loss(loss))
+        model.compile(optimizer=keras_optimizer, loss=build_loss(loss), **speed)
     monitor = "val_loss" if x_val is not None else "loss"
     if training.early_stopping is not None:
         monitor = training.early_stopping.monitor
     recorder = _HistoryRecorder(training.epochs, steps, reporter)
     callbacks: list[keras.callbacks.Callback] = [recorder, _StopOnNonFiniteLoss()]
+    if resume is not None:
+        recorder.rows = list(resume.history)
     callbacks += _optional_callbacks(training, monitor, run_dir)
+    callbacks += _checkpoint_callback(training, monitor, run_dir, recorder, resume)
+    callbacks += _schedule_callbacks(training, monitor, run_dir)
 
-    inputs: dict[str, Any] = {
-        "x": x_train,
-        "y": x_train,
-        "batch_size": batch_size,
-        "shuffle": training.shuffle and not full_batch,
-    }
-    validation = None if x_val is None else (x_val, x_val)
+    shuffle = training.shuffle and not full_batch
+    train_data: Any = reconstruction_pipeline(x_train, x_train, batch_size, shuffle, training.seed)
+    x_val_input = x_val
     if training.noise is not None:
-        inputs = {"x": NoisyBatches(x_train, batch_size, training.noise, training.seed, training.shuffle)}
+        train_data = NoisyBatches(x_train, batch_size, training.noise, training.seed, shuffle)
         if x_val is not None:  # validate on fixed noisy inputs, so val_loss is comparable across epochs
             noise = NoiseSpec(training.noise.kind, training.noise.amount)
-            validation = (corrupt(x_val, noise, np.random.default_rng(training.seed + 1)), x_val)
+            x_val_input = corrupt(x_val, noise, np.random.default_rng(training.seed + 1))
+    validation = None
+    if x_val is not None and x_val_input is not None:
+        validation = reconstruction_pipeline(x_val_input, x_val, VALIDATION_BATCH_SIZE, False, training.seed)
 
     started = time.perf_counter()
     try:
-        model.fit(**inputs, validation_data=validation, epochs=training.epochs, callbacks=callbacks, verbose=0)
+        model.fit(
+            train_data,
+            validation_data=validation,
+            epochs=training.epochs,
+            initial_epoch=0 if resume is None else resume.epoch,
+            callbacks=callbacks,
+            shuffle=False,
+            verbose=0,
+        )
     finally:
         if reporter:
             reporter.training_finished()
@@ -223,8 +264,36 @@ def fit_autoencoder(
         best_loss=float(values[best_index]),
         monitor=monitor,
         seconds=seconds,
-        samples_per_second=len(x_train) * len(history) / seconds if seconds > 0 else math.inf,
+        samples_per_second=len(x_train) * (len(history) - (resume.epoch if resume else 0)) / seconds
+        if seconds > 0
+        else math.inf,
     )
+
+
+class _EpochCheckpoint(keras.callbacks.Callback):
+    """checkpoints/best.keras when the monitored loss improves, checkpoints/last.keras (model and
+    optimizer state) plus state.json after every epoch. Unlike keras.callbacks.ModelCheckpoint,
+    every file is written atomically, so a kill at any moment leaves the previous complete one."""
+
+    def __init__(
+        self, folder: Path, monitor: str, recorder: _HistoryRecorder, best: bool, last: bool, initial_best: float | None
+    ) -> None:
+        super().__init__()
+        self.folder, self.monitor, self.recorder = folder, monitor, recorder
+        self.save_best, self.save_last = best, last
+        self.best = math.inf if initial_best is None else initial_best
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        value = float((logs or {}).get(self.monitor, math.nan))
+        if not math.isfinite(value):
+            return  # a diverged epoch never replaces a good checkpoint
+        if self.save_best and value < self.best:
+            self.best = value
+            save_atomic(self.folder / "best.keras", self.model.save)
+        if self.save_last:
+            save_atomic(self.folder / "last.keras", self.model.save)
+            state = {"epoch": epoch + 1, "history": self.recorder.rows, "best": self.best, "monitor": self.monitor}
+            write_json_atomic(self.folder / STATE_FILE, state)
 
 
 def _optional_callbacks(training: TrainingConfig, monitor: str, run_dir: Path) -> list[keras.callbacks.Callback]:
@@ -239,15 +308,22 @@ def _optional_callbacks(training: TrainingConfig, monitor: str, run_dir: Path) -
                 restore_best_weights=stopping.restore_best_weights,
             )
         )
-    checkpoints = run_dir / "checkpoints"
-    if training.checkpoint.best or training.checkpoint.last:
-        checkpoints.mkdir(exist_ok=True)
-    if training.checkpoint.best:
-        callbacks.append(
-            keras.callbacks.ModelCheckpoint(checkpoints / "best.keras", monitor=monitor, save_best_only=True)
-        )
-    if training.checkpoint.last:
-        callbacks.append(keras.callbacks.ModelCheckpoint(checkpoints / "last.keras"))
+    return callbacks
+
+
+def _checkpoint_callback(
+    training: TrainingConfig, monitor: str, run_dir: Path, recorder: _HistoryRecorder, resume: ResumeState | None
+) -> list[keras.callbacks.Callback]:
+    if not (training.checkpoint.best or training.checkpoint.last):
+        return []
+    folder = run_dir / "checkpoints"
+    folder.mkdir(exist_ok=True)
+    best = None if resume is None else resume.best
+    return [_EpochCheckpoint(folder, monitor, recorder, training.checkpoint.best, training.checkpoint.last, best)]
+
+
+def _schedule_callbacks(training: TrainingConfig, monitor: str, run_dir: Path) -> list[keras.callbacks.Callback]:
+    callbacks: list[keras.callbacks.Callback] = []
     schedule = training.lr_schedule
     if schedule.kind == "reduce_on_plateau":
         callbacks.append(

@@ -16,13 +16,22 @@ import numpy as np
 
 import aecli
 from aecli.backend import import_tensorflow
-from aecli.config import AecliConfig, config_to_yaml
+from aecli.config import AecliConfig, config_to_yaml, load_config
 from aecli.data import Dataset, load_dataset
-from aecli.errors import ConfigError, TrainingDivergedError
+from aecli.errors import ConfigError, RunError, TrainingDivergedError
 from aecli.evaluation import error_statistics, is_unit_range, predict_batched, reconstruction_report
 from aecli.models import check_model_fits_memory, count_parameters, plan_autoencoder
 from aecli.reporting import write_errors_csv, write_history_csv, write_metrics_json
-from aecli.runs import create_run_dir, now_iso, save_atomic, update_run_info, write_text_atomic
+from aecli.runs import (
+    create_run_dir,
+    load_model,
+    now_iso,
+    read_resume_state,
+    read_run_info,
+    save_atomic,
+    update_run_info,
+    write_text_atomic,
+)
 
 DEFAULT_THRESHOLD = "percentile:95"
 
@@ -67,8 +76,40 @@ def train_run(
         },
         model={"kind": config.model.kind, "parameters": count_parameters(plan)},
     )
+    metrics = _run_guarded(config, dataset, run_dir, reporter, resume=False)
+    return TrainOutcome(run_dir, metrics)
+
+
+@dataclass
+class ResumeOutcome:
+    run_dir: Path
+    metrics: dict[str, Any] | None  # None when the run had already completed
+    from_epoch: int = 0
+
+
+def resume_run(run_dir: Path, reporter: Any = None) -> ResumeOutcome:
+    """Continue an interrupted (or killed) run in place to its configured number of epochs."""
+    info = read_run_info(run_dir)
+    if info["status"] == "completed":
+        return ResumeOutcome(run_dir, None)
+    config = load_config(run_dir / "config.yaml")
+    if not config.training.checkpoint.last:
+        raise RunError(f"run {run_dir} kept no last checkpoint (training.checkpoint.last is off): train it again")
+    dataset = load_dataset(config.data, seed=config.training.seed)
     try:
-        metrics = _train_and_report(config, dataset, run_dir, reporter)
+        state = read_resume_state(run_dir)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunError(f"run {run_dir}: unreadable checkpoints/state.json ({exc})") from None
+    resumes = [*info.get("resumed", []), {"at": now_iso(), "from_epoch": 0 if state is None else state.epoch}]
+    update_run_info(run_dir, status="running", finished=None, error=None, resumed=resumes)
+    metrics = _run_guarded(config, dataset, run_dir, reporter, resume=True)
+    return ResumeOutcome(run_dir, metrics, 0 if state is None else state.epoch)
+
+
+def _run_guarded(config: AecliConfig, dataset: Dataset, run_dir: Path, reporter: Any, resume: bool) -> dict[str, Any]:
+    """Train and report, recording in run.json how it ended: completed, failed or interrupted."""
+    try:
+        metrics = _train_and_report(config, dataset, run_dir, reporter, resume)
     except KeyboardInterrupt:
         update_run_info(run_dir, status="interrupted", finished=now_iso())
         raise
@@ -79,7 +120,7 @@ def train_run(
         update_run_info(run_dir, status="failed", finished=now_iso(), error=f"{type(exc).__name__}: {exc}")
         raise
     update_run_info(run_dir, status="completed", finished=now_iso())
-    return TrainOutcome(run_dir, metrics)
+    return metrics
 
 
 def _check_loss_matches_data(config: AecliConfig, dataset: Dataset) -> None:
@@ -104,13 +145,23 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _train_and_report(config: AecliConfig, dataset: Dataset, run_dir: Path, reporter: Any) -> dict[str, Any]:
+def _train_and_report(
+    config: AecliConfig, dataset: Dataset, run_dir: Path, reporter: Any, resume: bool = False
+) -> dict[str, Any]:
     import_tensorflow()
-    from aecli.models import build_autoencoder
+    from aecli.models import Autoencoder, build_autoencoder
     from aecli.training import fit_autoencoder, seed_everything
 
     seed_everything(config.training.seed)
-    autoencoder = build_autoencoder(config.model, dataset.sample_shape, config.loss.name)
+    state = read_resume_state(run_dir) if resume else None
+    if state is None:
+        autoencoder = build_autoencoder(config.model, dataset.sample_shape, config.loss.name)
+    else:
+        model = load_model(run_dir / "checkpoints" / "last.keras")
+        halves = (getattr(model, "encoder", None), getattr(model, "decoder", None))
+        if halves[0] is None or halves[1] is None:
+            halves = (model.get_layer("encoder"), model.get_layer("decoder"))
+        autoencoder = Autoencoder(model, *halves)
     result = fit_autoencoder(
         autoencoder.model,
         dataset.x_train,
@@ -120,6 +171,7 @@ def _train_and_report(config: AecliConfig, dataset: Dataset, run_dir: Path, repo
         config.loss,
         run_dir,
         reporter,
+        state,
     )
     for part in ("model", "encoder", "decoder"):
         save_atomic(run_dir / f"{part}.keras", getattr(autoencoder, part).save)

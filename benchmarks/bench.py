@@ -1,0 +1,371 @@
+"""`make bench`: aecli's fast path against plain Keras, measured in one run on this machine.
+
+Each training measurement runs in its own subprocess (fresh TensorFlow, its own peak RSS),
+alternating plain Keras and aecli to cancel machine drift. Data: the real MNIST test images
+from ../shared/data/mnist (9,000 tiled to 60,000 training rows, the last 1,000 held out for
+the test MSE), or synthetic MNIST-shaped data when that folder is absent.
+
+    python benchmarks/bench.py [--rounds 2] [--epochs 5] [--out benchmarks/results]
+
+Writes results.json and BENCHMARKS.md (the table, with the command that produced it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST = ROOT.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
+TRAIN_ROWS = 60_000
+WIDTHS = (128, 64, 32, 64, 128)  # the reference model: Dense 784-128-64-32-64-128-784
+
+
+def load_data() -> tuple[np.ndarray, np.ndarray, str]:
+    sys.path.insert(0, str(ROOT))
+    from aecli.data import read_idx
+
+    if MNIST.exists():
+        images = read_idx(MNIST).reshape(-1, 784).astype(np.float32) / 255.0
+        source = f"MNIST test images ({MNIST.parent}), 9,000 tiled to {TRAIN_ROWS:,} rows"
+    else:
+        rng = np.random.default_rng(0)
+        images = (rng.random((10_000, 784)) < 0.2).astype(np.float32)
+        source = f"synthetic MNIST-shaped data (no {MNIST}), tiled to {TRAIN_ROWS:,} rows"
+    train, test = images[:9000], images[9000:]
+    reps = -(-TRAIN_ROWS // len(train))
+    return np.tile(train, (reps, 1))[:TRAIN_ROWS], test, source
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- workers (one per subprocess)
+
+
+def worker_plain(epochs: int, batch_size: int) -> dict[str, Any]:
+    """Plain Keras exactly as a tutorial writes it: Sequential halves, compile, fit with defaults."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    x, test, _ = load_data()
+    keras.utils.set_random_seed(0)
+    encoder = keras.Sequential([keras.Input((784,))] + [keras.layers.Dense(w, activation="relu") for w in WIDTHS[:3]])
+    decoder = keras.Sequential(
+        [keras.Input((32,))]
+        + [keras.layers.Dense(w, activation="relu") for w in WIDTHS[3:]]
+        + [keras.layers.Dense(784, activation="sigmoid")]
+    )
+    model = keras.Sequential([encoder, decoder])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    record = EpochRecord(model, test)
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            record.add(time.perf_counter() - self.started)
+
+    model.fit(x, x, batch_size=batch_size, epochs=epochs, verbose=0, callbacks=[Timer()])
+    return record.result()
+
+
+def worker_aecli(epochs: int, batch_size: int) -> dict[str, Any]:
+    """aecli's own training path with its defaults (tf.data pipeline, steps_per_execution, XLA)."""
+    sys.path.insert(0, str(ROOT))
+    import tempfile
+
+    from aecli.config import validate_config
+    from aecli.models import build_autoencoder
+    from aecli.training import fit_autoencoder, seed_everything
+
+    x, test, _ = load_data()
+    config = validate_config(
+        {
+            "model": {
+                "encoder": list(WIDTHS[:2]),
+                "latent_dim": 32,
+                "latent_activation": "relu",
+                "decoder": list(WIDTHS[3:]),
+                "output_activation": "sigmoid",
+            },
+            "optimizer": {"name": "adam", "learning_rate": 1e-3},
+            "loss": "mse",
+            "data": {"validation_split": 0},
+            "training": {"epochs": epochs, "batch_size": batch_size, "checkpoint": {"best": False, "last": False}},
+        }
+    )
+    seed_everything(0)
+    model = build_autoencoder(config.model, (784,)).model
+    record = EpochRecord(model, test)
+
+    class Reporter:
+        def epoch_started(self, *args: Any) -> None: ...
+        def step_finished(self, *args: Any) -> None: ...
+        def training_finished(self) -> None: ...
+        def epoch_finished(self, epoch: int, epochs: int, row: dict[str, float]) -> None:
+            record.add(row["seconds"])
+
+    fit_autoencoder(
+        model, x, None, config.training, config.optimizer, config.loss, Path(tempfile.mkdtemp()), Reporter()
+    )
+    return record.result()
+
+
+class EpochRecord:
+    """Per-epoch wall seconds (the fit's own timing) and the held-out MSE after each epoch."""
+
+    def __init__(self, model: Any, test: np.ndarray) -> None:
+        self.model, self.test = model, test
+        self.seconds: list[float] = []
+        self.test_mse: list[float] = []
+
+    def add(self, seconds: float) -> None:
+        self.seconds.append(seconds)
+        prediction = np.asarray(self.model.predict_on_batch(self.test))
+        self.test_mse.append(float(np.mean((prediction - self.test) ** 2)))
+
+    def result(self) -> dict[str, Any]:
+        return {"seconds": self.seconds, "test_mse": self.test_mse, "peak_rss_mib": peak_rss_mib()}
+
+
+def worker_eval() -> dict[str, Any]:
+    """Evaluation throughput on 10,000 rows: model.predict defaults vs aecli's batched direct calls."""
+    sys.path.insert(0, str(ROOT))
+    from aecli.backend import import_tensorflow
+
+    import_tensorflow()
+    import keras
+
+    from aecli.evaluation import predict_batched
+
+    _x, test, _ = load_data()
+    rows = np.concatenate([test] * 10)[:10_000]
+    inputs = keras.Input((784,))
+    hidden = inputs
+    for width in WIDTHS:
+        hidden = keras.layers.Dense(width, activation="relu")(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(784, activation="sigmoid")(hidden))
+    results: dict[str, list[float]] = {"predict": [], "aecli": []}
+    model.predict(rows[:64], verbose=0)
+    predict_batched(model, rows[:64])
+    for _ in range(3):
+        for name, call in (
+            ("predict", lambda: model.predict(rows, verbose=0)),
+            ("aecli", lambda: predict_batched(model, rows)),
+        ):
+            started = time.perf_counter()
+            call()
+            results[name].append(len(rows) / (time.perf_counter() - started))
+    return {name: statistics.median(values) for name, values in results.items()}
+
+
+def worker_floor(batch_size: int) -> dict[str, Any]:
+    """Seconds per epoch spent in sgemm alone at the model's real shapes (forward + both backward products)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    dims = (784, *WIDTHS, 784)
+    shapes = []
+    for n_in, n_out in itertools.pairwise(dims):
+        shapes += [(batch_size, n_in, n_out), (n_in, batch_size, n_out), (batch_size, n_out, n_in)]
+    pairs = [(tf.random.uniform((m, k)), tf.random.uniform((k, n))) for m, k, n in shapes]
+
+    @tf.function(jit_compile=True)
+    def products() -> Any:
+        return [tf.linalg.matmul(a, b) for a, b in pairs]
+
+    products()
+    repeats = 200
+    started = time.perf_counter()
+    for _ in range(repeats):
+        products()
+    per_step = (time.perf_counter() - started) / repeats
+    flops = sum(2 * m * k * n for m, k, n in shapes)
+    steps = -(-TRAIN_ROWS // batch_size)
+    return {"seconds_per_epoch": per_step * steps, "gflops": flops / per_step / 1e9}
+
+
+# ---------------------------------------------------------------- the parent
+
+
+def run_worker(kind: str, *args: Any) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--worker", kind, *map(str, args)]
+    out = subprocess.run(
+        command, capture_output=True, text=True, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def wall(command: list[str], repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run(command, capture_output=True, check=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--worker", nargs="*")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    if args.worker:
+        kind, *rest = args.worker
+        workers = {"plain": worker_plain, "aecli": worker_aecli, "eval": worker_eval, "floor": worker_floor}
+        print(json.dumps(workers[kind](*map(int, rest))))
+        return
+
+    _, _, source = load_data()
+    print(f"data: {source}", flush=True)
+    runs: dict[str, list[dict[str, Any]]] = {"plain": [], "aecli": []}
+    for round_number in range(args.rounds):
+        for kind in ("plain", "aecli"):  # alternate, so drift hits both sides alike
+            result = run_worker(kind, args.epochs, 32)
+            runs[kind].append(result)
+            print(
+                f"round {round_number + 1} {kind:5s}: s/epoch {[round(s, 2) for s in result['seconds']]}, "
+                f"test mse {result['test_mse'][-1]:.5f}, peak RSS {result['peak_rss_mib']:.0f} MiB",
+                flush=True,
+            )
+    big_batch = run_worker("aecli", 3, 256)
+    floor_256 = run_worker("floor", 256)
+    floor_32 = run_worker("floor", 32)
+    evaluation = run_worker("eval")
+    help_seconds = wall([str(ROOT / ".venv" / "bin" / "aecli"), "--help"])
+    import_seconds = wall([sys.executable, "-c", "import tensorflow"])
+
+    def steady(kind: str) -> float:  # median of every epoch after the first (compilation) of every round
+        return statistics.median(s for run in runs[kind] for s in run["seconds"][1:])
+
+    target = statistics.median(run["test_mse"][-1] for run in runs["plain"])
+    plain_time = statistics.median(sum(run["seconds"]) for run in runs["plain"])
+
+    def time_to_target(run: dict[str, Any]) -> float | None:
+        elapsed = 0.0
+        for seconds, mse in zip(run["seconds"], run["test_mse"], strict=True):
+            elapsed += seconds
+            if mse <= target * 1.001:
+                return elapsed
+        return None
+
+    aecli_times = [t for t in map(time_to_target, runs["aecli"]) if t is not None]
+    results = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "data": source,
+        "plain_seconds_per_epoch": steady("plain"),
+        "aecli_seconds_per_epoch": steady("aecli"),
+        "speedup_same_hyperparameters": steady("plain") / steady("aecli"),
+        "plain_final_test_mse": target,
+        "aecli_final_test_mse": statistics.median(run["test_mse"][-1] for run in runs["aecli"]),
+        "plain_time_to_5_epoch_mse": plain_time,
+        "aecli_time_to_plain_5_epoch_mse": statistics.median(aecli_times) if aecli_times else None,
+        "aecli_batch256_seconds_per_epoch": statistics.median(big_batch["seconds"][1:]),
+        "matmul_floor_batch256_seconds_per_epoch": floor_256["seconds_per_epoch"],
+        "matmul_floor_batch32_seconds_per_epoch": floor_32["seconds_per_epoch"],
+        "sgemm_gflops_batch256": floor_256["gflops"],
+        "eval_samples_per_second_predict": evaluation["predict"],
+        "eval_samples_per_second_aecli": evaluation["aecli"],
+        "help_seconds": help_seconds,
+        "import_tensorflow_seconds": import_seconds,
+        "peak_rss_mib_plain": max(run["peak_rss_mib"] for run in runs["plain"]),
+        "peak_rss_mib_aecli": max(run["peak_rss_mib"] for run in runs["aecli"]),
+        "runs": runs,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    (ROOT / "BENCHMARKS.md").write_text(render(results, args))
+    print((ROOT / "BENCHMARKS.md").read_text())
+
+
+def render(r: dict[str, Any], args: argparse.Namespace) -> str:
+    def ratio(a: float | None, b: float | None) -> str:
+        return "n/a" if not a or not b else f"{a / b:.2f}x"
+
+    tta = r["aecli_time_to_plain_5_epoch_mse"]
+    rows = [
+        (
+            "Same hyperparameters (batch 32, Adam 1e-3, MSE): steady s/epoch",
+            f"{r['plain_seconds_per_epoch']:.2f} s",
+            f"{r['aecli_seconds_per_epoch']:.2f} s",
+            f"{ratio(r['plain_seconds_per_epoch'], r['aecli_seconds_per_epoch'])} faster (target >= 3x)",
+        ),
+        (
+            "Samples/s (60,000 rows / steady epoch)",
+            f"{60000 / r['plain_seconds_per_epoch']:,.0f}",
+            f"{60000 / r['aecli_seconds_per_epoch']:,.0f}",
+            "",
+        ),
+        (
+            f"Test MSE after {args.epochs} epochs (1,000 held-out images)",
+            f"{r['plain_final_test_mse']:.5f}",
+            f"{r['aecli_final_test_mse']:.5f}",
+            "same loss curve within noise",
+        ),
+        (
+            "Time to plain Keras's 5-epoch test MSE (incl. compilation)",
+            f"{r['plain_time_to_5_epoch_mse']:.1f} s",
+            "not reached" if tta is None else f"{tta:.1f} s",
+            f"{ratio(tta, r['plain_time_to_5_epoch_mse'])} of plain's time (target <= 0.33x)",
+        ),
+        (
+            "Batch 256 steady s/epoch vs the sgemm floor measured here",
+            f"floor {r['matmul_floor_batch256_seconds_per_epoch']:.2f} s",
+            f"{r['aecli_batch256_seconds_per_epoch']:.2f} s",
+            f"{ratio(r['aecli_batch256_seconds_per_epoch'], r['matmul_floor_batch256_seconds_per_epoch'])} the floor "
+            f"(target <= 2x; sgemm {r['sgemm_gflops_batch256']:.0f} GFLOP/s)",
+        ),
+        ("Matmul floor at batch 32", "", f"{r['matmul_floor_batch32_seconds_per_epoch']:.2f} s/epoch", ""),
+        (
+            "Evaluation throughput, 10,000 rows (samples/s)",
+            f"{r['eval_samples_per_second_predict']:,.0f} (model.predict)",
+            f"{r['eval_samples_per_second_aecli']:,.0f}",
+            f"{ratio(r['eval_samples_per_second_aecli'], r['eval_samples_per_second_predict'])} (target >= 8x)",
+        ),
+        (
+            "`aecli --help` vs `import tensorflow`",
+            f"{r['import_tensorflow_seconds']:.2f} s (import)",
+            f"{r['help_seconds']:.2f} s (--help)",
+            f"{ratio(r['help_seconds'], r['import_tensorflow_seconds'])} (target <= 0.6 s and <= 0.1x)",
+        ),
+        (
+            "Peak RSS of a training process",
+            f"{r['peak_rss_mib_plain']:.0f} MiB",
+            f"{r['peak_rss_mib_aecli']:.0f} MiB",
+            "target <= 1,229 MiB (1.2 GiB)",
+        ),
+    ]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Produced by `make bench` (`python benchmarks/bench.py --rounds {args.rounds} --epochs {args.epochs}`) on "
+        f"{r['machine']}; data: {r['data']}. Reference model Dense 784-128-64-32-64-128-784. Training runs "
+        "alternate plain Keras and aecli, each in a fresh process; raw numbers in `benchmarks/results/results.json`.",
+        "",
+        "| measurement | plain Keras | aecli | ratio / target |",
+        "|---|---|---|---|",
+        *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

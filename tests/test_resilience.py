@@ -1,0 +1,147 @@
+"""Interrupts, kills, divergence and resume, with real `aecli train` subprocesses."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_config
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 12
+
+
+def start_training(folder: Path, epochs: int = EPOCHS) -> subprocess.Popen:
+    config = write_config(
+        folder,
+        {
+            "data": {"limit": 1500},
+            "model": {"encoder": [64], "latent_dim": 8},
+            "training": {"epochs": epochs, "batch_size": 8, "steps_per_execution": 8},
+        },
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "aecli", "train", str(config), "--runs-dir", str(folder / "runs"), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def wait_for_epoch(process: subprocess.Popen, epoch: int) -> None:
+    assert process.stdout is not None
+    deadline = time.monotonic() + 180
+    for line in process.stdout:
+        if line.strip().startswith(f"epoch {epoch:>2}/"):
+            return
+        assert time.monotonic() < deadline, "training did not reach the epoch in time"
+    raise AssertionError(f"training ended before epoch {epoch}: {process.stderr.read() if process.stderr else ''}")
+
+
+def only_run(folder: Path) -> Path:
+    (run,) = list((folder / "runs").iterdir())
+    return run
+
+
+def history_epochs(run: Path) -> list[int]:
+    with (run / "history.csv").open() as handle:
+        return [int(float(row["epoch"])) for row in csv.DictReader(handle)]
+
+
+def test_kill_9_mid_epoch_then_resume_completes(cli, tmp_path: Path) -> None:
+    process = start_training(tmp_path)
+    wait_for_epoch(process, 3)
+    time.sleep(0.05)  # somewhere inside epoch 4
+    process.kill()
+    process.wait()
+    run = only_run(tmp_path)
+    assert json.loads((run / "run.json").read_text())["status"] == "running"  # killed: nothing could mark it
+    assert not (run / "model.keras").exists()
+    state = json.loads((run / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] >= 2  # epoch 3's line is printed just before its checkpoint is written
+
+    resumed = cli("train", "--resume", run, "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+    assert f"resumed after epoch {state['epoch']}" in resumed.stdout
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "completed" and info["resumed"][0]["from_epoch"] == state["epoch"]
+    assert history_epochs(run) == list(range(1, EPOCHS + 1))  # no gaps, no duplicates
+    assert json.loads((run / "metrics.json").read_text())["training"]["epochs_run"] == EPOCHS
+    import keras
+
+    for part in ("model", "encoder", "decoder"):
+        keras.saving.load_model(run / f"{part}.keras")
+
+    again = cli("train", "--resume", run)
+    assert again.exit_code == 0 and "already completed" in again.stdout
+
+
+@pytest.mark.parametrize(("sent", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_marks_the_run_and_says_how_to_resume(tmp_path: Path, sent: int, code: int) -> None:
+    process = start_training(tmp_path)
+    wait_for_epoch(process, 2)
+    process.send_signal(sent)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == code, stderr
+    run = only_run(tmp_path)
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    assert f"aecli train --resume {run}" in stderr
+    assert (run / "checkpoints" / "last.keras").is_file()
+
+
+def test_resume_without_any_finished_epoch_starts_over(cli, tiny_config, tmp_path: Path) -> None:
+    trained = cli("train", tiny_config({"training": {"epochs": 2}}), "--runs-dir", tmp_path / "runs", "--quiet")
+    run = Path(trained.stdout.strip().splitlines()[-1])
+    for path in (run / "checkpoints").iterdir():
+        path.unlink()
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "status": "interrupted"}))
+    resumed = cli("train", "--resume", run, "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed after epoch 0" in resumed.stdout and history_epochs(run) == [1, 2]
+
+
+def test_divergence_fails_with_exit_1_and_keeps_the_best_checkpoint(cli, tiny_config, tmp_path: Path) -> None:
+    config = tiny_config(
+        {
+            "model": {"activation": "tanh", "output_activation": "linear"},
+            "optimizer": {"name": "sgd", "learning_rate": 1e6},
+            "training": {"epochs": 5},
+        }
+    )
+    result = cli("train", config, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: training diverged") and "lower optimizer.learning_rate" in result.stderr
+    run = only_run(tmp_path)
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "failed" and not (run / "model.keras").exists()
+
+
+def test_a_diverged_epoch_never_replaces_a_good_checkpoint(tmp_path: Path) -> None:
+    import keras
+
+    from aecli.training import _EpochCheckpoint, _HistoryRecorder
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    model.compile("sgd", "mse")
+    callback = _EpochCheckpoint(tmp_path, "val_loss", _HistoryRecorder(3, 1, None), True, True, None)
+    callback.set_model(model)
+    callback.on_epoch_end(0, {"val_loss": 0.5, "loss": 0.5})
+    digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
+    model.layers[0].kernel.assign(model.layers[0].kernel * 10)
+    callback.on_epoch_end(1, {"val_loss": float("nan"), "loss": float("nan")})
+    callback.on_epoch_end(2, {"val_loss": 0.9, "loss": 0.9})  # worse: last moves on, best stays
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
+    assert after["best.keras"] == digest["best.keras"] and after["last.keras"] != digest["last.keras"]
+    assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 3

@@ -342,7 +342,8 @@ def _plot_curves(sweep_dir: Path, cells: list[Cell], results: dict[str, dict[str
         result = results[cell.key]
         if result["status"] != "completed":
             continue
-        label = cell.group + (f" (seed {cell.seed})" if any(c.group == cell.group and c != cell for c in cells) else "")
+        short = ", ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in cell.values)
+        label = short + (f" (seed {cell.seed})" if any(c.group == cell.group and c != cell for c in cells) else "")
         epochs = [float(epoch) for epoch in range(1, len(result["curve"]) + 1)]
         series_epochs.append((label, epochs, result["curve"]))
         series_time.append((label, result["elapsed"], result["curve"]))

@@ -14,7 +14,7 @@ help: ## list the targets
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,jax]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install aecli with its dev tools

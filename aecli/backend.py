@@ -1,10 +1,13 @@
-"""Importing TensorFlow quietly, once, only by the commands that train or load models."""
+"""Choosing the Keras backend, and importing TensorFlow quietly, once, only when needed."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from types import ModuleType
+
+from aecli.errors import ConfigError
 
 
 def import_tensorflow() -> ModuleType:
@@ -30,3 +33,27 @@ def import_tensorflow() -> ModuleType:
         os.close(saved)
         os.close(devnull)
     return tensorflow
+
+
+BACKENDS = ("tensorflow", "jax", "torch")
+INSTALL_HINTS = {
+    "tensorflow": "pip install aecli (TensorFlow is a core dependency)",
+    "jax": "pip install 'aecli[jax]'",
+    "torch": "pip install 'aecli[torch]'",
+}
+
+
+def select_backend(name: str) -> None:
+    """Make Keras run on `name`; must happen before Keras is first imported in this process."""
+    if name not in BACKENDS:
+        raise ConfigError(f"runtime.backend: expected one of {', '.join(BACKENDS)}, got {name!r}")
+    if importlib.util.find_spec(name) is None:
+        raise ConfigError(f"runtime.backend {name}: {name} is not installed; {INSTALL_HINTS[name]}")
+    if "keras" in sys.modules:
+        current = sys.modules["keras"].backend.backend()
+        if current != name:
+            raise ConfigError(
+                f"runtime.backend {name}: Keras already runs on {current} in this process; start a new one"
+            )
+        return
+    os.environ["KERAS_BACKEND"] = name

@@ -34,6 +34,9 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML file.", show_default=False)]
+BackendOption = Annotated[
+    str | None, typer.Option(help="Keras backend: tensorflow, jax or torch (default: the config's runtime.backend).")
+]
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a config key, e.g. --set optimizer.name=sgd (repeatable)."),
@@ -96,6 +99,7 @@ def train(
         Path | None,
         typer.Option(help="Continue an interrupted run directory to its configured epochs (no CONFIG needed)."),
     ] = None,
+    backend: BackendOption = None,
 ) -> None:
     """Train an autoencoder and write a new run directory (its path is the last line printed)."""
     from aecli.commands.train import resume_run, train_run
@@ -103,7 +107,7 @@ def train(
 
     if (config is None) == (resume is None):
         raise typer.BadParameter("give a CONFIG to train, or --resume RUN_DIR to continue a run (not both)")
-    if resume is not None and overrides:
+    if resume is not None and (overrides or backend):
         raise typer.BadParameter("--set cannot change a run being resumed: it continues with its saved config.yaml")
     console = _console()
     reporter = RichProgress(console) if console.is_terminal and not quiet else PlainProgress(console)
@@ -120,7 +124,8 @@ def train(
             run_dir, metrics = resumed.run_dir, resumed.metrics
         else:
             assert config is not None
-            settings = load_config(config, overrides or [])
+            backend_override = [f"runtime.backend={backend}"] if backend else []
+            settings = load_config(config, [*(overrides or []), *backend_override])
             console.print(
                 f"training {settings.model.kind} autoencoder on {settings.data.source} "
                 f"({settings.optimizer.name}, {settings.loss.name}, {settings.training.epochs} epochs)"
@@ -238,6 +243,7 @@ def evaluate(
         ),
     ] = None,
     tsne: Annotated[bool, typer.Option("--tsne", help="Project the latent space with t-SNE instead of PCA.")] = False,
+    backend: BackendOption = None,
 ) -> None:
     """Metrics, latent-space quality, anomaly scores, plots and a report for a trained run."""
     from aecli.commands.evaluate import EvaluateRequest, evaluate_run
@@ -252,6 +258,7 @@ def evaluate(
         score=score,
         threshold=threshold,
         tsne=tsne,
+        backend=backend,
     )
     outcome = evaluate_run(request)
     console = _console()
@@ -302,6 +309,7 @@ def reconstruct(
         bool, typer.Option("--save-latent", help="Also write the latent codes (latent.npy).")
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
+    backend: BackendOption = None,
 ) -> None:
     """Reconstruct given inputs (and denoise them with --noise); writes images, a grid and a CSV."""
     from aecli.commands.reconstruct import ReconstructRequest
@@ -315,6 +323,7 @@ def reconstruct(
         noise=noise,
         save_latent=save_latent,
         seed=seed,
+        backend=backend,
     )
     outcome = reconstruct_inputs(request)
     console = _console()
@@ -342,6 +351,7 @@ def compare(
     name: Annotated[str | None, typer.Option(help="Sweep name (default: the config file's name).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Finish an interrupted sweep folder (same options).")] = None,
     log_scale: Annotated[bool, typer.Option("--log-scale/--linear", help="Y axis of the curve plots.")] = True,
+    backend: BackendOption = None,
 ) -> None:
     """Train a grid of variations (optimizers, losses, ...) and compare them side by side."""
     from aecli.commands.compare import CompareRequest, format_value, run_comparison
@@ -351,7 +361,7 @@ def compare(
     request = CompareRequest(
         config=config,
         vary=vary or [],
-        overrides=overrides or [],
+        overrides=[*(overrides or []), *([f"runtime.backend={backend}"] if backend else [])],
         repeats=repeats,
         runs_dir=runs_dir,
         name=name,

@@ -288,12 +288,19 @@ class TrainingConfig(_Section):
         return {"kind": value} if isinstance(value, str) else value
 
 
+class RuntimeConfig(_Section):
+    backend: Literal["tensorflow", "jax", "torch"] = Field(
+        "tensorflow", description="Keras backend that trains and runs the model (jax and torch are extras)"
+    )
+
+
 class AecliConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @field_validator("loss", mode="before")
     @classmethod

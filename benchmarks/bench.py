@@ -13,6 +13,7 @@ Writes results.json and BENCHMARKS.md (the table, with the command that produced
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import json
 import os
@@ -89,7 +90,11 @@ def worker_aecli(epochs: int, batch_size: int) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     import tempfile
 
+    from aecli.backend import select_backend
     from aecli.config import validate_config
+
+    backend = os.environ.get("AECLI_BENCH_BACKEND", "tensorflow")
+    select_backend(backend)
     from aecli.models import build_autoencoder
     from aecli.training import fit_autoencoder, seed_everything
 
@@ -107,6 +112,7 @@ def worker_aecli(epochs: int, batch_size: int) -> dict[str, Any]:
             "loss": "mse",
             "data": {"validation_split": 0},
             "training": {"epochs": epochs, "batch_size": batch_size, "checkpoint": {"best": False, "last": False}},
+            "runtime": {"backend": backend},
         }
     )
     seed_everything(0)
@@ -203,11 +209,10 @@ def worker_floor(batch_size: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- the parent
 
 
-def run_worker(kind: str, *args: Any) -> dict[str, Any]:
+def run_worker(kind: str, *args: Any, backend: str = "tensorflow") -> dict[str, Any]:
     command = [sys.executable, __file__, "--worker", kind, *map(str, args)]
-    out = subprocess.run(
-        command, capture_output=True, text=True, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "AECLI_BENCH_BACKEND": backend}
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -235,13 +240,16 @@ def main() -> None:
 
     _, _, source = load_data()
     print(f"data: {source}", flush=True)
-    runs: dict[str, list[dict[str, Any]]] = {"plain": [], "aecli": []}
+    runs: dict[str, list[dict[str, Any]]] = {"plain": [], "aecli": [], "aecli-jax": []}
+    kinds = [("plain", "plain", "tensorflow"), ("aecli", "aecli", "tensorflow")]
+    if importlib.util.find_spec("jax") is not None:
+        kinds.append(("aecli-jax", "aecli", "jax"))
     for round_number in range(args.rounds):
-        for kind in ("plain", "aecli"):  # alternate, so drift hits both sides alike
-            result = run_worker(kind, args.epochs, 32)
-            runs[kind].append(result)
+        for label, kind, backend in kinds:  # alternate, so drift hits every side alike
+            result = run_worker(kind, args.epochs, 32, backend=backend)
+            runs[label].append(result)
             print(
-                f"round {round_number + 1} {kind:5s}: s/epoch {[round(s, 2) for s in result['seconds']]}, "
+                f"round {round_number + 1} {label:9s}: s/epoch {[round(s, 2) for s in result['seconds']]}, "
                 f"test mse {result['test_mse'][-1]:.5f}, peak RSS {result['peak_rss_mib']:.0f} MiB",
                 flush=True,
             )
@@ -267,6 +275,7 @@ def main() -> None:
         return None
 
     aecli_times = [t for t in map(time_to_target, runs["aecli"]) if t is not None]
+    jax_times = [t for t in map(time_to_target, runs["aecli-jax"]) if t is not None]
     results = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "data": source,
@@ -277,6 +286,11 @@ def main() -> None:
         "aecli_final_test_mse": statistics.median(run["test_mse"][-1] for run in runs["aecli"]),
         "plain_time_to_5_epoch_mse": plain_time,
         "aecli_time_to_plain_5_epoch_mse": statistics.median(aecli_times) if aecli_times else None,
+        "jax_seconds_per_epoch": steady("aecli-jax") if runs["aecli-jax"] else None,
+        "jax_final_test_mse": statistics.median(r["test_mse"][-1] for r in runs["aecli-jax"])
+        if runs["aecli-jax"]
+        else None,
+        "jax_time_to_plain_5_epoch_mse": statistics.median(jax_times) if jax_times else None,
         "aecli_batch256_seconds_per_epoch": statistics.median(big_batch["seconds"][1:]),
         "matmul_floor_batch256_seconds_per_epoch": floor_256["seconds_per_epoch"],
         "matmul_floor_batch32_seconds_per_epoch": floor_32["seconds_per_epoch"],
@@ -293,6 +307,15 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     (ROOT / "BENCHMARKS.md").write_text(render(results, args))
     print((ROOT / "BENCHMARKS.md").read_text())
+
+
+def _jax_cell(r: dict[str, Any]) -> str:
+    if r["jax_seconds_per_epoch"] is None:
+        return "n/a (jax not installed)"
+    reached = r["jax_time_to_plain_5_epoch_mse"]
+    return f"{r['jax_seconds_per_epoch']:.2f} s, MSE {r['jax_final_test_mse']:.5f}, " + (
+        "not reached" if reached is None else f"{reached:.1f} s"
+    )
 
 
 def render(r: dict[str, Any], args: argparse.Namespace) -> str:
@@ -331,6 +354,12 @@ def render(r: dict[str, Any], args: argparse.Namespace) -> str:
             f"{r['aecli_batch256_seconds_per_epoch']:.2f} s",
             f"{ratio(r['aecli_batch256_seconds_per_epoch'], r['matmul_floor_batch256_seconds_per_epoch'])} the floor "
             f"(target <= 2x; sgemm {r['sgemm_gflops_batch256']:.0f} GFLOP/s)",
+        ),
+        (
+            "Backend jax (runtime.backend: jax): steady s/epoch, test MSE, time to plain's 5-epoch MSE",
+            f"{r['plain_seconds_per_epoch']:.2f} s (TensorFlow fit defaults)",
+            _jax_cell(r),
+            f"{ratio(r['plain_seconds_per_epoch'], r['jax_seconds_per_epoch'])} faster (target >= 3x)",
         ),
         ("Matmul floor at batch 32", "", f"{r['matmul_floor_batch32_seconds_per_epoch']:.2f} s/epoch", ""),
         (

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aecli.backend import select_backend
 from aecli.config import AecliConfig, load_config
 from aecli.errors import AecliError, ConfigError, RunError, TrainingDivergedError
 from aecli.reporting import read_history_csv, write_text_atomic
@@ -109,6 +110,8 @@ def _cell_configs(request: CompareRequest) -> tuple[list[Cell], dict[Cell, Aecli
     if request.repeats < 1:
         raise ConfigError(f"--repeats must be at least 1, got {request.repeats}")
     cells = expand_grid(request.vary, request.repeats, base.training.seed)
+    if any(key == "runtime.backend" for cell in cells[:1] for key, _ in cell.values):
+        raise ConfigError("--vary runtime.backend: one process runs one backend; run one compare per backend")
     configs: dict[Cell, AecliConfig] = {}
     for cell in cells:
         try:
@@ -121,6 +124,7 @@ def _cell_configs(request: CompareRequest) -> tuple[list[Cell], dict[Cell, Aecli
 def run_comparison(request: CompareRequest, reporter_factory: Any = None, say: Any = print) -> CompareOutcome:
     """Train every cell not finished yet, then write comparison.csv/.md and the curve plots."""
     cells, configs = _cell_configs(request)
+    select_backend(configs[cells[0]].runtime.backend)
     sweep = _open_sweep(request, cells)
     sweep_dir = Path(sweep["path"])
     records: dict[str, dict[str, Any]] = sweep["cells"]

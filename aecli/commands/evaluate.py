@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from aecli.backend import select_backend
 from aecli.config import DataConfig, apply_override
 from aecli.data import load_dataset, load_for_model
 from aecli.errors import ConfigError, EvaluationError
@@ -52,6 +53,7 @@ class EvaluateRequest:
     score: str = "mse"
     threshold: str | None = None
     tsne: bool = False
+    backend: str | None = None
 
 
 @dataclass
@@ -73,6 +75,7 @@ class _Evaluated:
 
 def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
     run = open_trained_run(request.run_dir)
+    select_backend(request.backend or run.config.runtime.backend)
     if request.score not in SCORES:
         raise EvaluationError(f"--score {request.score!r}: expected one of {', '.join(SCORES)}")
     threshold_spec = parse_threshold(request.threshold or run.metrics["train_errors"]["default_threshold"])

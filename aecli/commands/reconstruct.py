@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from aecli.backend import select_backend
 from aecli.config import DataConfig
 from aecli.data import load_dataset, load_for_model
 from aecli.errors import EvaluationError
@@ -37,6 +38,7 @@ class ReconstructRequest:
     noise: str | None = None
     save_latent: bool = False
     seed: int = 0
+    backend: str | None = None
 
 
 @dataclass
@@ -57,6 +59,7 @@ class _Inputs:
 
 def reconstruct(request: ReconstructRequest) -> ReconstructOutcome:
     run = open_trained_run(request.run_dir)
+    select_backend(request.backend or run.config.runtime.backend)
     noise = parse_noise(request.noise) if request.noise else None
     if not request.inputs and request.indices is None:
         raise EvaluationError("give at least one INPUT file or --indices of the run's test split")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 import aecli
-from aecli.backend import import_tensorflow
+from aecli.backend import import_tensorflow, select_backend
 from aecli.config import AecliConfig, config_to_yaml, load_config
 from aecli.data import Dataset, load_dataset
 from aecli.errors import ConfigError, RunError, TrainingDivergedError
@@ -51,6 +51,7 @@ def train_run(
     on_run_dir: Any = None,
 ) -> TrainOutcome:
     """Train one autoencoder described by `config` into a new folder under `runs_dir`."""
+    select_backend(config.runtime.backend)
     dataset = load_dataset(config.data, seed=config.training.seed)
     _check_loss_matches_data(config, dataset)
     plan = plan_autoencoder(config.model, dataset.sample_shape)
@@ -75,6 +76,7 @@ def train_run(
             "label_names": dataset.label_names,
         },
         model={"kind": config.model.kind, "parameters": count_parameters(plan)},
+        backend=config.runtime.backend,
     )
     metrics = _run_guarded(config, dataset, run_dir, reporter, resume=False)
     return TrainOutcome(run_dir, metrics)
@@ -93,6 +95,7 @@ def resume_run(run_dir: Path, reporter: Any = None) -> ResumeOutcome:
     if info["status"] == "completed":
         return ResumeOutcome(run_dir, None)
     config = load_config(run_dir / "config.yaml")
+    select_backend(config.runtime.backend)
     if not config.training.checkpoint.last:
         raise RunError(f"run {run_dir} kept no last checkpoint (training.checkpoint.last is off): train it again")
     dataset = load_dataset(config.data, seed=config.training.seed)
@@ -142,7 +145,16 @@ def _versions() -> dict[str, str]:
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "numpy": np.__version__,
+        **_backend_version(keras.backend.backend()),
     }
+
+
+def _backend_version(backend: str) -> dict[str, str]:
+    if backend == "tensorflow":
+        return {}
+    import importlib
+
+    return {backend: importlib.import_module(backend).__version__}
 
 
 def _train_and_report(

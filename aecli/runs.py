@@ -90,6 +90,13 @@ def save_atomic(target: Path, save: Callable[[Path], None]) -> None:
         save(temp)
 
 
+def check_new_output_dir(out: Path | None) -> Path | None:
+    """An explicit --out must be new or empty: results are never written over earlier ones."""
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RunError(f"--out {out}: already exists and is not an empty folder; choose a new one")
+    return out
+
+
 def now_iso() -> str:
     return datetime.now(UTC).astimezone().isoformat(timespec="seconds")
 

@@ -149,6 +149,17 @@ class EpochRecord:
         return {"seconds": self.seconds, "test_mse": self.test_mse, "peak_rss_mib": peak_rss_mib()}
 
 
+def worker_baseline() -> dict[str, Any]:
+    """Peak RSS of a process that only imports TensorFlow and Keras and holds the training array."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    import tensorflow as tf
+
+    x, _, _ = load_data()
+    keras.ops.convert_to_tensor(x[:32]) + tf.constant(0.0)
+    return {"peak_rss_mib": peak_rss_mib()}
+
+
 def worker_eval() -> dict[str, Any]:
     """Evaluation throughput on 10,000 rows: model.predict defaults vs aecli's batched direct calls."""
     sys.path.insert(0, str(ROOT))
@@ -234,7 +245,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         kind, *rest = args.worker
-        workers = {"plain": worker_plain, "aecli": worker_aecli, "eval": worker_eval, "floor": worker_floor}
+        workers = {
+            "plain": worker_plain,
+            "aecli": worker_aecli,
+            "eval": worker_eval,
+            "floor": worker_floor,
+            "baseline": worker_baseline,
+        }
         print(json.dumps(workers[kind](*map(int, rest))))
         return
 
@@ -257,6 +274,7 @@ def main() -> None:
     floor_256 = run_worker("floor", 256)
     floor_32 = run_worker("floor", 32)
     evaluation = run_worker("eval")
+    baseline = run_worker("baseline")
     help_seconds = wall([str(ROOT / ".venv" / "bin" / "aecli"), "--help"])
     import_seconds = wall([sys.executable, "-c", "import tensorflow"])
 
@@ -299,6 +317,7 @@ def main() -> None:
         "eval_samples_per_second_aecli": evaluation["aecli"],
         "help_seconds": help_seconds,
         "import_tensorflow_seconds": import_seconds,
+        "peak_rss_mib_import_only": baseline["peak_rss_mib"],
         "peak_rss_mib_plain": max(run["peak_rss_mib"] for run in runs["plain"]),
         "peak_rss_mib_aecli": max(run["peak_rss_mib"] for run in runs["aecli"]),
         "runs": runs,
@@ -391,6 +410,24 @@ def render(r: dict[str, Any], args: argparse.Namespace) -> str:
         "| measurement | plain Keras | aecli | ratio / target |",
         "|---|---|---|---|",
         *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
+        "",
+        "## Reading the targets",
+        "",
+        f"- **Ceiling at batch 32.** The matrix products alone take {r['matmul_floor_batch32_seconds_per_epoch']:.2f} "
+        f"s/epoch here, so nothing that computes the same training steps can be more than "
+        f"{r['plain_seconds_per_epoch'] / r['matmul_floor_batch32_seconds_per_epoch']:.1f}x faster than plain "
+        f"Keras's {r['plain_seconds_per_epoch']:.2f} s/epoch on this machine: the 3x targets (same hyperparameters; "
+        "jax vs plain) assumed plain Keras at ~5.3 s and a ~1.1 s floor. aecli runs at "
+        f"{r['aecli_seconds_per_epoch'] / r['matmul_floor_batch32_seconds_per_epoch']:.2f}x the floor.",
+        "- **Same hyperparameters, same curve.** The three runs differ only in data order and float "
+        "summation order; their 5-epoch test MSEs (plain, aecli TensorFlow, aecli JAX) show the run-to-run spread. "
+        "Time-to-target uses the plain run's MSE as the bar, so a run that lands on the high side of that spread "
+        "needs a sixth epoch (or never reaches it within 5): at equal hyperparameters the bar can only be beaten "
+        "by per-epoch speed, bounded above.",
+        f"- **Memory.** Importing TensorFlow and Keras and holding the 60,000 x 784 float32 array peaks at "
+        f"{r['peak_rss_mib_import_only']:.0f} MiB here; training adds the rest (aecli: one tensor copy of the "
+        "data for its input pipeline, XLA compilation, optimizer state). aecli stays below plain Keras but above "
+        "the 1.2 GiB target: not met.",
         "",
     ]
     return "\n".join(lines)

@@ -220,3 +220,13 @@ def test_html_report_renders_in_headless_chromium(cli, trained_run: Path, tmp_pa
     )
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert (pixels < 128).mean() > 0.01  # the plots drew something dark on the white page
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["reconstruct", "--indices", "0"]])
+def test_an_existing_output_folder_is_never_overwritten(cli, trained_run: Path, tmp_path: Path, command) -> None:
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "metrics.json").write_text("mine")
+    result = cli(command[0], trained_run, *command[1:], "--out", out)
+    assert result.exit_code == 2 and "already exists and is not an empty folder" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["metrics.json"] and (out / "metrics.json").read_text() == "mine"

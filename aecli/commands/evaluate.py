@@ -37,7 +37,7 @@ from aecli.reporting import (
     write_metrics_json,
     write_report,
 )
-from aecli.runs import TrainedRun, create_run_dir, load_model, now_iso, open_trained_run
+from aecli.runs import TrainedRun, check_new_output_dir, create_run_dir, load_model, now_iso, open_trained_run
 
 SCORES = ("mse", "mae", "bce")
 
@@ -81,7 +81,7 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
     threshold_spec = parse_threshold(request.threshold or run.metrics["train_errors"]["default_threshold"])
     if request.normal_classes is not None and request.anomaly_data is not None:
         raise EvaluationError("--normal-classes and --anomaly-data are two ways to label anomalies: use one")
-    out_dir = _check_out_dir(request.out)
+    out_dir = check_new_output_dir(request.out)
     evaluated = _evaluated_data(run, request)
 
     model = load_model(run.path / "model.keras")
@@ -127,15 +127,6 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
     plot_latent(points, evaluated.labels, method, out_dir / "latent.png", evaluated.label_names)
     _, report_html = write_report(out_dir, f"aecli evaluation of {run.path.name}", _report_blocks(run, metrics))
     return EvaluateOutcome(out_dir, metrics, report_html)
-
-
-def _check_out_dir(out: Path | None) -> Path | None:
-    """An explicit --out must be new or empty: evaluating never overwrites earlier results."""
-    if out is None:
-        return None
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise EvaluationError(f"--out {out}: already exists and is not an empty folder; choose a new one")
-    return out
 
 
 def _create_out_dir(out: Path) -> Path:

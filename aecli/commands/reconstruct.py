@@ -23,7 +23,15 @@ from aecli.errors import EvaluationError
 from aecli.evaluation import PSNR_CAP_DB, is_unit_range, per_sample_errors, predict_batched
 from aecli.noise import NoiseSpec, corrupt, parse_noise
 from aecli.reporting import plot_feature_rows, plot_image_rows
-from aecli.runs import TrainedRun, create_run_dir, load_model, open_trained_run, save_atomic, write_text_atomic
+from aecli.runs import (
+    TrainedRun,
+    check_new_output_dir,
+    create_run_dir,
+    load_model,
+    open_trained_run,
+    save_atomic,
+    write_text_atomic,
+)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 GRID_COLUMNS = 16  # the side-by-side grid shows the first inputs only; every file is still written
@@ -63,8 +71,7 @@ def reconstruct(request: ReconstructRequest) -> ReconstructOutcome:
     noise = parse_noise(request.noise) if request.noise else None
     if not request.inputs and request.indices is None:
         raise EvaluationError("give at least one INPUT file or --indices of the run's test split")
-    if request.out is not None and request.out.exists() and (not request.out.is_dir() or any(request.out.iterdir())):
-        raise EvaluationError(f"--out {request.out}: already exists and is not an empty folder; choose a new one")
+    check_new_output_dir(request.out)
     inputs = _load_inputs(run, request)
     clean = inputs.x
     if noise and not is_unit_range(clean):

@@ -276,6 +276,11 @@ class TrainingConfig(_Section):
         64, description="training steps run per compiled call (capped at one epoch): hides per-step Python overhead"
     )
     jit_compile: bool = Field(True, description="compile the training step with XLA")
+    input_pipeline: Literal["tensor", "arrays", "keras"] = Field(
+        "tensor",
+        description="tensor: tf.data gathering from one tensor copy (fastest); arrays: gathering from the numpy "
+        "arrays (no copy, less memory); keras: numpy arrays handed to fit",
+    )
 
     @field_validator("early_stopping", "noise", mode="before")
     @classmethod

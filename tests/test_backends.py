@@ -17,8 +17,12 @@ from tests.conftest import write_config
 
 OTHER_BACKENDS = [
     pytest.param("jax", marks=pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax not installed")),
-    pytest.param("torch", marks=pytest.mark.skipif(importlib.util.find_spec("torch") is None,
-                                                   reason="torch not installed (pip install 'aecli[torch]')")),
+    pytest.param(
+        "torch",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("torch") is None, reason="torch not installed (pip install 'aecli[torch]')"
+        ),
+    ),
 ]
 MODELS = {
     "dense": {"model": {"encoder": [32], "latent_dim": 4}},
@@ -50,8 +54,10 @@ def test_train_on_backend_and_load_under_tensorflow(backend: str, kind: str, cli
     native = last_line(aecli("evaluate", run, "--out", tmp_path / "native"))
     result = cli("evaluate", run, "--backend", "tensorflow", "--out", tmp_path / "tf")
     assert result.exit_code == 0, result.output
-    mse = [json.loads((folder / "metrics.json").read_text())["reconstruction"]["mse"] for folder in (native,
-                                                                                                      tmp_path / "tf")]
+    mse = [
+        json.loads((folder / "metrics.json").read_text())["reconstruction"]["mse"]
+        for folder in (native, tmp_path / "tf")
+    ]
     assert mse[0] == pytest.approx(mse[1], rel=1e-4)
 
 
@@ -65,14 +71,18 @@ def test_tensorflow_run_loads_on_another_backend(backend: str, kind: str, cli, t
     run = Path(trained.stdout.strip().splitlines()[-1])
     assert cli("evaluate", run, "--out", tmp_path / "tf").exit_code == 0
     other = last_line(aecli("evaluate", run, "--backend", backend, "--out", tmp_path / "other"))
-    mse = [json.loads((folder / "metrics.json").read_text())["reconstruction"]["mse"] for folder in (tmp_path / "tf",
-                                                                                                      other)]
+    mse = [
+        json.loads((folder / "metrics.json").read_text())["reconstruction"]["mse"]
+        for folder in (tmp_path / "tf", other)
+    ]
     assert mse[0] == pytest.approx(mse[1], rel=1e-4)
 
 
 def test_a_missing_backend_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ConfigError, match=r"runtime.backend torch: torch is not installed; pip install 'aecli\[torch\]'"):
+    with pytest.raises(
+        ConfigError, match=r"runtime.backend torch: torch is not installed; pip install 'aecli\[torch\]'"
+    ):
         select_backend("torch")
 
 

@@ -29,7 +29,8 @@ def predict_batched(model: Any, x: np.ndarray, batch_size: int = PREDICT_BATCH_S
     parts = [
         _first_output(model.predict_on_batch(x[start : start + batch_size])) for start in range(0, len(x), batch_size)
     ]
-    return np.concatenate(parts).astype(np.float32, copy=False)
+    whole = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return whole.astype(np.float32, copy=False)
 
 
 def _first_output(outputs: Any) -> np.ndarray:

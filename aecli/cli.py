@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shlex
 import signal
 import sys
@@ -21,7 +22,7 @@ from rich.table import Table
 
 from aecli import __version__
 from aecli.config import config_json_schema, config_to_yaml, load_config
-from aecli.errors import AecliError
+from aecli.errors import AecliError, ConfigError
 
 app = typer.Typer(
     name="aecli",
@@ -43,10 +44,19 @@ SetOption = Annotated[
 ]
 
 
+class _PipeSafeConsole(Console):
+    """A reader that stops reading (`aecli train ... | head`) must not stop the training."""
+
+    def on_broken_pipe(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        self.quiet = True
+
+
 def _console() -> Console:
     """Rich output on stdout; pipes and logs get a wide fixed width so tables are not squeezed."""
     probe = Console()
-    return Console(highlight=False, soft_wrap=True, width=None if probe.is_terminal else 160)
+    return _PipeSafeConsole(highlight=False, soft_wrap=True, width=None if probe.is_terminal else 160)
 
 
 def reports_errors(command: F) -> F:
@@ -106,9 +116,9 @@ def train(
     from aecli.progress import PlainProgress, RichProgress
 
     if (config is None) == (resume is None):
-        raise typer.BadParameter("give a CONFIG to train, or --resume RUN_DIR to continue a run (not both)")
+        raise ConfigError("give a CONFIG to train, or --resume RUN_DIR to continue a run (not both)")
     if resume is not None and (overrides or backend):
-        raise typer.BadParameter("--set cannot change a run being resumed: it continues with its saved config.yaml")
+        raise ConfigError("--set cannot change a run being resumed: it continues with its saved config.yaml")
     console = _console()
     reporter = RichProgress(console) if console.is_terminal and not quiet else PlainProgress(console)
     started_dirs: list[Path] = [] if resume is None else [resume]
@@ -207,9 +217,9 @@ def _parse_int_list(text: str | None, option: str) -> list[int] | None:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers such as 0,1, got {text!r}") from None
+        raise ConfigError(f"{option}: expected comma-separated integers such as 0,1, got {text!r}") from None
     if not values:
-        raise typer.BadParameter(f"expected at least one integer, got {text!r}")
+        raise ConfigError(f"{option}: expected at least one integer, got {text!r}")
     return values
 
 

@@ -335,10 +335,12 @@ def _read_csv(path: Path, label_column: str | int | None) -> RawData:
         x = np.array(body, dtype=np.float64)
     except ValueError:
         line, column = _first_non_number(body)
-        name = f" ({header[column]})" if header and label_index is None else ""
+        kept = [name for index, name in enumerate(header or []) if index != label_index]
+        name = f" ({kept[column]})" if kept else ""
         raise DataError(
             f"{path}: line {line + (2 if header else 1)}, column {column + 1}{name} is not a number: "
-            f"{body[line][column]!r} (set data.label_column for a label column)"
+            f"{body[line][column]!r}"
+            + ("" if label_index is not None else " (set data.label_column for a label column)")
         ) from None
     if x.shape[1] == 0:
         raise DataError(f"{path}: no feature columns left besides the label column")

@@ -220,7 +220,7 @@ def project_2d(codes: np.ndarray, method: str, seed: int = 0) -> tuple[np.ndarra
     """The codes themselves when 2-D, else PCA (or t-SNE) to two dimensions."""
     if codes.shape[1] == 2:
         return codes, "latent codes"
-    if codes.shape[1] == 1:
+    if codes.shape[1] == 1 or len(codes) < 2:  # PCA needs two samples; one code is drawn as it is
         return np.column_stack([codes[:, 0], np.zeros(len(codes))]), "latent code (1-D)"
     if method == "tsne":
         from sklearn.manifold import TSNE

@@ -99,6 +99,7 @@ def plot_loss_curves(history: list[dict[str, float]], path: Path) -> None:
             epochs, [row.get("val_loss", np.nan) for row in history], marker="o", markersize=3, label="validation loss"
         )
     ax.set(xlabel="epoch", ylabel="loss", title="Training curve")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     if all(row["loss"] > 0 for row in history):
         ax.set_yscale("log")
     ax.grid(alpha=0.3)

@@ -178,3 +178,19 @@ def test_shipped_configs_are_valid(name: str) -> None:
     from aecli.config import load_config
 
     load_config(Path(__file__).parents[1] / "configs" / name)
+
+
+def test_training_survives_a_closed_stdout(tiny_config, tmp_path: Path) -> None:
+    """`aecli train ... | head -1` must not turn the run into a failure."""
+    config = tiny_config({"training": {"epochs": 3}})
+    command = f"{sys.executable} -m aecli train {config} --runs-dir {tmp_path / 'runs'} --quiet | head -1"
+    subprocess.run(["bash", "-c", command], check=True, capture_output=True, timeout=300)
+    (run,) = list((tmp_path / "runs").iterdir())
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+
+
+def test_train_argument_mistakes_are_one_line(cli, tiny_config, tmp_path: Path) -> None:
+    for args in (["train"], ["train", str(tiny_config()), "--resume", str(tmp_path)]):
+        result = cli(*args)
+        assert result.exit_code == 2 and result.stderr.startswith("error: give a CONFIG")
+        assert len(result.stderr.strip().splitlines()) == 1

@@ -96,7 +96,7 @@ def test_evaluate_on_another_source_with_data_overrides(cli, trained_run: Path, 
         (["--threshold", "median"], "error: --threshold 'median': expected"),
         (["--score", "rmse"], "error: --score 'rmse': expected one of mse, mae, bce"),
         (["--normal-classes", "0", "--anomaly-data", "x.npy"], "error: --normal-classes and --anomaly-data"),
-        (["--data", "missing.npy"], "error: data.source: no such file or folder: missing.npy"),
+        (["--data", "missing.npy"], "error: --data: no such file or folder: missing.npy"),
         (["--set", "data.limit=3"], "error: --set data.KEY=VALUE needs --data"),
     ],
 )
@@ -230,3 +230,28 @@ def test_an_existing_output_folder_is_never_overwritten(cli, trained_run: Path, 
     result = cli(command[0], trained_run, *command[1:], "--out", out)
     assert result.exit_code == 2 and "already exists and is not an empty folder" in result.stderr
     assert [p.name for p in out.iterdir()] == ["metrics.json"] and (out / "metrics.json").read_text() == "mine"
+
+
+def test_a_single_sample_is_evaluated_without_a_traceback(cli, trained_run: Path, tmp_path: Path) -> None:
+    np.save(tmp_path / "one.npy", np.random.default_rng(0).random((1, 8, 8)) * 16)
+    result = cli("evaluate", trained_run, "--data", tmp_path / "one.npy", "--out", tmp_path / "one")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "one" / "latent.png").is_file()
+
+
+def test_normal_classes_absent_from_the_labels(cli, trained_run: Path) -> None:
+    result = cli("evaluate", trained_run, "--normal-classes", "42")
+    assert result.exit_code == 2 and result.stderr.startswith("error: --normal-classes [42]: none occur in the labels")
+
+
+def test_option_errors_name_the_option(cli, trained_run: Path, tmp_path: Path) -> None:
+    result = cli("evaluate", trained_run, "--anomaly-data", tmp_path / "nope.npz")
+    assert result.stderr.startswith("error: --anomaly-data: no such file or folder")
+    assert cli("evaluate", trained_run, "--normal-classes", "a,b").stderr.startswith("error: --normal-classes:")
+
+
+def test_latent_metrics_cover_every_label_with_normal_classes(cli, trained_run: Path, tmp_path: Path) -> None:
+    result = cli("evaluate", trained_run, "--normal-classes", "0", "--out", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["latent"]["n_classes"] == 10 and "anomaly" in metrics

@@ -15,7 +15,7 @@ import numpy as np
 from aecli.backend import select_backend
 from aecli.config import DataConfig, apply_override
 from aecli.data import load_dataset, load_for_model
-from aecli.errors import ConfigError, EvaluationError
+from aecli.errors import ConfigError, DataError, EvaluationError
 from aecli.evaluation import (
     anomaly_report,
     latent_report,
@@ -94,7 +94,10 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
     if is_image:
         metrics["reconstruction"]["ssim"] = mean_ssim(evaluated.x, reconstructions)
 
-    normal = np.ones(len(evaluated.x), bool) if evaluated.is_anomaly is None else ~evaluated.is_anomaly
+    # Samples added by --anomaly-data carry no real label: score the latent space without them.
+    normal = np.ones(len(evaluated.x), bool)
+    if request.anomaly_data is not None and evaluated.is_anomaly is not None:
+        normal = ~evaluated.is_anomaly
     codes = predict_batched(encoder, evaluated.x)
     if evaluated.labels is not None:
         latent = latent_report(codes[normal], evaluated.labels[normal], seed=run.config.training.seed)
@@ -156,7 +159,7 @@ def _evaluated_data(run: TrainedRun, request: EvaluateRequest) -> _Evaluated:
         )
     else:
         cfg = _data_config(run, request.data, request.data_overrides)
-        x, y, names = load_for_model(cfg, run.sample_shape, run.scaling)
+        x, y, names = _load_option(cfg, run, "--data")
         evaluated = _Evaluated(x, y, names, f"every row of {request.data}")
 
     normal_classes = request.normal_classes
@@ -164,7 +167,7 @@ def _evaluated_data(run: TrainedRun, request: EvaluateRequest) -> _Evaluated:
         normal_classes = run.config.data.classes  # trained on these: every other label is an anomaly
     if request.anomaly_data is not None:
         cfg = _data_config(run, request.anomaly_data, request.data_overrides)
-        x_anomaly, _, _ = load_for_model(cfg, run.sample_shape, run.scaling)
+        x_anomaly, _, _ = _load_option(cfg, run, "--anomaly-data")
         evaluated.x = np.concatenate([evaluated.x, x_anomaly])
         evaluated.is_anomaly = np.r_[np.zeros(len(evaluated.x) - len(x_anomaly), bool), np.ones(len(x_anomaly), bool)]
         if evaluated.labels is not None:
@@ -174,9 +177,20 @@ def _evaluated_data(run: TrainedRun, request: EvaluateRequest) -> _Evaluated:
     elif normal_classes is not None:
         if evaluated.labels is None:
             raise EvaluationError(f"--normal-classes: {evaluated.description} has no labels to tell anomalies by")
+        if not np.isin(evaluated.labels, normal_classes).any():
+            present = ", ".join(str(label) for label in np.unique(evaluated.labels)[:20])
+            raise EvaluationError(f"--normal-classes {normal_classes}: none occur in the labels (present: {present})")
         evaluated.is_anomaly = ~np.isin(evaluated.labels, normal_classes)
         evaluated.normal_classes = list(normal_classes)
     return evaluated
+
+
+def _load_option(cfg: DataConfig, run: TrainedRun, option: str) -> tuple[np.ndarray, Any, Any]:
+    """Load a source named on the command line; its errors name the option, not data.source."""
+    try:
+        return load_for_model(cfg, run.sample_shape, run.scaling)
+    except DataError as exc:
+        raise DataError(str(exc).replace("data.source", option, 1)) from None
 
 
 def _training_scores(run: TrainedRun, score: str) -> np.ndarray:

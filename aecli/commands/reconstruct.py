@@ -19,7 +19,7 @@ import numpy as np
 from aecli.backend import select_backend
 from aecli.config import DataConfig
 from aecli.data import load_dataset, load_for_model
-from aecli.errors import EvaluationError
+from aecli.errors import DataError, EvaluationError
 from aecli.evaluation import PSNR_CAP_DB, is_unit_range, per_sample_errors, predict_batched
 from aecli.noise import NoiseSpec, corrupt, parse_noise
 from aecli.reporting import plot_feature_rows, plot_image_rows
@@ -109,7 +109,10 @@ def _load_inputs(run: TrainedRun, request: ReconstructRequest) -> _Inputs:
         if path.suffix.lower() in IMAGE_SUFFIXES:
             parts.append(_Inputs(_read_image(path, run.sample_shape)[None], [path.name], [""]))
         else:
-            x, y, names = load_for_model(DataConfig(source=str(path)), run.sample_shape, run.scaling)
+            try:
+                x, y, names = load_for_model(DataConfig(source=str(path)), run.sample_shape, run.scaling)
+            except DataError as exc:
+                raise DataError(str(exc).replace("data.source", "input", 1)) from None
             labels = [""] * len(x) if y is None else [names[i] if names else str(i) for i in y.tolist()]
             parts.append(_Inputs(x, [f"{path.name}[{i}]" for i in range(len(x))], labels))
     if request.indices is not None:

@@ -114,6 +114,9 @@ def _run_guarded(config: AecliConfig, dataset: Dataset, run_dir: Path, reporter:
     try:
         metrics = _train_and_report(config, dataset, run_dir, reporter, resume)
     except KeyboardInterrupt:
+        state = read_resume_state(run_dir)
+        if state is not None:  # the finished epochs, readable without opening the checkpoint
+            write_history_csv(run_dir / "history.csv", state.history)
         update_run_info(run_dir, status="interrupted", finished=now_iso())
         raise
     except TrainingDivergedError as exc:

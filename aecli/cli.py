@@ -10,7 +10,6 @@ import functools
 import json
 import os
 import shlex
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ from rich.table import Table
 from aecli import __version__
 from aecli.config import config_json_schema, config_to_yaml, load_config
 from aecli.errors import AecliError, ConfigError
+from aecli.interrupts import Terminated, sigterm_as_interrupt
 
 app = typer.Typer(
     name="aecli",
@@ -89,14 +89,6 @@ def main_options(
     """Train, evaluate and use autoencoders described by a YAML file."""
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, delivered like Ctrl-C so the run is marked interrupted; exits 143 instead of 130."""
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated
-
-
 @app.command()
 @reports_errors
 def train(
@@ -122,46 +114,44 @@ def train(
     console = _console()
     reporter = RichProgress(console) if console.is_terminal and not quiet else PlainProgress(console)
     started_dirs: list[Path] = [] if resume is None else [resume]
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        if resume is not None:
-            resumed = resume_run(resume, reporter)
-            if resumed.metrics is None:
-                console.print(f"run {resume} has already completed: nothing to resume")
-                typer.echo(str(resume))
-                return
-            console.print(f"resumed after epoch {resumed.from_epoch}")
-            run_dir, metrics = resumed.run_dir, resumed.metrics
-        else:
-            assert config is not None
-            backend_override = [f"runtime.backend={backend}"] if backend else []
-            settings = load_config(config, [*(overrides or []), *backend_override])
-            console.print(
-                f"training {settings.model.kind} autoencoder on {settings.data.source} "
-                f"({settings.optimizer.name}, {settings.loss.name}, {settings.training.epochs} epochs)"
-            )
-            outcome = train_run(
-                settings,
-                runs_dir=runs_dir,
-                name=name or config.stem,
-                command=shlex.join(["aecli", *sys.argv[1:]]),
-                reporter=reporter,
-                on_run_dir=started_dirs.append,
-            )
-            run_dir, metrics = outcome.run_dir, outcome.metrics
-    except KeyboardInterrupt as interrupt:
-        code = 143 if isinstance(interrupt, Terminated) else 130
-        if started_dirs:
-            typer.echo(
-                f"interrupted: run kept at {started_dirs[0]} (status interrupted); continue it with "
-                f"aecli train --resume {started_dirs[0]}",
-                err=True,
-            )
-        else:
-            typer.echo("interrupted before a run directory was created", err=True)
-        raise typer.Exit(code) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with sigterm_as_interrupt():
+        try:
+            if resume is not None:
+                resumed = resume_run(resume, reporter)
+                if resumed.metrics is None:
+                    console.print(f"run {resume} has already completed: nothing to resume")
+                    typer.echo(str(resume))
+                    return
+                console.print(f"resumed after epoch {resumed.from_epoch}")
+                run_dir, metrics = resumed.run_dir, resumed.metrics
+            else:
+                assert config is not None
+                backend_override = [f"runtime.backend={backend}"] if backend else []
+                settings = load_config(config, [*(overrides or []), *backend_override])
+                console.print(
+                    f"training {settings.model.kind} autoencoder on {settings.data.source} "
+                    f"({settings.optimizer.name}, {settings.loss.name}, {settings.training.epochs} epochs)"
+                )
+                outcome = train_run(
+                    settings,
+                    runs_dir=runs_dir,
+                    name=name or config.stem,
+                    command=shlex.join(["aecli", *sys.argv[1:]]),
+                    reporter=reporter,
+                    on_run_dir=started_dirs.append,
+                )
+                run_dir, metrics = outcome.run_dir, outcome.metrics
+        except KeyboardInterrupt as interrupt:
+            code = 143 if isinstance(interrupt, Terminated) else 130
+            if started_dirs:
+                typer.echo(
+                    f"interrupted: run kept at {started_dirs[0]} (status interrupted); continue it with "
+                    f"aecli train --resume {started_dirs[0]}",
+                    err=True,
+                )
+            else:
+                typer.echo("interrupted before a run directory was created", err=True)
+            raise typer.Exit(code) from None
     _print_training_summary(console, metrics)
     console.print(f"model:  {run_dir / 'model.keras'} (+ encoder.keras, decoder.keras)")
     console.print(f"report: {run_dir / 'metrics.json'} (per sample: errors.csv, per epoch: history.csv)")

@@ -89,7 +89,7 @@ def test_kill_9_mid_epoch_then_resume_completes(cli, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("sent", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_marks_the_run_and_says_how_to_resume(tmp_path: Path, sent: int, code: int) -> None:
-    process = start_training(tmp_path)
+    process = start_training(tmp_path, epochs=60)  # long enough that it cannot finish first
     wait_for_epoch(process, 2)
     process.send_signal(sent)
     _, stderr = process.communicate(timeout=120)

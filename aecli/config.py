@@ -290,7 +290,7 @@ class TrainingConfig(_Section):
     @field_validator("lr_schedule", mode="before")
     @classmethod
     def _schedule_shorthand(cls, value: Any) -> Any:
-        return {"kind": value} if isinstance(value, str) else value
+        return _expand_shorthand("lr_schedule", value)
 
 
 class RuntimeConfig(_Section):
@@ -310,7 +310,7 @@ class AecliConfig(_Section):
     @field_validator("loss", mode="before")
     @classmethod
     def _loss_shorthand(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value
+        return _expand_shorthand("loss", value)
 
     @model_validator(mode="after")
     def _resolve_cross_section(self) -> AecliConfig:
@@ -330,6 +330,14 @@ class AecliConfig(_Section):
                 "training.early_stopping.monitor: val_loss needs data.validation_split > 0 (or monitor: loss)"
             )
         return self
+
+
+# Sections that may be written as one string: `loss: bce` means `loss: {name: bce}`.
+SHORTHAND_KEYS = {"loss": "name", "lr_schedule": "kind"}
+
+
+def _expand_shorthand(section: str, value: Any) -> Any:
+    return {SHORTHAND_KEYS[section]: value} if isinstance(value, str) else value
 
 
 def _expand_switch(value: Any) -> Any:
@@ -388,10 +396,8 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         child = node.get(part)
         if child is None:
             child = node[part] = {}
-        elif isinstance(child, str) and part == "loss":
-            child = node[part] = {"name": child}
-        elif isinstance(child, str) and part == "lr_schedule":
-            child = node[part] = {"kind": child}
+        elif isinstance(child, str) and part in SHORTHAND_KEYS:
+            child = node[part] = _expand_shorthand(part, child)
         elif isinstance(child, bool):
             child = node[part] = {}
         if not isinstance(child, dict):

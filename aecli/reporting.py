@@ -18,9 +18,11 @@ HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "learning_rate", "seconds")
 
 
 def write_history_csv(path: Path, rows: list[dict[str, float]]) -> None:
-    extras = [key for key in dict.fromkeys(key for row in rows for key in row) if key not in HISTORY_COLUMNS]
-    known = [column for column in HISTORY_COLUMNS if any(column in row for row in rows)]
-    columns = known[:3] + extras + known[3:] if "val_loss" in known else known[:2] + extras + known[2:]
+    # Losses first, then extra logged terms (a VAE's reconstruction_loss, kl_loss), then rate and time.
+    present = list(dict.fromkeys(key for row in rows for key in row))
+    losses = [key for key in ("epoch", "loss", "val_loss") if key in present]
+    tail = [key for key in ("learning_rate", "seconds") if key in present]
+    columns = losses + [key for key in present if key not in HISTORY_COLUMNS] + tail
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

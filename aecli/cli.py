@@ -22,7 +22,7 @@ from rich.table import Table
 from aecli import __version__
 from aecli.config import config_json_schema, config_to_yaml, load_config
 from aecli.errors import AecliError, ConfigError
-from aecli.interrupts import Terminated, sigterm_as_interrupt
+from aecli.interrupts import Terminated, interrupts_as_exceptions
 
 app = typer.Typer(
     name="aecli",
@@ -114,7 +114,7 @@ def train(
     console = _console()
     reporter = RichProgress(console) if console.is_terminal and not quiet else PlainProgress(console)
     started_dirs: list[Path] = [] if resume is None else [resume]
-    with sigterm_as_interrupt():
+    with interrupts_as_exceptions():
         try:
             if resume is not None:
                 resumed = resume_run(resume, reporter)
@@ -370,14 +370,15 @@ def compare(
     )
     try:
         live = (lambda: RichProgress(console, print_epochs=False)) if console.is_terminal else None
-        outcome = run_comparison(request, reporter_factory=live, say=console.print)
-    except KeyboardInterrupt:
+        with interrupts_as_exceptions():
+            outcome = run_comparison(request, reporter_factory=live, say=console.print)
+    except KeyboardInterrupt as interrupt:
         typer.echo(
             "interrupted: finished cells are kept; run the same command with --resume SWEEP_DIR "
             "(the compare-* folder) to train the rest",
             err=True,
         )
-        raise typer.Exit(130) from None
+        raise typer.Exit(143 if isinstance(interrupt, Terminated) else 130) from None
     table = Table(title="comparison (ranked by test MSE, the metric every loss shares)")
     columns = {
         "final_loss": "final val loss",

@@ -1,8 +1,8 @@
-"""SIGTERM handling shared by the CLI (which installs it) and the training loop (which obeys it).
+"""Ctrl-C and SIGTERM handling shared by the CLI (which installs it) and the training loop (which obeys it).
 
-The handler raises at once, like Ctrl-C; it also leaves a flag that the training loop checks
-after every step, because an exception raised while TensorFlow is inside native code can be
-swallowed there.
+Each handler raises at once; it also leaves a flag that the training loop checks after every
+step, because an exception raised while TensorFlow is inside native code (or a finalizer) can
+be swallowed there, and training would then carry on to the end.
 """
 
 from __future__ import annotations
@@ -17,25 +17,36 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, delivered like Ctrl-C so the run is marked interrupted; exits 143 instead of 130."""
 
 
-_requested = False
+_pending: type[KeyboardInterrupt] | None = None
 
 
-def termination_requested() -> bool:
-    return _requested
+def pending_interrupt() -> type[KeyboardInterrupt] | None:
+    """The interrupt received since the handlers were installed, if any."""
+    return _pending
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    global _pending
+    _pending = KeyboardInterrupt
+    raise KeyboardInterrupt
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    global _requested
-    _requested = True
+    global _pending
+    _pending = Terminated
     raise Terminated
 
 
 @contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    global _requested
-    _requested = False
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+def interrupts_as_exceptions() -> Iterator[None]:
+    global _pending
+    _pending = None
+    handlers = {signal.SIGINT: _on_sigint, signal.SIGTERM: _on_sigterm}
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        del handlers[signal.SIGINT]  # started in the background by a shell: Ctrl-C is not meant for us
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -17,7 +17,7 @@ import numpy as np
 from aecli.backend import import_tensorflow
 from aecli.config import LossConfig, LRScheduleConfig, NoiseConfig, OptimizerConfig, TrainingConfig
 from aecli.errors import TrainingDivergedError
-from aecli.interrupts import Terminated, termination_requested
+from aecli.interrupts import pending_interrupt
 from aecli.layers import VariationalAutoencoder
 from aecli.noise import NoiseSpec, corrupt
 from aecli.runs import STATE_FILE, ResumeState, save_atomic, write_json_atomic
@@ -166,8 +166,9 @@ class _StopOnNonFiniteLoss(keras.callbacks.Callback):
     """Like keras.callbacks.TerminateOnNaN (NaN or inf), without printing to stdout."""
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if termination_requested():  # a SIGTERM whose exception native code swallowed
-            raise Terminated
+        interrupt = pending_interrupt()
+        if interrupt is not None:  # a signal whose exception native code swallowed
+            raise interrupt
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self.model.stop_training = True

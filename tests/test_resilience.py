@@ -36,6 +36,9 @@ def start_training(folder: Path, epochs: int = EPOCHS) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # A shell that starts the test suite in the background leaves SIGINT ignored, and
+        # children inherit that (the CI failure this fixes); a terminal user's aecli has it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -145,3 +148,26 @@ def test_a_diverged_epoch_never_replaces_a_good_checkpoint(tmp_path: Path) -> No
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
     assert after["best.keras"] == digest["best.keras"] and after["last.keras"] != digest["last.keras"]
     assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 3
+
+
+def test_signal_handlers_leave_a_flag_and_respect_an_ignored_ctrl_c() -> None:
+    from aecli.interrupts import Terminated, interrupts_as_exceptions, pending_interrupt
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interrupts_as_exceptions():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # a background job stays deaf to Ctrl-C
+            with pytest.raises(Terminated):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)  # the handler runs between bytecodes; this is never reached in full
+            assert pending_interrupt() is Terminated  # what the training loop checks after each step
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with interrupts_as_exceptions():
+            assert pending_interrupt() is None
+            with pytest.raises(KeyboardInterrupt) as raised:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+            assert raised.type is KeyboardInterrupt and pending_interrupt() is KeyboardInterrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)

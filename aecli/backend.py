@@ -26,8 +26,11 @@ def import_tensorflow() -> ModuleType:
         os.dup2(devnull, 2)
         import tensorflow
 
-        # The first device query probes CUDA and logs its absence; do it while still silenced.
-        tensorflow.config.list_logical_devices()
+        # The first device query probes CUDA and logs its absence; do it while still silenced,
+        # except in a TF_CONFIG cluster: that query starts the runtime, and a multi-worker
+        # strategy must be created before it starts (see distribute.py).
+        if "TF_CONFIG" not in os.environ:
+            tensorflow.config.list_logical_devices()
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -141,6 +141,9 @@ def train(
                     on_run_dir=started_dirs.append,
                 )
                 run_dir, metrics = outcome.run_dir, outcome.metrics
+                if not outcome.written:
+                    console.print("worker finished: the chief worker writes the run directory")
+                    return
         except KeyboardInterrupt as interrupt:
             code = 143 if isinstance(interrupt, Terminated) else 130
             if started_dirs:

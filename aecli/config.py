@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from aecli.errors import ConfigError
 
@@ -262,6 +271,23 @@ class LRScheduleConfig(_Section):
         return self
 
 
+class DistributeConfig(_Section):
+    strategy: Literal["none", "mirrored", "multi_worker"] = Field(
+        "none",
+        description="none: one device; mirrored: tf.distribute.MirroredStrategy over local GPUs (or `devices`); "
+        "multi_worker: MultiWorkerMirroredStrategy, cluster from the TF_CONFIG environment variable",
+    )
+    devices: list[str] | None = Field(
+        None, min_length=1, description="mirrored only: devices to mirror over, e.g. [/gpu:0, /gpu:1]; default all GPUs"
+    )
+
+    @model_validator(mode="after")
+    def _devices_need_mirrored(self) -> DistributeConfig:
+        if self.devices is not None and self.strategy != "mirrored":
+            raise ValueError(f"devices applies to strategy mirrored only, not {self.strategy!r}")
+        return self
+
+
 class TrainingConfig(_Section):
     epochs: PositiveInt = Field(10, le=1_000_000)
     batch_size: PositiveInt = Field(32, description="ignored by optimizer gd, which uses the whole training set")
@@ -281,16 +307,24 @@ class TrainingConfig(_Section):
         description="tensor: tf.data gathering from one tensor copy (fastest); arrays: gathering from the numpy "
         "arrays (no copy, less memory); keras: numpy arrays handed to fit",
     )
+    distribute: DistributeConfig = Field(
+        default_factory=DistributeConfig, description="tf.distribute: batch_size is the global batch over replicas"
+    )
+    mixed_precision: bool | Literal["force"] = Field(
+        False,
+        description="mixed_float16 compute with float32 weights and output (GPU); `force` also allows it on CPU, "
+        "where it is slower",
+    )
 
     @field_validator("early_stopping", "noise", mode="before")
     @classmethod
     def _switch_shorthand(cls, value: Any) -> Any:
         return _expand_switch(value)
 
-    @field_validator("lr_schedule", mode="before")
+    @field_validator("lr_schedule", "distribute", mode="before")
     @classmethod
-    def _schedule_shorthand(cls, value: Any) -> Any:
-        return _expand_shorthand("lr_schedule", value)
+    def _section_shorthand(cls, value: Any, info: ValidationInfo) -> Any:
+        return _expand_shorthand(info.field_name or "", value)
 
 
 class RuntimeConfig(_Section):
@@ -324,6 +358,17 @@ class AecliConfig(_Section):
             )
         if self.model.kind == "vae" and self.loss.name not in ("mse", "bce"):
             raise ValueError(f"loss.name: a vae's reconstruction term is mse or bce, got {self.loss.name!r}")
+        distributed = self.training.distribute.strategy != "none"
+        if distributed and self.runtime.backend != "tensorflow":
+            raise ValueError(
+                f"training.distribute.strategy: {self.training.distribute.strategy} uses tf.distribute, which needs "
+                f"runtime.backend tensorflow (got {self.runtime.backend})"
+            )
+        if self.training.distribute.strategy == "multi_worker" and self.training.noise is not None:
+            raise ValueError(
+                "training.noise: denoising is not available with distribute.strategy multi_worker yet "
+                "(use mirrored, or none)"
+            )
         stopping = self.training.early_stopping
         if stopping is not None and stopping.monitor == "val_loss" and self.data.validation_split == 0:
             raise ValueError(
@@ -333,7 +378,7 @@ class AecliConfig(_Section):
 
 
 # Sections that may be written as one string: `loss: bce` means `loss: {name: bce}`.
-SHORTHAND_KEYS = {"loss": "name", "lr_schedule": "kind"}
+SHORTHAND_KEYS = {"loss": "name", "lr_schedule": "kind", "distribute": "strategy"}
 
 
 def _expand_shorthand(section: str, value: Any) -> Any:

@@ -48,5 +48,6 @@ def interrupts_as_exceptions() -> Iterator[None]:
     try:
         yield
     finally:
+        _pending = None  # handled by whoever caught the exception; later trainings start clean
         for sig, handler in previous.items():
             signal.signal(sig, handler)

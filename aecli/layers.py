@@ -29,7 +29,9 @@ class Sampling(keras.layers.Layer):
 
     def call(self, inputs: list[Any]) -> Any:
         z_mean, z_log_var = inputs
-        epsilon = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
+        epsilon = keras.random.normal(
+            ops.shape(z_mean), dtype=keras.backend.standardize_dtype(z_mean.dtype), seed=self.seed_generator
+        )
         return z_mean + ops.exp(0.5 * z_log_var) * epsilon
 
     def compute_output_shape(self, input_shape: list[tuple[int, ...]]) -> tuple[int, ...]:
@@ -131,6 +133,64 @@ class VariationalAutoencoder(keras.Model):
         return cls(encoder, decoder, **config)
 
 
+@keras.saving.register_keras_serializable(package="aecli")
+class MultiWorkerTrainer(keras.Model):
+    """Trains a wrapped autoencoder under MultiWorkerMirroredStrategy, around two Keras 3 bugs
+    in `fit` with that strategy (keras-team/keras#20585):
+
+    - fit reduces the first batch across workers and fails when the batch is a (x, y) tuple,
+      so batches are the inputs alone and the target is the input;
+    - fit reduces every logged metric "along axis 0", which scalars lack, so the steps log
+      them with shape (1,); the reduced result is the scalar mean over workers.
+
+    Only checkpoints hold this wrapper; the run's model.keras is the autoencoder itself.
+    """
+
+    def __init__(self, autoencoder: keras.Model, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.autoencoder = autoencoder
+
+    def call(self, inputs: Any, training: bool = False) -> Any:
+        return self.autoencoder(inputs, training=training)
+
+    def compute_loss(
+        self, x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None, training: bool = True
+    ) -> Any:
+        y = x if y is None else y
+        if isinstance(self.autoencoder, VariationalAutoencoder):
+            return self.autoencoder.compute_loss(x, y, y_pred, sample_weight, training)
+        return super().compute_loss(x, y, y_pred, sample_weight, training)
+
+    def train_step(self, data: Any) -> Any:
+        return {name: ops.reshape(value, (1,)) for name, value in super().train_step(data).items()}
+
+    def test_step(self, data: Any) -> Any:
+        return {name: ops.reshape(value, (1,)) for name, value in super().test_step(data).items()}
+
+    @property
+    def metrics(self) -> list[Any]:
+        inner = self.autoencoder
+        extra = [inner.reconstruction_tracker, inner.kl_tracker] if isinstance(inner, VariationalAutoencoder) else []
+        return [*super().metrics, *extra]
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "autoencoder": keras.saving.serialize_keras_object(self.autoencoder),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> MultiWorkerTrainer:
+        config = dict(config)
+        return cls(keras.saving.deserialize_keras_object(config.pop("autoencoder")), **config)
+
+
 def custom_objects() -> dict[str, Any]:
     """For `keras.saving.load_model(path, custom_objects=aecli.layers.custom_objects())`."""
-    return {"Sampling": Sampling, "KLSparsity": KLSparsity, "VariationalAutoencoder": VariationalAutoencoder}
+    return {
+        "Sampling": Sampling,
+        "KLSparsity": KLSparsity,
+        "VariationalAutoencoder": VariationalAutoencoder,
+        "MultiWorkerTrainer": MultiWorkerTrainer,
+    }

@@ -212,6 +212,11 @@ def build_autoencoder(cfg: ModelConfig, input_shape: tuple[int, ...], reconstruc
     return Autoencoder(model, encoder, decoder)
 
 
+# Under mixed precision these stay float32: the code's statistics (KL terms) and the
+# reconstruction the loss compares with the input need float32's range and precision.
+FLOAT32_LAYERS = frozenset({"z_mean", "z_log_var", "z", "latent", "reconstruction", "reshape"})
+
+
 def _apply(tensor: Any, specs: list[LayerSpec], cfg: ModelConfig) -> Any:
     import keras
 
@@ -223,13 +228,15 @@ def _apply(tensor: Any, specs: list[LayerSpec], cfg: ModelConfig) -> Any:
             options["kernel_regularizer"] = keras.regularizers.L1L2(cfg.regularization.l1, cfg.regularization.l2)
         if spec.name == "latent":
             options["activity_regularizer"] = _code_regularizer(cfg)
+        if spec.name in FLOAT32_LAYERS and keras.config.dtype_policy().name != "float32":
+            options["dtype"] = "float32"
         if spec.kind == "Sampling":
             from aecli.layers import Sampling
 
             return [
                 heads["z_mean"],
                 heads["z_log_var"],
-                Sampling(seed=0, name=spec.name)([heads["z_mean"], heads["z_log_var"]]),
+                Sampling(seed=0, name=spec.name, dtype=options.get("dtype"))([heads["z_mean"], heads["z_log_var"]]),
             ]
         layer = getattr(keras.layers, spec.kind)(name=spec.name, **options)
         if spec.name in ("z_mean", "z_log_var"):

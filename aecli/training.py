@@ -5,6 +5,7 @@ Imports Keras at module level: only the commands that train or load models impor
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from aecli.backend import import_tensorflow
 from aecli.config import LossConfig, LRScheduleConfig, NoiseConfig, OptimizerConfig, TrainingConfig
 from aecli.errors import TrainingDivergedError
 from aecli.interrupts import pending_interrupt
-from aecli.layers import VariationalAutoencoder
+from aecli.layers import MultiWorkerTrainer, VariationalAutoencoder
 from aecli.noise import NoiseSpec, corrupt
 from aecli.runs import STATE_FILE, ResumeState, save_atomic, write_json_atomic
 
@@ -94,7 +95,13 @@ def build_learning_rate(
 
 
 def reconstruction_pipeline(
-    inputs: np.ndarray, targets: np.ndarray, batch_size: int, shuffle: bool, seed: int, kind: str = "tensor"
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    kind: str = "tensor",
+    inputs_only: bool = False,
 ) -> Any:
     """A tf.data pipeline over in-memory arrays: shuffled row indices (reshuffled every epoch,
     seeded), batched, gathered, and prefetched.
@@ -103,6 +110,7 @@ def reconstruction_pipeline(
     sets costs more than the training itself; shuffling indices instead of rows keeps the
     per-epoch work small. kind "tensor" gathers from one tensor copy of the data (fastest);
     "arrays" gathers from the numpy arrays themselves (no copy: less memory, somewhat slower).
+    `inputs_only` leaves the targets out (see layers.MultiWorkerTrainer).
     """
     tf = import_tensorflow()
     shape = (None, *inputs.shape[1:])
@@ -127,7 +135,18 @@ def reconstruction_pipeline(
     if shuffle:
         indices = indices.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
     batches = indices.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return batches.prefetch(tf.data.AUTOTUNE)
+    if inputs_only:
+        batches = batches.map(lambda batch_in, batch_out: batch_in)
+    return with_data_sharding(batches.prefetch(tf.data.AUTOTUNE))
+
+
+def with_data_sharding(dataset: Any) -> Any:
+    """Under a multi-worker strategy, each worker takes every n-th batch: in-memory data has no
+    files to split between workers (TensorFlow's default policy would try, and warn)."""
+    tf = import_tensorflow()
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
 
 
 class NoisyBatches(keras.utils.PyDataset):
@@ -214,11 +233,13 @@ def fit_autoencoder(
     run_dir: Path,
     reporter: ProgressReporter | None = None,
     resume: ResumeState | None = None,
+    strategy: Any = None,
 ) -> TrainingResult:
     """Compile `model` and fit it to reproduce its input; checkpoints and logs go under `run_dir`.
 
     With `resume`, `model` is the loaded last checkpoint: its optimizer (and state) is kept and
-    training continues after `resume.epoch` finished epochs.
+    training continues after `resume.epoch` finished epochs. With a tf.distribute `strategy`,
+    `model` must have been built in its scope; `batch_size` is the global batch.
     """
     full_batch = optimizer.name == "gd"
     batch_size = len(x_train) if full_batch else min(training.batch_size, len(x_train))
@@ -227,12 +248,22 @@ def fit_autoencoder(
     learning_rate = build_learning_rate(optimizer.learning_rate, training.lr_schedule, steps, training.epochs)
     # The fast path: several steps per compiled call (XLA-compiled), so per-step framework
     # overhead no longer dominates small dense models; callbacks still see every epoch.
-    speed = {"steps_per_execution": min(training.steps_per_execution, steps), "jit_compile": training.jit_compile}
-    keras_optimizer = model.optimizer if resume is not None else build_optimizer(optimizer, learning_rate)
-    if isinstance(model, VariationalAutoencoder):
-        model.compile(optimizer=keras_optimizer, **speed)  # its own loss: see layers.py
-    else:
-        model.compile(optimizer=keras_optimizer, loss=build_loss(loss), **speed)
+    # Under tf.distribute: no XLA (cross-replica reductions are not XLA-compiled on CPU), and one
+    # step per call (Keras 3.15's multi-step loop fails on distributed iterators); on the GPUs
+    # a strategy is for, per-step overhead matters far less.
+    distributed = strategy is not None
+    speed = {
+        "steps_per_execution": 1 if distributed else min(training.steps_per_execution, steps),
+        "jit_compile": training.jit_compile and not distributed,
+    }
+    inputs_only = training.distribute.strategy == "multi_worker"
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        keras_optimizer = model.optimizer if resume is not None else build_optimizer(optimizer, learning_rate)
+        trained = MultiWorkerTrainer(model) if inputs_only else model
+        if isinstance(model, VariationalAutoencoder):
+            trained.compile(optimizer=keras_optimizer, **speed)  # its own loss: see layers.py
+        else:
+            trained.compile(optimizer=keras_optimizer, loss=build_loss(loss), **speed)
     monitor = "val_loss" if x_val is not None else "loss"
     if training.early_stopping is not None:
         monitor = training.early_stopping.monitor
@@ -248,7 +279,7 @@ def fit_autoencoder(
     train_data: Any = (x_train, x_train)  # "keras": let fit slice the arrays itself
     if training.input_pipeline != "keras":
         train_data = reconstruction_pipeline(
-            x_train, x_train, batch_size, shuffle, training.seed, training.input_pipeline
+            x_train, x_train, batch_size, shuffle, training.seed, training.input_pipeline, inputs_only
         )
     x_val_input = x_val
     if training.noise is not None:
@@ -259,7 +290,7 @@ def fit_autoencoder(
     validation = None
     if x_val is not None and x_val_input is not None:
         validation = reconstruction_pipeline(
-            x_val_input, x_val, VALIDATION_BATCH_SIZE, False, training.seed, training.input_pipeline
+            x_val_input, x_val, VALIDATION_BATCH_SIZE, False, training.seed, training.input_pipeline, inputs_only
         )
         if training.input_pipeline == "keras":
             validation = (x_val_input, x_val)
@@ -270,7 +301,7 @@ def fit_autoencoder(
             feed = {"x": train_data[0], "y": train_data[1], "batch_size": batch_size, "shuffle": shuffle}
         else:
             feed = {"x": train_data, "shuffle": False}
-        model.fit(
+        trained.fit(
             **feed,
             validation_data=validation,
             epochs=training.epochs,

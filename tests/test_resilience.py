@@ -169,5 +169,6 @@ def test_signal_handlers_leave_a_flag_and_respect_an_ignored_ctrl_c() -> None:
                 os.kill(os.getpid(), signal.SIGINT)
                 time.sleep(1)
             assert raised.type is KeyboardInterrupt and pending_interrupt() is KeyboardInterrupt
+        assert pending_interrupt() is None  # a later training in this process is not stopped by it
     finally:
         signal.signal(signal.SIGINT, previous)

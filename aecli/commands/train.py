@@ -6,7 +6,11 @@ before the run directory exists, so bad input never leaves a run behind.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import platform
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +22,7 @@ import aecli
 from aecli.backend import import_tensorflow, select_backend
 from aecli.config import AecliConfig, config_to_yaml, load_config
 from aecli.data import Dataset, load_dataset
+from aecli.distribute import check_mixed_precision, mixed_precision_policy, replicas, start_strategy, writes_run
 from aecli.errors import ConfigError, RunError, TrainingDivergedError
 from aecli.evaluation import error_statistics, is_unit_range, predict_batched, reconstruction_report
 from aecli.models import check_model_fits_memory, count_parameters, plan_autoencoder
@@ -40,6 +45,7 @@ DEFAULT_THRESHOLD = "percentile:95"
 class TrainOutcome:
     run_dir: Path
     metrics: dict[str, Any]
+    written: bool = True  # False on a non-chief worker: its scratch run directory is gone
 
 
 def train_run(
@@ -50,15 +56,23 @@ def train_run(
     reporter: Any = None,
     on_run_dir: Any = None,
 ) -> TrainOutcome:
-    """Train one autoencoder described by `config` into a new folder under `runs_dir`."""
+    """Train one autoencoder described by `config` into a new folder under `runs_dir`.
+
+    Under a multi-worker strategy only the chief writes there; the other workers train into a
+    scratch folder that is removed at the end.
+    """
     select_backend(config.runtime.backend)
+    strategy = start_strategy(config.training.distribute)  # before anything else touches TensorFlow
+    chief = writes_run(config.training.distribute)
     dataset = load_dataset(config.data, seed=config.training.seed)
     _check_loss_matches_data(config, dataset)
     plan = plan_autoencoder(config.model, dataset.sample_shape)
     check_model_fits_memory(plan)
+    check_mixed_precision(config.training.mixed_precision, config.runtime.backend)
 
-    run_dir = create_run_dir(runs_dir, name)
-    if on_run_dir:
+    scratch = None if chief else Path(tempfile.mkdtemp(prefix="aecli-worker-"))
+    run_dir = create_run_dir(scratch or runs_dir, name)
+    if on_run_dir and chief:
         on_run_dir(run_dir)
     write_text_atomic(run_dir / "config.yaml", config_to_yaml(config))
     update_run_info(
@@ -77,9 +91,14 @@ def train_run(
         },
         model={"kind": config.model.kind, "parameters": count_parameters(plan)},
         backend=config.runtime.backend,
+        replicas=replicas(strategy),
     )
-    metrics = _run_guarded(config, dataset, run_dir, reporter, resume=False)
-    return TrainOutcome(run_dir, metrics)
+    try:
+        metrics = _run_guarded(config, dataset, run_dir, reporter, resume=False, strategy=strategy)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return TrainOutcome(run_dir, metrics, written=chief)
 
 
 @dataclass
@@ -96,23 +115,40 @@ def resume_run(run_dir: Path, reporter: Any = None) -> ResumeOutcome:
         return ResumeOutcome(run_dir, None)
     config = load_config(run_dir / "config.yaml")
     select_backend(config.runtime.backend)
+    strategy = start_strategy(config.training.distribute)
     if not config.training.checkpoint.last:
         raise RunError(f"run {run_dir} kept no last checkpoint (training.checkpoint.last is off): train it again")
+    if writes_run(config.training.distribute):
+        return _resume_in(run_dir, config, strategy, reporter)
+    # A non-chief worker resumes from the chief's run directory (a shared file system) in a
+    # scratch copy, so it reads the same checkpoint and writes nothing the chief owns.
+    scratch = Path(tempfile.mkdtemp(prefix="aecli-worker-"))
+    try:
+        copy = Path(shutil.copytree(run_dir, scratch / run_dir.name))
+        return dataclasses.replace(_resume_in(copy, config, strategy, reporter), run_dir=run_dir)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _resume_in(run_dir: Path, config: AecliConfig, strategy: Any, reporter: Any) -> ResumeOutcome:
     dataset = load_dataset(config.data, seed=config.training.seed)
     try:
         state = read_resume_state(run_dir)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RunError(f"run {run_dir}: unreadable checkpoints/state.json ({exc})") from None
+    info = read_run_info(run_dir)
     resumes = [*info.get("resumed", []), {"at": now_iso(), "from_epoch": 0 if state is None else state.epoch}]
     update_run_info(run_dir, status="running", finished=None, error=None, resumed=resumes)
-    metrics = _run_guarded(config, dataset, run_dir, reporter, resume=True)
+    metrics = _run_guarded(config, dataset, run_dir, reporter, resume=True, strategy=strategy)
     return ResumeOutcome(run_dir, metrics, 0 if state is None else state.epoch)
 
 
-def _run_guarded(config: AecliConfig, dataset: Dataset, run_dir: Path, reporter: Any, resume: bool) -> dict[str, Any]:
+def _run_guarded(
+    config: AecliConfig, dataset: Dataset, run_dir: Path, reporter: Any, resume: bool, strategy: Any = None
+) -> dict[str, Any]:
     """Train and report, recording in run.json how it ended: completed, failed or interrupted."""
     try:
-        metrics = _train_and_report(config, dataset, run_dir, reporter, resume)
+        metrics = _train_and_report(config, dataset, run_dir, reporter, resume, strategy)
     except KeyboardInterrupt:
         state = read_resume_state(run_dir)
         if state is not None:  # the finished epochs, readable without opening the checkpoint
@@ -161,22 +197,21 @@ def _backend_version(backend: str) -> dict[str, str]:
 
 
 def _train_and_report(
-    config: AecliConfig, dataset: Dataset, run_dir: Path, reporter: Any, resume: bool = False
+    config: AecliConfig, dataset: Dataset, run_dir: Path, reporter: Any, resume: bool = False, strategy: Any = None
 ) -> dict[str, Any]:
     import_tensorflow()
-    from aecli.models import Autoencoder, build_autoencoder
+    import keras
+
     from aecli.training import fit_autoencoder, seed_everything
 
     seed_everything(config.training.seed)
     state = read_resume_state(run_dir) if resume else None
-    if state is None:
-        autoencoder = build_autoencoder(config.model, dataset.sample_shape, config.loss.name)
-    else:
-        model = load_model(run_dir / "checkpoints" / "last.keras")
-        halves = (getattr(model, "encoder", None), getattr(model, "decoder", None))
-        if halves[0] is None or halves[1] is None:
-            halves = (model.get_layer("encoder"), model.get_layer("decoder"))
-        autoencoder = Autoencoder(model, *halves)
+    keras.config.set_dtype_policy(mixed_precision_policy(config.training.mixed_precision))
+    try:
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            autoencoder = _model_to_train(config, dataset, run_dir, resumed=state is not None)
+    finally:
+        keras.config.set_dtype_policy("float32")  # later models in this process (compare) start clean
     result = fit_autoencoder(
         autoencoder.model,
         dataset.x_train,
@@ -187,19 +222,21 @@ def _train_and_report(
         run_dir,
         reporter,
         state,
+        strategy,
     )
     for part in ("model", "encoder", "decoder"):
         save_atomic(run_dir / f"{part}.keras", getattr(autoencoder, part).save)
     write_history_csv(run_dir / "history.csv", result.history)
 
     started = time.perf_counter()
-    reconstructions = predict_batched(autoencoder.model, dataset.x_test)
+    # A distributed model's predictions would go through the strategy (collective ops every
+    # worker must join): the report uses the saved model, as a plain single-device copy.
+    model = autoencoder.model if strategy is None else load_model(run_dir / "model.keras")
+    reconstructions = predict_batched(model, dataset.x_test)
     metrics, errors = reconstruction_report(dataset.x_test, reconstructions, dataset.y_test, dataset.label_names)
     write_errors_csv(run_dir / "errors.csv", errors, dataset.y_test, dataset.label_names)
 
-    train_report, train_errors = reconstruction_report(
-        dataset.x_train, predict_batched(autoencoder.model, dataset.x_train), None
-    )
+    train_report, train_errors = reconstruction_report(dataset.x_train, predict_batched(model, dataset.x_train), None)
     train_mse = train_errors["mse"]
     write_errors_csv(run_dir / "train_errors.csv", train_errors, dataset.y_train, dataset.label_names)
     metrics["split"] = "test"
@@ -213,7 +250,8 @@ def _train_and_report(
         "final_val_loss": result.history[-1].get("val_loss"),
         "wall_seconds": result.seconds,
         "samples_per_second": result.samples_per_second,
-        "parameters": int(autoencoder.model.count_params()),
+        "parameters": int(model.count_params()),
+        "replicas": replicas(strategy),
     }
     metrics["train_errors"] = {
         "score": "mse",
@@ -225,3 +263,20 @@ def _train_and_report(
     metrics["evaluation_seconds"] = time.perf_counter() - started
     write_metrics_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def _model_to_train(config: AecliConfig, dataset: Dataset, run_dir: Path, resumed: bool) -> Any:
+    """A new model, or the last checkpoint's (with its optimizer state) when resuming."""
+    from aecli.layers import MultiWorkerTrainer
+    from aecli.models import Autoencoder, build_autoencoder
+
+    if not resumed:
+        return build_autoencoder(config.model, dataset.sample_shape, config.loss.name)
+    model = load_model(run_dir / "checkpoints" / "last.keras")
+    if isinstance(model, MultiWorkerTrainer):  # a multi-worker checkpoint: the autoencoder inside
+        optimizer, model = model.optimizer, model.autoencoder
+        model.compile(optimizer=optimizer)  # fit continues with the restored optimizer state
+    halves = (getattr(model, "encoder", None), getattr(model, "decoder", None))
+    if halves[0] is None or halves[1] is None:
+        halves = (model.get_layer("encoder"), model.get_layer("decoder"))
+    return Autoencoder(model, *halves)

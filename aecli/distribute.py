@@ -1,0 +1,126 @@
+"""`training.distribute` and `training.mixed_precision`: tf.distribute strategies and dtype policies.
+
+TensorFlow does the distributed work; this module only creates the strategy at the right
+moment and answers the questions the rest of aecli asks: which process writes the run, and
+whether mixed precision makes sense on this machine.
+
+MultiWorkerMirroredStrategy must exist before TensorFlow's runtime starts (it configures
+collective ops at start-up), so `start_strategy` runs before anything else touches TensorFlow,
+and `backend.import_tensorflow` skips its device query when TF_CONFIG is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from aecli.config import DistributeConfig
+from aecli.errors import ConfigError
+
+TF_CONFIG_EXAMPLE = (
+    'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\''
+)
+
+
+@dataclass(frozen=True)
+class ClusterTask:
+    """This process's place in a TF_CONFIG cluster."""
+
+    kind: str  # chief | worker | ...
+    index: int
+    workers: int  # chief + workers
+    has_chief: bool
+
+    @property
+    def is_chief(self) -> bool:
+        """The chief writes the run: task type `chief`, or worker 0 when the cluster names no chief."""
+        return self.kind == "chief" or (self.kind == "worker" and self.index == 0 and not self.has_chief)
+
+
+def read_cluster_task(environ: dict[str, str] | None = None) -> ClusterTask:
+    """Parse TF_CONFIG, with one-line errors for the mistakes people make writing it by hand."""
+    text = (os.environ if environ is None else environ).get("TF_CONFIG")
+    if not text:
+        raise ConfigError(
+            f"training.distribute.strategy multi_worker: set TF_CONFIG on every worker, e.g. {TF_CONFIG_EXAMPLE}"
+        )
+    try:
+        spec = json.loads(text)
+        cluster, task = spec["cluster"], spec["task"]
+        kind, index = str(task["type"]), int(task["index"])
+        members = {name: list(addresses) for name, addresses in cluster.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(
+            f"TF_CONFIG is not a cluster spec ({type(exc).__name__}: {exc}); expected e.g. {TF_CONFIG_EXAMPLE}"
+        ) from None
+    if kind not in members or not 0 <= index < len(members[kind]):
+        raise ConfigError(f"TF_CONFIG: task {kind}:{index} is not in its cluster ({', '.join(members)})")
+    workers = len(members.get("chief", [])) + len(members.get("worker", []))
+    return ClusterTask(kind, index, workers, has_chief="chief" in members)
+
+
+def writes_run(cfg: DistributeConfig) -> bool:
+    """Whether this process writes the run directory (always, except on non-chief workers)."""
+    return cfg.strategy != "multi_worker" or read_cluster_task().is_chief
+
+
+def start_strategy(cfg: DistributeConfig) -> Any:
+    """The tf.distribute strategy for `cfg`, or None; call before any other TensorFlow work."""
+    if cfg.strategy == "none":
+        return None
+    from aecli.backend import import_tensorflow
+
+    if cfg.strategy == "multi_worker":
+        read_cluster_task()  # a clear error before TensorFlow tries to reach the cluster
+        tf = import_tensorflow()
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    tf = import_tensorflow()
+    if cfg.devices is not None:
+        known = {device.name.lower() for device in tf.config.list_logical_devices()}
+        missing = [device for device in cfg.devices if _canonical(device) not in known]
+        if missing:
+            raise ConfigError(
+                f"training.distribute.devices: no device {', '.join(missing)} here "
+                f"(available: {', '.join(sorted(known))})"
+            )
+    return tf.distribute.MirroredStrategy(devices=cfg.devices)
+
+
+def _canonical(device: str) -> str:
+    """`/gpu:0`, `GPU:0` and `/device:GPU:0` all name the device TensorFlow lists as /device:GPU:0."""
+    short = device.lower().removeprefix("/").removeprefix("device:")
+    return f"/device:{short}"
+
+
+def replicas(strategy: Any) -> int:
+    return 1 if strategy is None else int(strategy.num_replicas_in_sync)
+
+
+def gpu_available(backend: str) -> bool:
+    if backend == "tensorflow":
+        from aecli.backend import import_tensorflow
+
+        return bool(import_tensorflow().config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return any(device.platform == "gpu" for device in jax.devices())
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def check_mixed_precision(setting: bool | str, backend: str) -> None:
+    """Refuse mixed precision where it only costs time (no GPU), unless it is forced."""
+    if setting is True and not gpu_available(backend):
+        raise ConfigError(
+            "training.mixed_precision: no GPU here, and float16 on a CPU is slower than float32; "
+            "use mixed_precision: force to run it anyway"
+        )
+
+
+def mixed_precision_policy(setting: bool | str) -> str:
+    """The Keras dtype policy that the model is built under."""
+    return "mixed_float16" if setting else "float32"

@@ -1,0 +1,212 @@
+"""tf.distribute (mirrored over 2 logical CPUs, multi-worker over 2 local processes) and mixed precision."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aecli.config import load_config
+from aecli.distribute import read_cluster_task
+from aecli.errors import ConfigError
+from tests.conftest import write_config
+from tests.test_resilience import wait_for_epoch
+
+# Runs the aecli CLI in a process whose CPU is split into 2 logical devices, as tests of
+# tf.distribute on machines without GPUs do; it must happen before TensorFlow starts.
+TWO_CPUS = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from aecli.cli import main
+sys.argv = ["aecli", *sys.argv[1:]]
+main()
+"""
+MIRRORED = ["--set", "training.distribute.strategy=mirrored", "--set", "training.distribute.devices=[/cpu:0,/cpu:1]"]
+
+
+def losses(run: Path) -> list[float]:
+    with (run / "history.csv").open() as handle:
+        return [float(row["loss"]) for row in csv.DictReader(handle)]
+
+
+def last_line(text: str) -> Path:
+    return Path(text.strip().splitlines()[-1])
+
+
+def two_cpu_aecli(tmp_path: Path, *args: str) -> subprocess.Popen:
+    script = tmp_path / "two_cpus.py"
+    script.write_text(TWO_CPUS)
+    return subprocess.Popen(
+        [sys.executable, str(script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+@pytest.mark.slow
+def test_mirrored_over_two_devices_matches_one_device(cli, tiny_config, tmp_path: Path) -> None:
+    config = tiny_config()
+    process = two_cpu_aecli(tmp_path, "train", str(config), "--runs-dir", str(tmp_path / "mirrored"), *MIRRORED)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    mirrored = last_line(out)
+    assert json.loads((mirrored / "run.json").read_text())["replicas"] == 2
+
+    single = cli("train", config, "--runs-dir", tmp_path / "single", "--quiet")
+    assert single.exit_code == 0, single.output
+    # The same global batches: per-replica gradients of half batches, all-reduced, equal the
+    # one-device gradient up to float rounding (and XLA, which only the one-device run uses).
+    assert losses(mirrored) == pytest.approx(losses(last_line(single.stdout)), rel=5e-3)
+    assert losses(mirrored)[-1] < losses(mirrored)[0]
+
+
+@pytest.mark.slow
+def test_mirrored_run_interrupted_then_resumed_under_the_strategy(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path, {"data": {"limit": 1500}, "training": {"epochs": 10, "batch_size": 8}}, name="long.yaml"
+    )
+    runs = tmp_path / "runs"
+    process = two_cpu_aecli(tmp_path, "train", str(config), "--runs-dir", str(runs), "--quiet", *MIRRORED)
+    wait_for_epoch(process, 2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    (run,) = runs.iterdir()
+    finished = json.loads((run / "checkpoints" / "state.json").read_text())["epoch"]
+    assert 1 <= finished < 10  # epoch 2 is printed just before its checkpoint is written
+
+    resumed = two_cpu_aecli(tmp_path, "train", "--resume", str(run), "--quiet")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert f"resumed after epoch {finished}" in out
+    with (run / "history.csv").open() as handle:
+        assert [int(row["epoch"]) for row in csv.DictReader(handle)] == list(range(1, 11))
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "completed" and info["replicas"] == 2
+
+
+WORKER = ["--quiet", "--set", "training.distribute=multi_worker"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["dense", "vae"])
+def test_two_workers_train_to_completion_and_only_the_chief_writes(kind: str, tmp_path: Path) -> None:
+    model = {"kind": kind, "encoder": [32], "latent_dim": 4, **({"beta": 0.5} if kind == "vae" else {})}
+    config = write_config(tmp_path, {"model": model, "training": {"epochs": 2, "batch_size": 32}})
+    cluster = {"worker": [f"localhost:{free_port()}", f"localhost:{free_port()}"]}
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "aecli", "train", str(config), "--runs-dir", str(tmp_path / "runs"), *WORKER],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={
+                **os.environ,
+                "TMPDIR": str(scratch),
+                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+            },
+        )
+        for index in range(2)
+    ]
+    outputs = [worker.communicate(timeout=300) for worker in workers]
+    for worker, (_, err) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, err
+    (run,) = (tmp_path / "runs").iterdir()  # exactly one run directory
+    assert last_line(outputs[0][0]) == run
+    assert "the chief worker writes the run directory" in outputs[1][0]
+    assert not list(scratch.iterdir())  # the other worker's scratch run is gone
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+    history = (run / "history.csv").read_text()
+    assert len(losses(run)) == 2 and ("kl_loss" in history) == (kind == "vae")
+    import keras
+
+    assert keras.saving.load_model(run / "model.keras").name != "multi_worker_trainer"  # the autoencoder itself
+
+
+def test_mixed_precision_is_refused_without_a_gpu(cli, tiny_config, tmp_path: Path) -> None:
+    result = cli("train", tiny_config({"training": {"mixed_precision": True}}), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2
+    assert "mixed_precision: force" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("kind", ["dense", "vae"])
+def test_forced_mixed_precision_computes_in_float16_with_float32_outputs(
+    kind: str, cli, tiny_config, tmp_path: Path
+) -> None:
+    import keras
+
+    config = tiny_config({"model": {"kind": kind}, "training": {"mixed_precision": "force", "epochs": 2}})
+    result = cli("train", config, "--runs-dir", tmp_path / "runs", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert keras.config.dtype_policy().name == "float32"  # restored for whatever runs next
+    run = last_line(result.stdout)
+    assert all(value < 1e3 for value in losses(run))
+    decoder = keras.saving.load_model(run / "decoder.keras")
+    encoder = keras.saving.load_model(run / "encoder.keras")
+    assert decoder.get_layer("reconstruction").dtype_policy.name == "float32"
+    assert decoder.get_layer("decoder_dense_2").dtype_policy.name == "mixed_float16"
+    code = "z_mean" if kind == "vae" else "latent"
+    assert encoder.get_layer(code).dtype_policy.name == "float32"
+
+
+def test_tf_config_mistakes_are_one_line_config_errors() -> None:
+    with pytest.raises(ConfigError, match="set TF_CONFIG on every worker"):
+        read_cluster_task({})
+    with pytest.raises(ConfigError, match="not a cluster spec"):
+        read_cluster_task({"TF_CONFIG": "{cluster: oops"})
+    with pytest.raises(ConfigError, match="task worker:2 is not in its cluster"):
+        read_cluster_task(
+            {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 2}})}
+        )
+
+
+@pytest.mark.parametrize(
+    ("cluster", "task", "chief"),
+    [
+        ({"worker": ["a:1", "b:1"]}, ("worker", 0), True),
+        ({"worker": ["a:1", "b:1"]}, ("worker", 1), False),
+        ({"chief": ["c:1"], "worker": ["a:1"]}, ("worker", 0), False),
+        ({"chief": ["c:1"], "worker": ["a:1"]}, ("chief", 0), True),
+    ],
+)
+def test_the_chief_is_named_chief_or_else_worker_0(cluster: dict, task: tuple[str, int], chief: bool) -> None:
+    spec = {"cluster": cluster, "task": {"type": task[0], "index": task[1]}}
+    assert read_cluster_task({"TF_CONFIG": json.dumps(spec)}).is_chief is chief
+
+
+def test_distribute_settings_are_validated() -> None:
+    assert load_config(None, ["training.distribute=mirrored"]).training.distribute.strategy == "mirrored"
+    with pytest.raises(ConfigError, match="needs runtime.backend tensorflow"):
+        load_config(None, ["training.distribute=multi_worker", "runtime.backend=jax"])
+    with pytest.raises(ConfigError, match="devices applies to strategy mirrored only"):
+        load_config(None, ["training.distribute.devices=[/gpu:0]"])
+    with pytest.raises(ConfigError, match="denoising is not available"):
+        load_config(None, ["training.distribute=multi_worker", "training.noise=true"])
+
+
+def test_unknown_mirrored_devices_are_named(cli, tiny_config, tmp_path: Path) -> None:
+    config = tiny_config({"training": {"distribute": {"strategy": "mirrored", "devices": ["/gpu:7"]}}})
+    result = cli("train", config, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and "no device /gpu:7 here" in result.stderr
+    assert not (tmp_path / "runs").exists()

@@ -406,6 +406,37 @@ def compare(
 
 
 @app.command()
+@reports_errors
+def prepare(
+    source: Annotated[str, typer.Argument(help="Any data source (same syntax as data.source).", show_default=False)],
+    out_dir: Annotated[Path, typer.Argument(help="New folder to write the shards into.", show_default=False)],
+    shard_size: Annotated[int, typer.Option(help="Rows per shard file.")] = 50_000,
+    encoding: Annotated[str, typer.Option("--format", help="tfrecord or npy.")] = "tfrecord",
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="data.KEY=VALUE: labels_path, label_column, limit.")
+    ] = None,
+) -> None:
+    """Write a data source as shards that training streams (data.source: OUT_DIR), for data
+    larger than memory."""
+    from aecli.commands.prepare import prepare_shards
+    from aecli.config import apply_override, validate_config
+
+    raw: dict[str, Any] = {"data": {"source": source}}
+    for override in overrides or []:
+        if not override.startswith("data."):
+            raise ConfigError(f"--set {override!r}: prepare accepts data.KEY=VALUE overrides only")
+        apply_override(raw, override)
+    console = _console()
+    outcome = prepare_shards(validate_config(raw).data, out_dir, shard_size, encoding, say=console.print)
+    console.print(
+        f"wrote {outcome.shards} {encoding} shard(s), {outcome.bytes / 2**20:,.1f} MiB; "
+        f"train on them with data.source: {outcome.out_dir}",
+        soft_wrap=True,
+    )
+    typer.echo(str(outcome.out_dir))
+
+
+@app.command()
 def schema() -> None:
     """Print the config's JSON Schema (for editor completion and inline errors)."""
     typer.echo(json.dumps(config_json_schema(), indent=2))

@@ -89,6 +89,10 @@ class Dataset:
 
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     """Read `cfg.source`, split off test/validation rows (seeded), filter classes and scale."""
+    if is_shard_source(cfg.source):
+        from aecli.shards import open_sharded
+
+        return open_sharded(cfg, seed).materialize()  # the same rows per split as streamed training saw
     raw = read_source(cfg.source, labels_path=cfg.labels_path, label_column=cfg.label_column)
     x_pool, y_pool = _take(raw.x_train, raw.y_train, cfg.limit)
     rng = np.random.default_rng(seed)
@@ -155,6 +159,10 @@ def peek_sample_shape(cfg: DataConfig) -> tuple[int, ...]:
     """The shape of one sample, read cheaply (no TensorFlow, no scikit-learn) for `aecli validate`."""
     if cfg.source in KNOWN_SHAPES:
         return KNOWN_SHAPES[cfg.source]
+    if is_shard_source(cfg.source):
+        from aecli.shards import open_shards
+
+        return sample_shape_of(np.empty((0, *open_shards(Path(cfg.source)).row_shape)))
     raw = read_source(cfg.source, labels_path=cfg.labels_path, label_column=cfg.label_column)
     return sample_shape_of(raw.x_train)
 
@@ -168,14 +176,19 @@ def sample_shape_of(x: np.ndarray) -> tuple[int, ...]:
     return tuple(x.shape[1:])
 
 
-def read_source(source: str, labels_path: Path | None = None, label_column: str | int | None = None) -> RawData:
-    """Read any supported source into raw arrays, validated but not yet split or scaled."""
+def read_source(
+    source: str, labels_path: Path | None = None, label_column: str | int | None = None, mmap: bool = False
+) -> RawData:
+    """Read any supported source into raw arrays, validated but not yet split or scaled.
+
+    `mmap` opens an .npy source memory-mapped (for `aecli prepare`, which reads it once in order).
+    """
     if source == "digits":
         raw = _read_digits()
     elif source in ("mnist", "fashion_mnist"):
         raw = _read_keras_dataset(source)
     else:
-        raw = _read_path(Path(source), labels_path, label_column)
+        raw = _read_path(Path(source), labels_path, label_column, mmap)
     _validate(raw, source)
     return raw
 
@@ -206,25 +219,36 @@ def _read_keras_dataset(name: str) -> RawData:
     return RawData(x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64))
 
 
-def _read_path(path: Path, labels_path: Path | None, label_column: str | int | None) -> RawData:
+def _read_path(path: Path, labels_path: Path | None, label_column: str | int | None, mmap: bool = False) -> RawData:
     if not path.exists():
         hint = f" (built-in sources: {', '.join(BUILTIN_SOURCES)})" if "/" not in str(path) else ""
         raise DataError(f"data.source: no such file or folder: {path}{hint}")
     if label_column is not None and path.suffix.lower() != ".csv":
         raise DataError(f"data.label_column: applies to .csv sources only, not {path.name}")
+    if is_shard_source(str(path)):
+        from aecli.shards import read_shards_into_memory
+
+        return read_shards_into_memory(path)
     if path.is_dir():
         return _read_idx_folder(path)
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return _read_npz(path)
     if suffix == ".npy":
-        return RawData(_read_npy(path), _read_labels(labels_path), None, None)
+        return RawData(_read_npy(path, mmap), _read_labels(labels_path), None, None)
     if suffix == ".csv":
         return _read_csv(path, label_column)
     if _looks_like_idx(path):
         labels = _read_labels(labels_path) if labels_path else _read_sibling_idx_labels(path)
         return RawData(read_idx(path), labels, None, None)
     raise DataError(f"data.source: unsupported file {path.name}; expected an IDX file (.gz or raw), .npz, .npy or .csv")
+
+
+def is_shard_source(source: str) -> bool:
+    """A folder of shards (`aecli prepare` output, or .npy files), streamed rather than loaded."""
+    from aecli.shards import is_shard_folder
+
+    return source not in BUILTIN_SOURCES and is_shard_folder(Path(source))
 
 
 def _looks_like_idx(path: Path) -> bool:
@@ -293,9 +317,9 @@ def _read_npz(path: Path) -> RawData:
     raise DataError(f"{path}: expected arrays x_train/y_train/x_test/y_test or x/y, found {found}")
 
 
-def _read_npy(path: Path) -> np.ndarray:
+def _read_npy(path: Path, mmap: bool = False) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: cannot read it as .npy ({_first_line(exc)})") from None
 
@@ -425,20 +449,24 @@ def _validate(raw: RawData, source: str) -> None:
 
 def fit_scaling(x_train: np.ndarray, kind: str, is_image: bool) -> Scaling:
     """Fit the [0,1] scaling on the training split only, so validation and test stay unseen."""
+    flat = x_train.reshape(len(x_train), -1).astype(np.float64)
+    return scaling_from_ranges(kind, flat.min(axis=0), flat.max(axis=0), x_train.dtype, is_image)
+
+
+def scaling_from_ranges(kind: str, low: np.ndarray, high: np.ndarray, dtype: np.dtype, is_image: bool) -> Scaling:
+    """The scaling for per-feature training minima and maxima (which a streaming pass can compute)."""
     if kind == "auto":
-        if x_train.dtype == np.uint8:
+        if dtype == np.uint8:
             return Scaling("uint8", np.zeros((), np.float32), np.full((), 255.0, np.float32))
         kind = "global" if is_image else "minmax"
     if kind == "none":
         return Scaling("none", np.zeros((), np.float32), np.ones((), np.float32))
-    flat = x_train.reshape(len(x_train), -1).astype(np.float64)
     if kind == "global":
-        low, high = flat.min(), flat.max()
-        span = high - low if high > low else 1.0
-        return Scaling("global", np.asarray(low, np.float32), np.asarray(span, np.float32))
-    low_f, high_f = flat.min(axis=0), flat.max(axis=0)
-    span_f = np.where(high_f > low_f, high_f - low_f, 1.0)
-    return Scaling("minmax", low_f.astype(np.float32), span_f.astype(np.float32))
+        low_g, high_g = float(low.min()), float(high.max())
+        span = high_g - low_g if high_g > low_g else 1.0
+        return Scaling("global", np.asarray(low_g, np.float32), np.asarray(span, np.float32))
+    span_f = np.where(high > low, high - low, 1.0)
+    return Scaling("minmax", low.astype(np.float32), span_f.astype(np.float32))
 
 
 def _take(x: np.ndarray, y: np.ndarray | None, limit: int | None) -> tuple[np.ndarray, np.ndarray | None]:

@@ -8,6 +8,7 @@ the mean over samples. The range is 1 for data scaled to [0, 1].
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,9 +70,37 @@ def reconstruction_report(
     """The metrics.json body (n_samples, reconstruction, per_class, error_quantiles) and per-sample errors."""
     errors = per_sample_errors(x, x_hat)
     data_range = 1.0 if is_unit_range(x) else float(x.max() - x.min()) or 1.0
+    return summarize_errors(errors, labels, label_names, data_range), errors
+
+
+def streamed_reconstruction_report(
+    model: Any, batches: Iterable[tuple[np.ndarray, np.ndarray | None]], label_names: list[str] | None = None
+) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray | None]:
+    """`reconstruction_report` over batches (data larger than memory): only per-sample errors
+    and labels are kept. bce is reported when every batch lies in [0, 1]."""
+    parts: list[dict[str, np.ndarray]] = []
+    label_parts: list[np.ndarray] = []
+    low, high = math.inf, -math.inf
+    for x, y in batches:
+        parts.append(per_sample_errors(x, predict_batched(model, x)))
+        if y is not None:
+            label_parts.append(y)
+        low, high = min(low, float(x.min())), max(high, float(x.max()))
+    if not parts:
+        raise EvaluationError("nothing to evaluate: the split holds no rows")
+    names = [name for name in parts[0] if all(name in part for part in parts)]
+    errors = {name: np.concatenate([part[name] for part in parts]) for name in names}
+    labels = np.concatenate(label_parts) if len(label_parts) == len(parts) else None
+    data_range = 1.0 if low >= 0.0 and high <= 1.0 else (high - low) or 1.0
+    return summarize_errors(errors, labels, label_names, data_range), errors, labels
+
+
+def summarize_errors(
+    errors: dict[str, np.ndarray], labels: np.ndarray | None, label_names: list[str] | None, data_range: float
+) -> dict[str, Any]:
     reconstruction = {name: float(np.mean(values)) for name, values in errors.items()}
     reconstruction["psnr"] = psnr(errors["mse"], data_range)
-    report: dict[str, Any] = {"n_samples": len(x), "reconstruction": reconstruction}
+    report: dict[str, Any] = {"n_samples": len(errors["mse"]), "reconstruction": reconstruction}
     if labels is not None:
         report["per_class"] = {
             label_name(label, label_names): {
@@ -81,7 +110,7 @@ def reconstruction_report(
             for label in np.unique(labels)
         }
     report["error_quantiles"] = error_quantiles(errors["mse"])
-    return report, errors
+    return report
 
 
 def error_quantiles(values: np.ndarray) -> dict[str, float]:

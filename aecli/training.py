@@ -22,6 +22,7 @@ from aecli.interrupts import pending_interrupt
 from aecli.layers import MultiWorkerTrainer, VariationalAutoencoder
 from aecli.noise import NoiseSpec, corrupt
 from aecli.runs import STATE_FILE, ResumeState, save_atomic, write_json_atomic
+from aecli.shards import Stream
 
 VALIDATION_BATCH_SIZE = 1024  # validation only runs forward passes: larger batches, same mean loss
 KERAS_OPTIMIZERS: dict[str, str] = {
@@ -225,8 +226,8 @@ class _HistoryRecorder(keras.callbacks.Callback):
 
 def fit_autoencoder(
     model: keras.Model,
-    x_train: np.ndarray,
-    x_val: np.ndarray | None,
+    x_train: np.ndarray | Stream,
+    x_val: np.ndarray | Stream | None,
     training: TrainingConfig,
     optimizer: OptimizerConfig,
     loss: LossConfig,
@@ -239,11 +240,13 @@ def fit_autoencoder(
 
     With `resume`, `model` is the loaded last checkpoint: its optimizer (and state) is kept and
     training continues after `resume.epoch` finished epochs. With a tf.distribute `strategy`,
-    `model` must have been built in its scope; `batch_size` is the global batch.
+    `model` must have been built in its scope; `batch_size` is the global batch. `x_train` and
+    `x_val` are arrays, or Streams over shard folders (data larger than memory).
     """
+    n_train = len(x_train) if isinstance(x_train, np.ndarray) else x_train.rows
     full_batch = optimizer.name == "gd"
-    batch_size = len(x_train) if full_batch else min(training.batch_size, len(x_train))
-    steps = math.ceil(len(x_train) / batch_size)
+    batch_size = n_train if full_batch else min(training.batch_size, n_train)
+    steps = math.ceil(n_train / batch_size)
     assert optimizer.learning_rate is not None  # resolved by validation
     learning_rate = build_learning_rate(optimizer.learning_rate, training.lr_schedule, steps, training.epochs)
     # The fast path: several steps per compiled call (XLA-compiled), so per-step framework
@@ -276,24 +279,14 @@ def fit_autoencoder(
     callbacks += _schedule_callbacks(training, monitor, run_dir)
 
     shuffle = training.shuffle and not full_batch
-    train_data: Any = (x_train, x_train)  # "keras": let fit slice the arrays itself
-    if training.input_pipeline != "keras":
-        train_data = reconstruction_pipeline(
-            x_train, x_train, batch_size, shuffle, training.seed, training.input_pipeline, inputs_only
-        )
-    x_val_input = x_val
-    if training.noise is not None:
-        train_data = NoisyBatches(x_train, batch_size, training.noise, training.seed, shuffle)
-        if x_val is not None:  # validate on fixed noisy inputs, so val_loss is comparable across epochs
-            noise = NoiseSpec(training.noise.kind, training.noise.amount)
-            x_val_input = corrupt(x_val, noise, np.random.default_rng(training.seed + 1))
-    validation = None
-    if x_val is not None and x_val_input is not None:
-        validation = reconstruction_pipeline(
-            x_val_input, x_val, VALIDATION_BATCH_SIZE, False, training.seed, training.input_pipeline, inputs_only
-        )
-        if training.input_pipeline == "keras":
-            validation = (x_val_input, x_val)
+    validation: Any = None
+    if not isinstance(x_train, np.ndarray):
+        noise = None if training.noise is None else NoiseSpec(training.noise.kind, training.noise.amount)
+        train_data: Any = x_train.dataset(batch_size, shuffle, training.seed, inputs_only, noise)
+        if isinstance(x_val, Stream):
+            validation = x_val.dataset(VALIDATION_BATCH_SIZE, False, training.seed + 1, inputs_only, noise, True)
+    else:
+        train_data, validation = _in_memory_feeds(x_train, x_val, batch_size, shuffle, training, inputs_only)
 
     started = time.perf_counter()
     try:
@@ -329,10 +322,40 @@ def fit_autoencoder(
         best_loss=float(values[best_index]),
         monitor=monitor,
         seconds=seconds,
-        samples_per_second=len(x_train) * (len(history) - (resume.epoch if resume else 0)) / seconds
+        samples_per_second=n_train * (len(history) - (resume.epoch if resume else 0)) / seconds
         if seconds > 0
         else math.inf,
     )
+
+
+def _in_memory_feeds(
+    x_train: np.ndarray,
+    x_val: Any,
+    batch_size: int,
+    shuffle: bool,
+    training: TrainingConfig,
+    inputs_only: bool,
+) -> tuple[Any, Any]:
+    """What fit consumes for arrays: a tf.data pipeline, noisy batches, or the arrays themselves."""
+    train_data: Any = (x_train, x_train)  # "keras": let fit slice the arrays itself
+    if training.input_pipeline != "keras":
+        train_data = reconstruction_pipeline(
+            x_train, x_train, batch_size, shuffle, training.seed, training.input_pipeline, inputs_only
+        )
+    x_val_input = x_val
+    if training.noise is not None:
+        train_data = NoisyBatches(x_train, batch_size, training.noise, training.seed, shuffle)
+        if x_val is not None:  # validate on fixed noisy inputs, so val_loss is comparable across epochs
+            noise = NoiseSpec(training.noise.kind, training.noise.amount)
+            x_val_input = corrupt(x_val, noise, np.random.default_rng(training.seed + 1))
+    if x_val is None:
+        return train_data, None
+    if training.input_pipeline == "keras":
+        return train_data, (x_val_input, x_val)
+    validation = reconstruction_pipeline(
+        x_val_input, x_val, VALIDATION_BATCH_SIZE, False, training.seed, training.input_pipeline, inputs_only
+    )
+    return train_data, validation
 
 
 class _EpochCheckpoint(keras.callbacks.Callback):

@@ -21,10 +21,16 @@ import numpy as np
 import aecli
 from aecli.backend import import_tensorflow, select_backend
 from aecli.config import AecliConfig, config_to_yaml, load_config
-from aecli.data import Dataset, load_dataset
+from aecli.data import Dataset, is_shard_source, load_dataset
 from aecli.distribute import check_mixed_precision, mixed_precision_policy, replicas, start_strategy, writes_run
 from aecli.errors import ConfigError, RunError, TrainingDivergedError
-from aecli.evaluation import error_statistics, is_unit_range, predict_batched, reconstruction_report
+from aecli.evaluation import (
+    PREDICT_BATCH_SIZE,
+    error_statistics,
+    predict_batched,
+    reconstruction_report,
+    streamed_reconstruction_report,
+)
 from aecli.models import check_model_fits_memory, count_parameters, plan_autoencoder
 from aecli.reporting import write_errors_csv, write_history_csv, write_metrics_json
 from aecli.runs import (
@@ -37,6 +43,7 @@ from aecli.runs import (
     update_run_info,
     write_text_atomic,
 )
+from aecli.shards import ShardedData, check_streamable, open_sharded
 
 DEFAULT_THRESHOLD = "percentile:95"
 
@@ -64,7 +71,7 @@ def train_run(
     select_backend(config.runtime.backend)
     strategy = start_strategy(config.training.distribute)  # before anything else touches TensorFlow
     chief = writes_run(config.training.distribute)
-    dataset = load_dataset(config.data, seed=config.training.seed)
+    dataset = _training_data(config)
     _check_loss_matches_data(config, dataset)
     plan = plan_autoencoder(config.model, dataset.sample_shape)
     check_model_fits_memory(plan)
@@ -131,7 +138,7 @@ def resume_run(run_dir: Path, reporter: Any = None) -> ResumeOutcome:
 
 
 def _resume_in(run_dir: Path, config: AecliConfig, strategy: Any, reporter: Any) -> ResumeOutcome:
-    dataset = load_dataset(config.data, seed=config.training.seed)
+    dataset = _training_data(config)
     try:
         state = read_resume_state(run_dir)
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -144,7 +151,12 @@ def _resume_in(run_dir: Path, config: AecliConfig, strategy: Any, reporter: Any)
 
 
 def _run_guarded(
-    config: AecliConfig, dataset: Dataset, run_dir: Path, reporter: Any, resume: bool, strategy: Any = None
+    config: AecliConfig,
+    dataset: Dataset | ShardedData,
+    run_dir: Path,
+    reporter: Any,
+    resume: bool,
+    strategy: Any = None,
 ) -> dict[str, Any]:
     """Train and report, recording in run.json how it ended: completed, failed or interrupted."""
     try:
@@ -165,9 +177,20 @@ def _run_guarded(
     return metrics
 
 
-def _check_loss_matches_data(config: AecliConfig, dataset: Dataset) -> None:
-    if config.loss.name == "bce" and not is_unit_range(dataset.x_train):
+def _training_data(config: AecliConfig) -> Dataset | ShardedData:
+    """Arrays in memory, or for a shard folder a streamed view of it (data larger than memory)."""
+    if not is_shard_source(config.data.source):
+        return load_dataset(config.data, seed=config.training.seed)
+    check_streamable(config.optimizer.name)
+    return open_sharded(config.data, seed=config.training.seed)
+
+
+def _check_loss_matches_data(config: AecliConfig, dataset: Dataset | ShardedData) -> None:
+    if isinstance(dataset, ShardedData):
+        low, high = dataset.scaled_range
+    else:
         low, high = float(dataset.x_train.min()), float(dataset.x_train.max())
+    if config.loss.name == "bce" and not (low >= 0.0 and high <= 1.0):
         raise ConfigError(
             f"loss.name: bce needs targets in [0,1], but the training data spans [{low:g}, {high:g}] "
             f"(data.scaling is {config.data.scaling!r}); use data.scaling auto or loss mse"
@@ -197,7 +220,12 @@ def _backend_version(backend: str) -> dict[str, str]:
 
 
 def _train_and_report(
-    config: AecliConfig, dataset: Dataset, run_dir: Path, reporter: Any, resume: bool = False, strategy: Any = None
+    config: AecliConfig,
+    dataset: Dataset | ShardedData,
+    run_dir: Path,
+    reporter: Any,
+    resume: bool = False,
+    strategy: Any = None,
 ) -> dict[str, Any]:
     import_tensorflow()
     import keras
@@ -212,10 +240,15 @@ def _train_and_report(
             autoencoder = _model_to_train(config, dataset, run_dir, resumed=state is not None)
     finally:
         keras.config.set_dtype_policy("float32")  # later models in this process (compare) start clean
+    if isinstance(dataset, ShardedData):
+        validation: Any = dataset.stream("validation") if dataset.counts["validation"] else None
+        train_input: Any = dataset.stream("train")
+    else:
+        train_input, validation = dataset.x_train, dataset.x_val
     result = fit_autoencoder(
         autoencoder.model,
-        dataset.x_train,
-        dataset.x_val,
+        train_input,
+        validation,
         config.training,
         config.optimizer,
         config.loss,
@@ -232,13 +265,25 @@ def _train_and_report(
     # A distributed model's predictions would go through the strategy (collective ops every
     # worker must join): the report uses the saved model, as a plain single-device copy.
     model = autoencoder.model if strategy is None else load_model(run_dir / "model.keras")
-    reconstructions = predict_batched(model, dataset.x_test)
-    metrics, errors = reconstruction_report(dataset.x_test, reconstructions, dataset.y_test, dataset.label_names)
-    write_errors_csv(run_dir / "errors.csv", errors, dataset.y_test, dataset.label_names)
-
-    train_report, train_errors = reconstruction_report(dataset.x_train, predict_batched(model, dataset.x_train), None)
+    if isinstance(dataset, ShardedData):  # one pass per split; only per-sample errors are kept
+        metrics, errors, y_test = streamed_reconstruction_report(
+            model, dataset.batches("test", PREDICT_BATCH_SIZE), dataset.label_names
+        )
+        train_report, train_errors, y_train = streamed_reconstruction_report(
+            model, dataset.batches("train", PREDICT_BATCH_SIZE)
+        )
+        train_report.pop("per_class", None)
+    else:
+        y_test, y_train = dataset.y_test, dataset.y_train
+        metrics, errors = reconstruction_report(
+            dataset.x_test, predict_batched(model, dataset.x_test), y_test, dataset.label_names
+        )
+        train_report, train_errors = reconstruction_report(
+            dataset.x_train, predict_batched(model, dataset.x_train), None
+        )
+    write_errors_csv(run_dir / "errors.csv", errors, y_test, dataset.label_names)
     train_mse = train_errors["mse"]
-    write_errors_csv(run_dir / "train_errors.csv", train_errors, dataset.y_train, dataset.label_names)
+    write_errors_csv(run_dir / "train_errors.csv", train_errors, y_train, dataset.label_names)
     metrics["split"] = "test"
     metrics["training"] = {
         "epochs_run": result.epochs_run,
@@ -265,7 +310,7 @@ def _train_and_report(
     return metrics
 
 
-def _model_to_train(config: AecliConfig, dataset: Dataset, run_dir: Path, resumed: bool) -> Any:
+def _model_to_train(config: AecliConfig, dataset: Dataset | ShardedData, run_dir: Path, resumed: bool) -> Any:
     """A new model, or the last checkpoint's (with its optimizer state) when resuming."""
     from aecli.layers import MultiWorkerTrainer
     from aecli.models import Autoencoder, build_autoencoder

@@ -1,0 +1,119 @@
+"""`aecli prepare`: write any data source as a folder of shards that training streams.
+
+The folder appears complete or not at all: shards are written into a hidden sibling folder that
+is renamed into place at the end, and an existing folder is never written into.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aecli.config import DataConfig
+from aecli.data import read_source
+from aecli.errors import RunError
+from aecli.shards import FORMAT, LABELS_SUFFIX, MANIFEST
+
+ENCODINGS = ("tfrecord", "npy")
+
+
+@dataclass
+class PrepareOutcome:
+    out_dir: Path
+    rows: dict[str, int]
+    shards: int
+    bytes: int
+
+
+def prepare_shards(
+    cfg: DataConfig, out_dir: Path, shard_size: int, encoding: str, say: Callable[[str], None] = print
+) -> PrepareOutcome:
+    """Write `cfg.source` (its train and test sets, each capped at cfg.limit) to `out_dir`."""
+    if encoding not in ENCODINGS:
+        raise RunError(f"--format {encoding!r}: expected one of {', '.join(ENCODINGS)}")
+    if shard_size < 1:
+        raise RunError(f"--shard-size {shard_size}: expected a positive number of rows")
+    if out_dir.exists():
+        raise RunError(f"{out_dir}: already exists; prepare writes a new folder (choose another name)")
+    raw = read_source(cfg.source, labels_path=cfg.labels_path, label_column=cfg.label_column, mmap=True)
+    partial = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    partial.mkdir(parents=True)
+    try:
+        splits: dict[str, WrittenSplit] = {}
+        for name, x, y in (("train", raw.x_train, raw.y_train), ("test", raw.x_test, raw.y_test)):
+            if x is None:
+                continue
+            x = x[: cfg.limit] if cfg.limit else x
+            y = None if y is None else np.asarray(y[: len(x)], np.int64)
+            splits[name] = _write_split(partial, name, x, y, shard_size, encoding)
+            say(f"{name}: {len(x):,} rows in {len(splits[name].shards)} shard(s)")
+        manifest = {
+            "format": FORMAT,
+            "encoding": encoding,
+            "row_shape": list(raw.x_train.shape[1:]),
+            "dtype": raw.x_train.dtype.str,
+            "source": cfg.source,
+            "label_names": raw.label_names,
+            "splits": {name: split.manifest_entry() for name, split in splits.items()},
+        }
+        (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        os.rename(partial, out_dir)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return PrepareOutcome(
+        out_dir,
+        {name: split.rows for name, split in splits.items()},
+        sum(len(split.shards) for split in splits.values()),
+        sum(path.stat().st_size for path in out_dir.iterdir()),
+    )
+
+
+@dataclass
+class WrittenSplit:
+    shards: list[dict[str, str | int]]
+    rows: int
+    labels: str | None = None  # TFRecord: the split's labels file
+
+    def manifest_entry(self) -> dict[str, object]:
+        return {"shards": self.shards, **({"labels": self.labels} if self.labels else {})}
+
+
+def _write_split(
+    folder: Path, name: str, x: np.ndarray, y: np.ndarray | None, shard_size: int, encoding: str
+) -> WrittenSplit:
+    count = max(1, -(-len(x) // shard_size))
+    shards: list[dict[str, str | int]] = []
+    for number in range(count):
+        rows = np.ascontiguousarray(x[number * shard_size : (number + 1) * shard_size])
+        stem = f"{name}-{number:05d}-of-{count:05d}"
+        if encoding == "npy":
+            np.save(folder / f"{stem}.npy", rows)
+            if y is not None:
+                np.save(folder / f"{stem}{LABELS_SUFFIX}", y[number * shard_size : (number + 1) * shard_size])
+            shards.append({"file": f"{stem}.npy", "rows": len(rows)})
+        else:
+            _write_tfrecord(folder / f"{stem}.tfrecord", rows)
+            shards.append({"file": f"{stem}.tfrecord", "rows": len(rows)})
+    split = WrittenSplit(shards, len(x))
+    if y is not None and encoding == "tfrecord":
+        np.save(folder / f"{name}{LABELS_SUFFIX}", y)
+        split.labels = f"{name}{LABELS_SUFFIX}"
+    return split
+
+
+def _write_tfrecord(path: Path, rows: np.ndarray) -> None:
+    """One tf.train.Example per row, its raw bytes under "x" (shape and dtype are in the manifest)."""
+    from aecli.backend import import_tensorflow
+
+    tf = import_tensorflow()
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for row in rows:
+            feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[row.tobytes()]))
+            writer.write(tf.train.Example(features=tf.train.Features(feature={"x": feature})).SerializeToString())

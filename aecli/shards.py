@@ -1,0 +1,521 @@
+"""Data sets larger than memory: folders of shards, read block by block and streamed to training.
+
+A shard folder is what `aecli prepare` writes (TFRecord or .npy shards plus manifest.json), or
+any folder of .npy files with the same row shape (labels, if any, in `<name>.labels.npy`
+beside each). Rows are stored raw (uint8 images stay uint8, a quarter of float32) and scaled
+on the fly.
+
+Which rows are test, validation or training rows is decided by a hash of each row's index
+(seeded by training.seed), not by a shuffled list: every pass over the data (scaling
+statistics, training epochs, validation, the report, a later `aecli evaluate`) agrees on the
+assignment without holding anything per row in memory. `.npy` shards are read with positioned
+file reads rather than memory-mapped: mapped pages would count against the process's memory as
+they are touched, and the point is that a 4 GB set trains in the memory of a small one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aecli.config import DataConfig
+from aecli.data import Dataset, RawData, Scaling, sample_shape_of, scaling_from_ranges
+from aecli.errors import ConfigError, DataError
+
+MANIFEST = "manifest.json"
+FORMAT = "aecli-shards/1"
+LABELS_SUFFIX = ".labels.npy"
+BLOCK_ROWS = 4096  # rows read per file access
+SHUFFLE_BUFFER_BYTES = 64 * 2**20  # raw bytes of rows mixed across blocks while training
+IN_MEMORY_LIMIT_BYTES = 2 * 2**30  # float32 bytes `materialize` agrees to build (evaluate, reconstruct)
+_HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash: consecutive indices spread evenly over [0, 1)
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: Path
+    rows: int
+    first: int  # index of its first row within its split
+    offset: int = 0  # .npy: bytes before the data
+    labels: Path | None = None  # .npy: its labels file
+
+
+@dataclass(frozen=True)
+class ShardSplit:
+    shards: tuple[Shard, ...]
+    rows: int
+    labels: np.ndarray | None  # every label of the split (8 bytes a row), or None
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    root: Path
+    encoding: str  # npy | tfrecord
+    row_shape: tuple[int, ...]  # one stored row, e.g. (28, 28)
+    dtype: np.dtype
+    splits: dict[str, ShardSplit]  # "train", and "test" when the source had one
+    label_names: list[str] | None = None
+
+    @property
+    def row_bytes(self) -> int:
+        return math.prod(self.row_shape) * self.dtype.itemsize
+
+
+def is_shard_folder(path: Path) -> bool:
+    """A folder with an aecli manifest, or one holding .npy files (IDX folders hold neither)."""
+    if not path.is_dir():
+        return False
+    return (path / MANIFEST).exists() or any(child.suffix == ".npy" for child in path.iterdir())
+
+
+def open_shards(root: Path) -> ShardSet:
+    """Read the manifest (or scan the .npy files) and check every shard's header, not its rows."""
+    if (root / MANIFEST).exists():
+        return _open_manifest(root)
+    return _open_npy_folder(root)
+
+
+def _open_manifest(root: Path) -> ShardSet:
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"format {manifest.get('format')!r}, expected {FORMAT}")
+        encoding = manifest["encoding"]
+        row_shape = tuple(int(n) for n in manifest["row_shape"])
+        dtype = np.dtype(manifest["dtype"])
+        entries = {name: list(split["shards"]) for name, split in manifest["splits"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{root / MANIFEST}: not an aecli shard manifest ({exc})") from None
+    if encoding not in ("npy", "tfrecord") or "train" not in entries or dtype.kind not in "biuf":
+        raise DataError(
+            f"{root / MANIFEST}: unsupported encoding {encoding!r}, dtype {dtype} or splits {list(entries)}"
+        )
+    splits = {}
+    for name, shards in entries.items():
+        if encoding == "npy":
+            splits[name] = _npy_split(root, [root / entry["file"] for entry in shards], row_shape, dtype)
+            continue
+        files, first = [], 0
+        for entry in shards:
+            path = root / entry["file"]
+            if not path.is_file():
+                raise DataError(f"{root}: shard {entry['file']} listed in {MANIFEST} is missing")
+            files.append(Shard(path, int(entry["rows"]), first))
+            first += int(entry["rows"])
+        labels_file = manifest["splits"][name].get("labels")
+        labels = _read_labels_file(root / labels_file, first) if labels_file else None
+        splits[name] = ShardSplit(tuple(files), first, labels)
+    return ShardSet(root, encoding, row_shape, dtype, splits, manifest.get("label_names"))
+
+
+def _open_npy_folder(root: Path) -> ShardSet:
+    files = sorted(p for p in root.iterdir() if p.suffix == ".npy" and not p.name.endswith(LABELS_SUFFIX))
+    if not files:
+        raise DataError(f"data.source: folder {root} holds only label files ({LABELS_SUFFIX}), no data shards")
+    first = _npy_header(files[0])
+    split = _npy_split(root, files, first[0][1:], first[1])
+    return ShardSet(root, "npy", first[0][1:], first[1], {"train": split})
+
+
+def _npy_split(root: Path, files: list[Path], row_shape: tuple[int, ...], dtype: np.dtype) -> ShardSplit:
+    shards, labels, first = [], [], 0
+    for path in files:
+        shape, file_dtype, offset = _npy_header(path)
+        if shape[1:] != row_shape or file_dtype != dtype:
+            raise DataError(
+                f"{path}: rows of shape {shape[1:]} ({file_dtype}); the other shards have {row_shape} ({dtype})"
+            )
+        label_path = path.with_name(path.name.removesuffix(".npy") + LABELS_SUFFIX)
+        has_labels = label_path.exists()
+        shards.append(Shard(path, shape[0], first, offset, label_path if has_labels else None))
+        if has_labels:
+            labels.append(_read_labels_file(label_path, shape[0]))
+        first += shape[0]
+    if labels and len(labels) != len(shards):
+        raise DataError(f"{root}: some shards have {LABELS_SUFFIX} files and some do not")
+    if dtype.kind not in "biuf":
+        raise DataError(f"{root}: shards hold {dtype}, expected numbers")
+    return ShardSplit(tuple(shards), first, np.concatenate(labels) if labels else None)
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and data offset of an .npy file, reading only its header."""
+    try:
+        with path.open("rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+            else:
+                raise ValueError(f".npy format version {version} (expected 1.0 or 2.0)")
+            offset = handle.tell()
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npy shard ({exc})") from None
+    if fortran or dtype.hasobject or len(shape) < 2:
+        raise DataError(f"{path}: expected a C-ordered numeric array of rows, got shape {shape} ({dtype})")
+    expected = offset + math.prod(shape) * dtype.itemsize
+    if path.stat().st_size < expected:
+        raise DataError(f"{path}: truncated: its header promises {expected} bytes, the file has {path.stat().st_size}")
+    return tuple(shape), dtype, offset
+
+
+def _read_labels_file(path: Path, rows: int) -> np.ndarray:
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read labels ({exc})") from None
+    if labels.ndim != 1 or len(labels) != rows or labels.dtype.kind not in "biu":
+        raise DataError(f"{path}: expected {rows} integer labels, got shape {labels.shape} ({labels.dtype})")
+    return labels.astype(np.int64)
+
+
+def hash_position(index: np.ndarray, seed: int) -> np.ndarray:
+    """A position in [0, 1) for each row index; the same in every pass and on every machine."""
+    mixed = (index.astype(np.uint64) + np.uint64(seed)) * np.uint64(_HASH_MULTIPLIER)
+    return (mixed % np.uint64(2**32)).astype(np.float64) / 2**32
+
+
+@dataclass
+class ShardedData:
+    """A shard folder seen through a data config: which rows each part has, and their scaling.
+
+    Parts are "train", "validation" and "test"; `blocks` reads a part's raw rows block by
+    block, `batches` scaled ones, `stream` makes the tf.data pipeline that training consumes.
+    """
+
+    shards: ShardSet
+    cfg: DataConfig
+    seed: int
+    scaling: Scaling = field(init=False)
+    scaled_range: tuple[float, float] = (0.0, 1.0)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return sample_shape_of(np.empty((0, *self.shards.row_shape)))
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.sample_shape) == 3
+
+    @property
+    def label_names(self) -> list[str] | None:
+        return self.shards.label_names
+
+    @property
+    def labelled(self) -> bool:
+        return self.shards.splits["train"].labels is not None
+
+    @property
+    def description(self) -> dict[str, Any]:
+        return {
+            "source": self.cfg.source,
+            "source_has_test_split": "test" in self.shards.splits,
+            "streamed": True,
+            "encoding": self.shards.encoding,
+        }
+
+    def shapes(self) -> dict[str, Any]:
+        return {
+            "sample_shape": list(self.sample_shape),
+            "train": self.counts["train"],
+            "validation": self.counts["validation"],
+            "test": self.counts["test"],
+            "labelled": self.labelled,
+        }
+
+    def _source_split(self, part: str) -> str:
+        return "test" if part == "test" and "test" in self.shards.splits else "train"
+
+    def _keep(self, part: str, index: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+        """Which of these rows (indices within their source split) belong to `part`."""
+        keep = np.ones(len(index), bool) if self.cfg.limit is None else index < self.cfg.limit
+        if part == "test" and "test" in self.shards.splits:
+            return keep
+        position = hash_position(index, self.seed)
+        test = 0.0 if "test" in self.shards.splits else self.cfg.test_split
+        validation_end = test + self.cfg.validation_split * (1 - test)
+        if part == "test":
+            return keep & (position < test)
+        in_validation = (position >= test) & (position < validation_end)
+        keep &= in_validation if part == "validation" else position >= validation_end
+        if self.cfg.classes is not None and labels is not None:
+            keep &= np.isin(labels, self.cfg.classes)
+        return keep
+
+    def count(self, part: str) -> int:
+        """Rows in `part`, from row indices (and labels) alone: no file is read."""
+        split = self.shards.splits[self._source_split(part)]
+        total = 0
+        for start in range(0, split.rows, 1 << 20):
+            index = np.arange(start, min(split.rows, start + (1 << 20)))
+            labels = None if split.labels is None else split.labels[index]
+            total += int(self._keep(part, index, labels).sum())
+        return total
+
+    def blocks(
+        self, part: str, rng: np.random.Generator | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Raw rows of `part` and their labels, a block at a time; `rng` shuffles the block order
+        (.npy) or the shard order (TFRecord) and the rows within each block."""
+        split = self.shards.splits[self._source_split(part)]
+        reader = _npy_blocks if self.shards.encoding == "npy" else _tfrecord_blocks
+        for first, rows in reader(self.shards, split, rng):
+            index = np.arange(first, first + len(rows))
+            labels = None if split.labels is None else split.labels[first : first + len(rows)]
+            keep = self._keep(part, index, labels)
+            if not keep.any():
+                continue
+            rows, labels = rows[keep], None if labels is None else labels[keep]
+            if rng is not None:
+                order = rng.permutation(len(rows))
+                rows, labels = rows[order], None if labels is None else labels[order]
+            yield rows, labels
+
+    def scale(self, rows: np.ndarray) -> np.ndarray:
+        return self.scaling.apply(rows.reshape((len(rows), *self.sample_shape)))
+
+    def batches(self, part: str, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Scaled float32 batches of `part` in stored order, for reports."""
+        pending: list[tuple[np.ndarray, np.ndarray | None]] = []
+        held = 0
+        for rows, labels in self.blocks(part):
+            pending.append((rows, labels))
+            held += len(rows)
+            if held >= batch_size:
+                yield self._joined(pending)
+                pending, held = [], 0
+        if pending:
+            yield self._joined(pending)
+
+    def _joined(self, parts: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray | None]:
+        rows = np.concatenate([p[0] for p in parts])
+        labels = None if parts[0][1] is None else np.concatenate([p[1] for p in parts if p[1] is not None])
+        return self.scale(rows), labels
+
+    def stream(self, part: str) -> Stream:
+        return Stream(self, part)
+
+    def materialize(self) -> Dataset:
+        """Every part in memory, for commands that need arrays (evaluate, reconstruct); refused
+        when the float32 copy would exceed IN_MEMORY_LIMIT_BYTES."""
+        needed = sum(self.counts.values()) * math.prod(self.sample_shape) * 4
+        if needed > IN_MEMORY_LIMIT_BYTES:
+            raise DataError(
+                f"data.source {self.cfg.source}: {sum(self.counts.values())} rows need {needed / 2**30:.1f} GiB as "
+                f"float32 here; add --set data.limit=N to use the first N rows of each split"
+            )
+        parts = {}
+        for part in ("train", "validation", "test"):
+            batches = list(self.batches(part, 65536))
+            x = np.concatenate([b[0] for b in batches]) if batches else np.empty((0, *self.sample_shape), np.float32)
+            y = np.concatenate([b[1] for b in batches]) if batches and batches[0][1] is not None else None
+            parts[part] = (x, y)
+        return Dataset(
+            x_train=parts["train"][0],
+            y_train=parts["train"][1],
+            x_val=parts["validation"][0] if self.counts["validation"] else None,
+            y_val=parts["validation"][1] if self.counts["validation"] else None,
+            x_test=parts["test"][0],
+            y_test=parts["test"][1],
+            sample_shape=self.sample_shape,
+            is_image=self.is_image,
+            scaling=self.scaling,
+            label_names=self.label_names,
+            description=self.description,
+        )
+
+
+@dataclass
+class Stream:
+    """One part of a ShardedData as `fit` consumes it: a row count and a tf.data pipeline."""
+
+    data: ShardedData
+    part: str
+
+    @property
+    def rows(self) -> int:
+        return self.data.counts[self.part]
+
+    def dataset(
+        self,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        inputs_only: bool = False,
+        noise: Any = None,
+        fixed_noise: bool = False,
+    ) -> Any:
+        """Batches of scaled rows: (inputs, targets), or inputs alone; reshuffled every epoch
+        (block order, rows within blocks, and a bounded buffer across blocks), memory bounded by
+        the buffer and the prefetched batches, not by the data set.
+
+        With `noise` (denoising), inputs are corrupted copies of the targets: fresh noise every
+        batch, or with `fixed_noise` the same noise for a batch in every epoch (validation)."""
+        from aecli.backend import import_tensorflow
+        from aecli.noise import corrupt
+
+        tf = import_tensorflow()
+        data, part = self.data, self.part
+        epochs = iter(range(1_000_000_000))
+
+        def blocks() -> Iterator[np.ndarray]:
+            rng = np.random.default_rng([seed, next(epochs)]) if shuffle else None
+            for rows, _ in data.blocks(part, rng):
+                yield rows
+
+        raw = tf.data.Dataset.from_generator(
+            blocks, output_signature=tf.TensorSpec((None, *data.shards.row_shape), tf.as_dtype(data.shards.dtype))
+        )
+        rows = raw.unbatch()
+        if shuffle:
+            buffer = max(BLOCK_ROWS, SHUFFLE_BUFFER_BYTES // data.shards.row_bytes)
+            rows = rows.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        features = math.prod(data.sample_shape)
+        offset = tf.constant(np.broadcast_to(data.scaling.offset, (features,)), tf.float32)
+        scale = tf.constant(np.broadcast_to(data.scaling.scale, (features,)), tf.float32)
+        shape = (-1, *data.sample_shape)
+
+        def scaled(batch: Any) -> Any:
+            flat = tf.reshape(tf.cast(batch, tf.float32), (-1, features))
+            return tf.reshape((flat - offset) / scale, shape)
+
+        batches = rows.batch(batch_size).map(scaled, num_parallel_calls=tf.data.AUTOTUNE)
+        batches = batches.apply(tf.data.experimental.assert_cardinality(math.ceil(self.rows / batch_size)))
+        if noise is not None:
+            fresh = np.random.default_rng(seed)
+
+            def corrupted(number: np.ndarray, clean: np.ndarray) -> np.ndarray:
+                rng = np.random.default_rng([seed, int(number)]) if fixed_noise else fresh
+                return corrupt(clean, noise, rng)
+
+            def noisy(number: Any, clean: Any) -> Any:
+                inputs = tf.numpy_function(corrupted, [number, clean], tf.float32, stateful=not fixed_noise)
+                return tf.ensure_shape(inputs, clean.shape), clean
+
+            batches = batches.enumerate().map(noisy)
+        elif not inputs_only:
+            batches = batches.map(lambda x: (x, x))
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return batches.prefetch(2).with_options(options)
+
+
+def _npy_blocks(
+    shards: ShardSet, split: ShardSplit, rng: np.random.Generator | None
+) -> Iterator[tuple[int, np.ndarray]]:
+    spans = [(shard, start) for shard in split.shards for start in range(0, shard.rows, BLOCK_ROWS)]
+    if rng is not None:
+        spans = [spans[i] for i in rng.permutation(len(spans))]
+    handles: dict[Path, Any] = {}
+    try:
+        for shard, start in spans:
+            handle = handles.get(shard.path) or handles.setdefault(shard.path, shard.path.open("rb"))
+            count = min(BLOCK_ROWS, shard.rows - start)
+            handle.seek(shard.offset + start * shards.row_bytes)
+            buffer = handle.read(count * shards.row_bytes)
+            if len(buffer) != count * shards.row_bytes:
+                raise DataError(f"{shard.path}: shorter than its header says (truncated while in use?)")
+            rows = np.frombuffer(buffer, shards.dtype).reshape((count, *shards.row_shape))
+            yield shard.first + start, rows
+    finally:
+        for handle in handles.values():
+            handle.close()
+
+
+def _tfrecord_blocks(
+    shards: ShardSet, split: ShardSplit, rng: np.random.Generator | None
+) -> Iterator[tuple[int, np.ndarray]]:
+    from aecli.backend import import_tensorflow
+
+    tf = import_tensorflow()
+    order = list(range(len(split.shards))) if rng is None else list(rng.permutation(len(split.shards)))
+    spec = {"x": tf.io.FixedLenFeature([], tf.string)}
+    for position in order:
+        shard = split.shards[position]
+        records = tf.data.TFRecordDataset(str(shard.path)).batch(BLOCK_ROWS)
+        first = shard.first
+        try:
+            for block in records:
+                parsed = tf.io.parse_example(block, spec)["x"]
+                rows = tf.reshape(tf.io.decode_raw(parsed, tf.as_dtype(shards.dtype)), (-1, *shards.row_shape))
+                yield first, rows.numpy()
+                first += int(rows.shape[0])
+        except tf.errors.OpError as exc:
+            raise DataError(
+                f"{shard.path}: cannot read it as TFRecord shards ({exc.message.splitlines()[0]})"
+            ) from None
+        if first != shard.first + shard.rows:
+            raise DataError(f"{shard.path}: holds {first - shard.first} rows, its manifest says {shard.rows}")
+
+
+def open_sharded(cfg: DataConfig, seed: int) -> ShardedData:
+    """Open a shard folder for `cfg`: count each part's rows and fit the scaling in one
+    streaming pass over the training rows (which also checks them for NaN and inf)."""
+    shards = open_shards(Path(cfg.source))
+    if cfg.labels_path is not None or cfg.label_column is not None:
+        raise DataError(
+            f"data.source {cfg.source}: a shard folder carries its own labels ({LABELS_SUFFIX} files); "
+            f"drop data.labels_path / data.label_column"
+        )
+    if cfg.classes is not None and shards.splits["train"].labels is None:
+        raise DataError("data.classes: the source has no labels to filter on")
+    data = ShardedData(shards, cfg, seed)
+    data.counts = {part: data.count(part) for part in ("train", "validation", "test")}
+    if data.counts["train"] == 0:
+        raise DataError(f"data.source {cfg.source}: no training rows left after the splits, classes and limit")
+    if data.counts["test"] == 0:
+        raise DataError(f"data.source {cfg.source}: the test split is empty; raise data.test_split or data.limit")
+    is_image = len(data.sample_shape) == 3
+    fixed = (shards.dtype == np.uint8 and cfg.scaling == "auto") or cfg.scaling == "none"
+    if fixed and shards.dtype.kind != "f":  # nothing to learn or check: no pass over the rows
+        data.scaling = scaling_from_ranges(cfg.scaling, np.zeros(1), np.ones(1), shards.dtype, is_image)
+        data.scaled_range = (0.0, 1.0) if cfg.scaling == "auto" else (-math.inf, math.inf)
+        return data
+    features = math.prod(shards.row_shape)
+    low, high = np.full(features, np.inf), np.full(features, -np.inf)
+    for rows, _ in data.blocks("train"):
+        flat = rows.reshape(len(rows), -1)
+        if shards.dtype.kind == "f" and not np.isfinite(flat).all():
+            raise DataError(f"data.source {cfg.source}: training rows hold NaN or inf; clean or drop them")
+        low, high = np.minimum(low, flat.min(axis=0)), np.maximum(high, flat.max(axis=0))
+    data.scaling = scaling_from_ranges(cfg.scaling, low, high, shards.dtype, is_image)
+    scaled = data.scaling.apply(np.stack([low, high]).astype(np.float32))
+    data.scaled_range = (float(scaled.min()), float(scaled.max()))
+    return data
+
+
+def read_shards_into_memory(root: Path) -> RawData:
+    """Every row of a shard folder, for sources given to evaluate/reconstruct (size-checked)."""
+    shards = open_shards(root)
+    needed = sum(split.rows for split in shards.splits.values()) * math.prod(shards.row_shape) * 4
+    if needed > IN_MEMORY_LIMIT_BYTES:
+        raise DataError(f"{root}: {needed / 2**30:.1f} GiB as float32 is too large to load in memory here")
+    reader = _npy_blocks if shards.encoding == "npy" else _tfrecord_blocks
+
+    def whole(name: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        split = shards.splits.get(name)
+        if split is None:
+            return None, None
+        rows = [block for _, block in reader(shards, split, None)]
+        return np.concatenate(rows), split.labels
+
+    x_train, y_train = whole("train")
+    x_test, y_test = whole("test")
+    assert x_train is not None
+    return RawData(x_train, y_train, x_test, y_test, shards.label_names)
+
+
+def check_streamable(optimizer_name: str) -> None:
+    if optimizer_name == "gd":
+        raise ConfigError(
+            "optimizer.name: gd takes the whole training set as one batch, which a streamed shard folder "
+            "never holds in memory; use sgd with a large training.batch_size"
+        )

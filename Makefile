@@ -28,6 +28,7 @@ test: $(STAMP) ## run the test suite
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP) ## speed and memory benchmarks (writes BENCHMARKS.md; several minutes)
+	$(BIN)/python benchmarks/bench_streaming.py
 	$(BIN)/python benchmarks/bench.py
 
 lint: $(STAMP) ## ruff

@@ -48,7 +48,7 @@ class Scaling:
     scale: np.ndarray
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        return ((x - self.offset) / self.scale).astype(np.float32)
+        return ((x - self.offset) / self.scale).astype(np.float32, copy=False)
 
     def invert(self, x: np.ndarray) -> np.ndarray:
         return x * self.scale + self.offset
@@ -449,8 +449,9 @@ def _validate(raw: RawData, source: str) -> None:
 
 def fit_scaling(x_train: np.ndarray, kind: str, is_image: bool) -> Scaling:
     """Fit the [0,1] scaling on the training split only, so validation and test stay unseen."""
-    flat = x_train.reshape(len(x_train), -1).astype(np.float64)
-    return scaling_from_ranges(kind, flat.min(axis=0), flat.max(axis=0), x_train.dtype, is_image)
+    flat = x_train.reshape(len(x_train), -1)  # min and max are exact in any dtype: no float64 copy
+    low, high = flat.min(axis=0).astype(np.float64), flat.max(axis=0).astype(np.float64)
+    return scaling_from_ranges(kind, low, high, x_train.dtype, is_image)
 
 
 def scaling_from_ranges(kind: str, low: np.ndarray, high: np.ndarray, dtype: np.dtype, is_image: bool) -> Scaling:

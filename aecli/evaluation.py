@@ -39,11 +39,25 @@ def _first_output(outputs: Any) -> np.ndarray:
     return np.asarray(outputs[0] if isinstance(outputs, (list, tuple)) else outputs)
 
 
+ERROR_CHUNK_ROWS = 4096  # float64 temporaries of this many rows at a time, however many rows there are
+
+
 def per_sample_errors(x: np.ndarray, x_hat: np.ndarray) -> dict[str, np.ndarray]:
     """Per-sample mse and mae, and bce when the targets lie in [0, 1]."""
+    with_bce = is_unit_range(x)
+    parts = [
+        _chunk_errors(x[start : start + ERROR_CHUNK_ROWS], x_hat[start : start + ERROR_CHUNK_ROWS], with_bce)
+        for start in range(0, len(x), ERROR_CHUNK_ROWS)
+    ]
+    if not parts:
+        return {"mse": np.empty(0), "mae": np.empty(0)}
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def _chunk_errors(x: np.ndarray, x_hat: np.ndarray, with_bce: bool) -> dict[str, np.ndarray]:
     diff = (x_hat - x).reshape(len(x), -1).astype(np.float64)
     errors = {"mse": np.mean(diff**2, axis=1), "mae": np.mean(np.abs(diff), axis=1)}
-    if is_unit_range(x):
+    if with_bce:
         target = x.reshape(len(x), -1).astype(np.float64)
         p = np.clip(x_hat.reshape(len(x), -1).astype(np.float64), BCE_EPSILON, 1 - BCE_EPSILON)
         errors["bce"] = -np.mean(target * np.log(p) + (1 - target) * np.log(1 - p), axis=1)

@@ -50,15 +50,14 @@ def write_errors_csv(
 ) -> None:
     """One row per sample: its index in the evaluated split, its label, each error measure and 0/1 flags."""
     names, flag_names = list(errors), list(flags or {})
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["index", "label", *names, *flag_names])
-    for index in range(len(errors["mse"])):
-        label = "" if labels is None else label_name(labels[index], label_names)
-        values = [f"{errors[name][index]:.8g}" for name in names]
-        marks = [int(bool((flags or {})[name][index])) for name in flag_names]
-        writer.writerow([index, label, *values, *marks])
-    write_text_atomic(path, buffer.getvalue())
+    with atomic_path(path) as temp, temp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")  # streamed: millions of rows for shard folders
+        writer.writerow(["index", "label", *names, *flag_names])
+        for index in range(len(errors["mse"])):
+            label = "" if labels is None else label_name(labels[index], label_names)
+            values = [f"{errors[name][index]:.8g}" for name in names]
+            marks = [int(bool((flags or {})[name][index])) for name in flag_names]
+            writer.writerow([index, label, *values, *marks])
 
 
 def write_metrics_json(path: Path, metrics: dict[str, Any]) -> None:

@@ -335,7 +335,9 @@ def main() -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    (ROOT / "BENCHMARKS.md").write_text(render(results, args))
+    streaming = args.out / "streaming.md"  # written by bench_streaming.py, which make bench runs first
+    extra = "\n" + streaming.read_text() if streaming.exists() else ""
+    (ROOT / "BENCHMARKS.md").write_text(render(results, args) + extra)
     print((ROOT / "BENCHMARKS.md").read_text())
 
 

@@ -15,6 +15,7 @@ they are touched, and the point is that a 4 GB set trains in the memory of a sma
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Iterator
@@ -364,7 +365,7 @@ class Stream:
 
         tf = import_tensorflow()
         data, part = self.data, self.part
-        epochs = iter(range(1_000_000_000))
+        epochs = itertools.count()  # from_generator calls `blocks` afresh every epoch
 
         def blocks() -> Iterator[np.ndarray]:
             rng = np.random.default_rng([seed, next(epochs)]) if shuffle else None

@@ -142,8 +142,12 @@ def test_missing_config_and_malformed_override(cli, tmp_path: Path) -> None:
     assert malformed.exit_code == 2
 
 
-def test_light_commands_never_import_heavy_libraries(tiny_config) -> None:
+def test_light_commands_never_import_heavy_libraries(tiny_config, tmp_path: Path) -> None:
     config = tiny_config()
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    np.save(shards / "part0.npy", np.zeros((10, 4, 4), np.uint8))
+    sharded = tiny_config({"data": {"source": str(shards)}}, name="sharded.yaml")
     script = textwrap.dedent(
         f"""
         import sys
@@ -151,7 +155,7 @@ def test_light_commands_never_import_heavy_libraries(tiny_config) -> None:
         from aecli.cli import app
         runner = CliRunner()
         for args in (["--help"], ["validate", {str(config)!r}], ["schema"], ["train", "--bogus"],
-                     ["validate", "/nonexistent.yaml"]):
+                     ["validate", "/nonexistent.yaml"], ["validate", {str(sharded)!r}], ["prepare", "--help"]):
             runner.invoke(app, args)
         heavy = [m for m in ("tensorflow", "keras", "sklearn", "matplotlib") if m in sys.modules]
         print(",".join(heavy))

@@ -123,6 +123,9 @@ def train(
                     typer.echo(str(resume))
                     return
                 console.print(f"resumed after epoch {resumed.from_epoch}")
+                if not resumed.written:
+                    console.print("worker finished: the chief worker writes the run directory")
+                    return
                 run_dir, metrics = resumed.run_dir, resumed.metrics
             else:
                 assert config is not None
@@ -427,7 +430,11 @@ def prepare(
             raise ConfigError(f"--set {override!r}: prepare accepts data.KEY=VALUE overrides only")
         apply_override(raw, override)
     console = _console()
-    outcome = prepare_shards(validate_config(raw).data, out_dir, shard_size, encoding, say=console.print)
+    try:
+        outcome = prepare_shards(validate_config(raw).data, out_dir, shard_size, encoding, say=console.print)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: nothing written to {out_dir}", err=True)
+        raise typer.Exit(130) from None
     console.print(
         f"wrote {outcome.shards} {encoding} shard(s), {outcome.bytes / 2**20:,.1f} MiB; "
         f"train on them with data.source: {outcome.out_dir}",

@@ -87,12 +87,16 @@ class Dataset:
         }
 
 
-def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
-    """Read `cfg.source`, split off test/validation rows (seeded), filter classes and scale."""
+def load_dataset(cfg: DataConfig, seed: int, test_only: bool = False) -> Dataset:
+    """Read `cfg.source`, split off test/validation rows (seeded), filter classes and scale.
+
+    `test_only`: the caller reads only the test split; a shard folder then loads nothing else.
+    """
     if is_shard_source(cfg.source):
         from aecli.shards import open_sharded
 
-        return open_sharded(cfg, seed).materialize()  # the same rows per split as streamed training saw
+        # The same rows per split as streamed training saw.
+        return open_sharded(cfg, seed).materialize(("test",) if test_only else ("train", "validation", "test"))
     raw = read_source(cfg.source, labels_path=cfg.labels_path, label_column=cfg.label_column)
     x_pool, y_pool = _take(raw.x_train, raw.y_train, cfg.limit)
     rng = np.random.default_rng(seed)
@@ -138,7 +142,7 @@ def load_for_model(
 ) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
     """Every row of `cfg.source` (its train and test sets, each capped at `cfg.limit`), shaped and
     scaled for a trained model: used to evaluate or reconstruct data the run did not train on."""
-    raw = read_source(cfg.source, labels_path=cfg.labels_path, label_column=cfg.label_column)
+    raw = read_source(cfg.source, labels_path=cfg.labels_path, label_column=cfg.label_column, limit=cfg.limit)
     parts = [_take(raw.x_train, raw.y_train, cfg.limit)]
     if raw.x_test is not None:
         parts.append(_take(raw.x_test, raw.y_test, cfg.limit))
@@ -177,18 +181,23 @@ def sample_shape_of(x: np.ndarray) -> tuple[int, ...]:
 
 
 def read_source(
-    source: str, labels_path: Path | None = None, label_column: str | int | None = None, mmap: bool = False
+    source: str,
+    labels_path: Path | None = None,
+    label_column: str | int | None = None,
+    mmap: bool = False,
+    limit: int | None = None,
 ) -> RawData:
     """Read any supported source into raw arrays, validated but not yet split or scaled.
 
-    `mmap` opens an .npy source memory-mapped (for `aecli prepare`, which reads it once in order).
+    `mmap` opens an .npy source memory-mapped (for `aecli prepare`, which reads it once in order);
+    `limit` lets a shard folder read only the rows that will be used (callers still apply it).
     """
     if source == "digits":
         raw = _read_digits()
     elif source in ("mnist", "fashion_mnist"):
         raw = _read_keras_dataset(source)
     else:
-        raw = _read_path(Path(source), labels_path, label_column, mmap)
+        raw = _read_path(Path(source), labels_path, label_column, mmap, limit)
     _validate(raw, source)
     return raw
 
@@ -219,7 +228,9 @@ def _read_keras_dataset(name: str) -> RawData:
     return RawData(x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64))
 
 
-def _read_path(path: Path, labels_path: Path | None, label_column: str | int | None, mmap: bool = False) -> RawData:
+def _read_path(
+    path: Path, labels_path: Path | None, label_column: str | int | None, mmap: bool = False, limit: int | None = None
+) -> RawData:
     if not path.exists():
         hint = f" (built-in sources: {', '.join(BUILTIN_SOURCES)})" if "/" not in str(path) else ""
         raise DataError(f"data.source: no such file or folder: {path}{hint}")
@@ -228,7 +239,7 @@ def _read_path(path: Path, labels_path: Path | None, label_column: str | int | N
     if is_shard_source(str(path)):
         from aecli.shards import read_shards_into_memory
 
-        return read_shards_into_memory(path)
+        return read_shards_into_memory(path, limit)
     if path.is_dir():
         return _read_idx_folder(path)
     suffix = path.suffix.lower()

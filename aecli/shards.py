@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,29 +91,34 @@ def _open_manifest(root: Path) -> ShardSet:
         encoding = manifest["encoding"]
         row_shape = tuple(int(n) for n in manifest["row_shape"])
         dtype = np.dtype(manifest["dtype"])
-        entries = {name: list(split["shards"]) for name, split in manifest["splits"].items()}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{root / MANIFEST}: not an aecli shard manifest ({exc})") from None
+        entries = {
+            name: [(str(entry["file"]), int(entry["rows"])) for entry in split["shards"]]
+            for name, split in manifest["splits"].items()
+        }
+        label_files = {name: split.get("labels") for name, split in manifest["splits"].items()}
+        label_names = manifest.get("label_names")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{root / MANIFEST}: not an aecli shard manifest ({type(exc).__name__}: {exc})") from None
     if encoding not in ("npy", "tfrecord") or "train" not in entries or dtype.kind not in "biuf":
         raise DataError(
             f"{root / MANIFEST}: unsupported encoding {encoding!r}, dtype {dtype} or splits {list(entries)}"
         )
     splits = {}
     for name, shards in entries.items():
+        for file, _ in shards:
+            if not (root / file).is_file():
+                raise DataError(f"{root}: shard {file} listed in {MANIFEST} is missing")
         if encoding == "npy":
-            splits[name] = _npy_split(root, [root / entry["file"] for entry in shards], row_shape, dtype)
+            splits[name] = _npy_split(root, [root / file for file, _ in shards], row_shape, dtype)
             continue
         files, first = [], 0
-        for entry in shards:
-            path = root / entry["file"]
-            if not path.is_file():
-                raise DataError(f"{root}: shard {entry['file']} listed in {MANIFEST} is missing")
-            files.append(Shard(path, int(entry["rows"]), first))
-            first += int(entry["rows"])
-        labels_file = manifest["splits"][name].get("labels")
-        labels = _read_labels_file(root / labels_file, first) if labels_file else None
+        for file, rows in shards:
+            files.append(Shard(root / file, rows, first))
+            first += rows
+        labels_file = label_files[name]
+        labels = _read_labels_file(root / str(labels_file), first) if labels_file else None
         splits[name] = ShardSplit(tuple(files), first, labels)
-    return ShardSet(root, encoding, row_shape, dtype, splits, manifest.get("label_names"))
+    return ShardSet(root, encoding, row_shape, dtype, splits, label_names)
 
 
 def _open_npy_folder(root: Path) -> ShardSet:
@@ -304,28 +310,30 @@ class ShardedData:
     def stream(self, part: str) -> Stream:
         return Stream(self, part)
 
-    def materialize(self) -> Dataset:
-        """Every part in memory, for commands that need arrays (evaluate, reconstruct); refused
-        when the float32 copy would exceed IN_MEMORY_LIMIT_BYTES."""
-        needed = sum(self.counts.values()) * math.prod(self.sample_shape) * 4
+    def materialize(self, parts: tuple[str, ...] = ("train", "validation", "test")) -> Dataset:
+        """These parts in memory (the others empty), for commands that need arrays (evaluate,
+        reconstruct); refused when their float32 copy would exceed IN_MEMORY_LIMIT_BYTES."""
+        rows = sum(self.counts[part] for part in parts)
+        needed = rows * math.prod(self.sample_shape) * 4
         if needed > IN_MEMORY_LIMIT_BYTES:
             raise DataError(
-                f"data.source {self.cfg.source}: {sum(self.counts.values())} rows need {needed / 2**30:.1f} GiB as "
-                f"float32 here; add --set data.limit=N to use the first N rows of each split"
+                f"data.source {self.cfg.source}: the {' and '.join(parts)} rows ({rows:,}) need "
+                f"{needed / 2**30:.1f} GiB as float32; evaluate a part of the folder instead with "
+                f"--data {self.cfg.source} --set data.limit=N (the first N rows of each of its splits)"
             )
-        parts = {}
+        arrays = {}
         for part in ("train", "validation", "test"):
-            batches = list(self.batches(part, 65536))
+            batches = list(self.batches(part, 65536)) if part in parts else []
             x = np.concatenate([b[0] for b in batches]) if batches else np.empty((0, *self.sample_shape), np.float32)
             y = np.concatenate([b[1] for b in batches]) if batches and batches[0][1] is not None else None
-            parts[part] = (x, y)
+            arrays[part] = (x, y)
         return Dataset(
-            x_train=parts["train"][0],
-            y_train=parts["train"][1],
-            x_val=parts["validation"][0] if self.counts["validation"] else None,
-            y_val=parts["validation"][1] if self.counts["validation"] else None,
-            x_test=parts["test"][0],
-            y_test=parts["test"][1],
+            x_train=arrays["train"][0],
+            y_train=arrays["train"][1],
+            x_val=arrays["validation"][0] if self.counts["validation"] else None,
+            y_val=arrays["validation"][1] if self.counts["validation"] else None,
+            x_test=arrays["test"][0],
+            y_test=arrays["test"][1],
             sample_shape=self.sample_shape,
             is_image=self.is_image,
             scaling=self.scaling,
@@ -415,20 +423,17 @@ def _npy_blocks(
     spans = [(shard, start) for shard in split.shards for start in range(0, shard.rows, BLOCK_ROWS)]
     if rng is not None:
         spans = [spans[i] for i in rng.permutation(len(spans))]
-    handles: dict[Path, Any] = {}
-    try:
-        for shard, start in spans:
-            handle = handles.get(shard.path) or handles.setdefault(shard.path, shard.path.open("rb"))
-            count = min(BLOCK_ROWS, shard.rows - start)
-            handle.seek(shard.offset + start * shards.row_bytes)
-            buffer = handle.read(count * shards.row_bytes)
-            if len(buffer) != count * shards.row_bytes:
-                raise DataError(f"{shard.path}: shorter than its header says (truncated while in use?)")
-            rows = np.frombuffer(buffer, shards.dtype).reshape((count, *shards.row_shape))
-            yield shard.first + start, rows
-    finally:
-        for handle in handles.values():
-            handle.close()
+    for shard, start in spans:
+        count = min(BLOCK_ROWS, shard.rows - start)
+        try:  # opened per block: thousands of shards never exhaust file descriptors
+            with shard.path.open("rb") as handle:
+                handle.seek(shard.offset + start * shards.row_bytes)
+                buffer = handle.read(count * shards.row_bytes)
+        except OSError as exc:
+            raise DataError(f"{shard.path}: cannot read it ({exc.strerror or exc})") from None
+        if len(buffer) != count * shards.row_bytes:
+            raise DataError(f"{shard.path}: shorter than its header says (truncated while in use?)")
+        yield shard.first + start, np.frombuffer(buffer, shards.dtype).reshape((count, *shards.row_shape))
 
 
 def _tfrecord_blocks(
@@ -447,12 +452,13 @@ def _tfrecord_blocks(
             for block in records:
                 parsed = tf.io.parse_example(block, spec)["x"]
                 rows = tf.reshape(tf.io.decode_raw(parsed, tf.as_dtype(shards.dtype)), (-1, *shards.row_shape))
+                if first + int(rows.shape[0]) > shard.first + shard.rows:
+                    raise DataError(f"{shard.path}: holds more rows than the {shard.rows} its manifest lists")
                 yield first, rows.numpy()
                 first += int(rows.shape[0])
         except tf.errors.OpError as exc:
-            raise DataError(
-                f"{shard.path}: cannot read it as TFRecord shards ({exc.message.splitlines()[0]})"
-            ) from None
+            reason = re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:.*$", "", exc.message.splitlines()[0]).strip()
+            raise DataError(f"{shard.path}: cannot read it as TFRecord shards ({reason})") from None
         if first != shard.first + shard.rows:
             raise DataError(f"{shard.path}: holds {first - shard.first} rows, its manifest says {shard.rows}")
 
@@ -470,47 +476,68 @@ def open_sharded(cfg: DataConfig, seed: int) -> ShardedData:
         raise DataError("data.classes: the source has no labels to filter on")
     data = ShardedData(shards, cfg, seed)
     data.counts = {part: data.count(part) for part in ("train", "validation", "test")}
-    if data.counts["train"] == 0:
-        raise DataError(f"data.source {cfg.source}: no training rows left after the splits, classes and limit")
-    if data.counts["test"] == 0:
-        raise DataError(f"data.source {cfg.source}: the test split is empty; raise data.test_split or data.limit")
+    own_test = "test" in shards.splits
+    for part, fix in (
+        ("train", "lower the split fractions or widen data.classes / data.limit"),
+        ("validation", "raise data.validation_split or data.limit, or set it to 0"),
+        ("test", "the folder's test shards hold no rows" if own_test else "raise data.test_split or data.limit"),
+    ):
+        if data.counts[part] == 0 and (part != "validation" or cfg.validation_split > 0):
+            raise DataError(f"data.source {cfg.source}: the {part} split is empty; {fix}")
     is_image = len(data.sample_shape) == 3
-    fixed = (shards.dtype == np.uint8 and cfg.scaling == "auto") or cfg.scaling == "none"
-    if fixed and shards.dtype.kind != "f":  # nothing to learn or check: no pass over the rows
+    if shards.dtype == np.uint8 and cfg.scaling == "auto":  # /255: nothing to learn or check, no pass
         data.scaling = scaling_from_ranges(cfg.scaling, np.zeros(1), np.ones(1), shards.dtype, is_image)
-        data.scaled_range = (0.0, 1.0) if cfg.scaling == "auto" else (-math.inf, math.inf)
         return data
     features = math.prod(shards.row_shape)
     low, high = np.full(features, np.inf), np.full(features, -np.inf)
     for rows, _ in data.blocks("train"):
         flat = rows.reshape(len(rows), -1)
-        if shards.dtype.kind == "f" and not np.isfinite(flat).all():
-            raise DataError(f"data.source {cfg.source}: training rows hold NaN or inf; clean or drop them")
+        _check_finite(flat, cfg.source, "training")
         low, high = np.minimum(low, flat.min(axis=0)), np.maximum(high, flat.max(axis=0))
+    if shards.dtype.kind == "f":  # like in-memory data, no split may hold NaN or inf
+        for part in ("validation", "test"):
+            for rows, _ in data.blocks(part):
+                _check_finite(rows.reshape(len(rows), -1), cfg.source, part)
     data.scaling = scaling_from_ranges(cfg.scaling, low, high, shards.dtype, is_image)
     scaled = data.scaling.apply(np.stack([low, high]).astype(np.float32))
     data.scaled_range = (float(scaled.min()), float(scaled.max()))
     return data
 
 
-def read_shards_into_memory(root: Path) -> RawData:
-    """Every row of a shard folder, for sources given to evaluate/reconstruct (size-checked)."""
+def _check_finite(flat: np.ndarray, source: str, part: str) -> None:
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        raise DataError(f"data.source {source}: {part} rows hold NaN or inf; clean or drop them")
+
+
+def read_shards_into_memory(root: Path, limit: int | None = None) -> RawData:
+    """The rows of a shard folder (the first `limit` of each split), for sources given to
+    evaluate/reconstruct; refused when their float32 copy would exceed IN_MEMORY_LIMIT_BYTES."""
     shards = open_shards(root)
-    needed = sum(split.rows for split in shards.splits.values()) * math.prod(shards.row_shape) * 4
+    rows = sum(min(split.rows, limit or split.rows) for split in shards.splits.values())
+    needed = rows * math.prod(shards.row_shape) * 4
     if needed > IN_MEMORY_LIMIT_BYTES:
-        raise DataError(f"{root}: {needed / 2**30:.1f} GiB as float32 is too large to load in memory here")
+        raise DataError(
+            f"{root}: {rows:,} rows need {needed / 2**30:.1f} GiB as float32; add --set data.limit=N "
+            f"to read the first N rows of each split"
+        )
     reader = _npy_blocks if shards.encoding == "npy" else _tfrecord_blocks
 
     def whole(name: str) -> tuple[np.ndarray | None, np.ndarray | None]:
         split = shards.splits.get(name)
-        if split is None:
+        if split is None or split.rows == 0:
             return None, None
-        rows = [block for _, block in reader(shards, split, None)]
-        return np.concatenate(rows), split.labels
+        wanted = min(split.rows, limit or split.rows)
+        blocks = []
+        for first, block in reader(shards, split, None):
+            if first >= wanted:
+                break
+            blocks.append(block[: wanted - first])
+        return np.concatenate(blocks), None if split.labels is None else split.labels[:wanted]
 
     x_train, y_train = whole("train")
     x_test, y_test = whole("test")
-    assert x_train is not None
+    if x_train is None:
+        raise DataError(f"{root}: the folder holds no training rows")
     return RawData(x_train, y_train, x_test, y_test, shards.label_names)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from aecli.backend import import_tensorflow
 from aecli.config import LossConfig, LRScheduleConfig, NoiseConfig, OptimizerConfig, TrainingConfig
-from aecli.errors import TrainingDivergedError
+from aecli.errors import DataError, TrainingDivergedError
 from aecli.interrupts import pending_interrupt
 from aecli.layers import MultiWorkerTrainer, VariationalAutoencoder
 from aecli.noise import NoiseSpec, corrupt
@@ -262,7 +262,8 @@ def fit_autoencoder(
     inputs_only = training.distribute.strategy == "multi_worker"
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         keras_optimizer = model.optimizer if resume is not None else build_optimizer(optimizer, learning_rate)
-        trained = MultiWorkerTrainer(model) if inputs_only else model
+        # The wrapper keeps the model's dtype policy, so that mixed precision still gets loss scaling.
+        trained = MultiWorkerTrainer(model, dtype=model.dtype_policy) if inputs_only else model
         if isinstance(model, VariationalAutoencoder):
             trained.compile(optimizer=keras_optimizer, **speed)  # its own loss: see layers.py
         else:
@@ -302,6 +303,11 @@ def fit_autoencoder(
             callbacks=callbacks,
             verbose=0,
         )
+    except import_tensorflow().errors.OpError as exc:
+        if isinstance(x_train, np.ndarray) or "DataError: " not in str(exc):
+            raise
+        # A shard that fails while streaming: TensorFlow wraps the DataError raised in the reader.
+        raise DataError(str(exc).split("DataError: ", 1)[1].splitlines()[0]) from None
     finally:
         if reporter:
             reporter.training_finished()

@@ -210,3 +210,10 @@ def test_unknown_mirrored_devices_are_named(cli, tiny_config, tmp_path: Path) ->
     result = cli("train", config, "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 2 and "no device /gpu:7 here" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_compare_refuses_multi_worker(cli, tiny_config, tmp_path: Path) -> None:
+    config = tiny_config({"training": {"distribute": "multi_worker"}})
+    result = cli("compare", config, "--vary", "optimizer.name=sgd,adam", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and "multi_worker trains one run per process" in result.stderr
+    assert not (tmp_path / "runs").exists()

@@ -12,7 +12,7 @@ from aecli.commands.prepare import prepare_shards
 from aecli.config import DataConfig
 from aecli.data import fit_scaling, load_dataset, peek_sample_shape
 from aecli.errors import ConfigError, DataError, RunError
-from aecli.shards import hash_position, open_sharded
+from aecli.shards import hash_position, open_sharded, read_shards_into_memory
 
 
 def numbered_rows(folder: Path, rows: int = 1000, features: int = 6, dtype: str = "float32") -> Path:
@@ -26,6 +26,7 @@ def numbered_rows(folder: Path, rows: int = 1000, features: int = 6, dtype: str 
 
 
 def prepared(folder: Path, encoding: str, shard_size: int = 300, rows: int = 1000) -> Path:
+    folder.mkdir(exist_ok=True)
     source = numbered_rows(folder, rows)
     cfg = DataConfig(source=str(source), labels_path=folder / "labels.npy")
     return prepare_shards(cfg, folder / f"shards-{encoding}", shard_size, encoding, say=lambda _: None).out_dir
@@ -189,3 +190,46 @@ def test_shard_labels_come_from_the_folder(tmp_path: Path) -> None:
     source = prepared(tmp_path, "npy")
     with pytest.raises((DataError, ConfigError), match="carries its own labels"):
         open_sharded(DataConfig(source=str(source), labels_path=tmp_path / "labels.npy"), seed=0)
+
+
+def test_big_endian_sources_keep_their_values_in_tfrecord_shards(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).normal(size=(50, 3)).astype(">f4")
+    np.save(tmp_path / "big_endian.npy", x)
+    out = prepare_shards(DataConfig(source=str(tmp_path / "big_endian.npy")), tmp_path / "s", 20, "tfrecord")
+    raw = read_shards_into_memory(out.out_dir)
+    np.testing.assert_array_equal(raw.x_train, x.astype("<f4"))
+    assert json.loads((out.out_dir / "manifest.json").read_text())["dtype"] == "<f4"
+
+
+def test_a_corrupt_tfrecord_shard_found_while_training_is_a_one_line_error(cli, tiny_config, tmp_path: Path) -> None:
+    images = np.random.default_rng(0).integers(0, 256, size=(600, 6, 6), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    out = prepare_shards(DataConfig(source=str(tmp_path / "images.npy")), tmp_path / "s", 200, "tfrecord").out_dir
+    shard = out / "train-00001-of-00003.tfrecord"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
+    shard.write_bytes(bytes(data))
+    result = cli("train", tiny_config({"data": {"source": str(out)}}), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and "train-00001-of-00003.tfrecord" in result.stderr
+    assert "corrupted record" in result.stderr and "{{" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_nan_in_any_split_and_empty_validation_are_refused(tmp_path: Path) -> None:
+    source = prepared(tmp_path, "npy")
+    data = open_sharded(DataConfig(source=str(source)), seed=0)
+    test_row = int(next(iter(data.blocks("test")))[0][0, 0])  # first feature holds the row index
+    shard = np.load(source / "train-00000-of-00004.npy")
+    shard[test_row, 1] = np.nan
+    np.save(source / "train-00000-of-00004.npy", shard)
+    with pytest.raises(DataError, match="test rows hold NaN or inf"):
+        open_sharded(DataConfig(source=str(source)), seed=0)
+    with pytest.raises(DataError, match="the validation split is empty"):
+        open_sharded(DataConfig(source=str(prepared(tmp_path / "b", "npy", rows=5)), validation_split=0.01), seed=0)
+
+
+def test_reading_a_shard_folder_into_memory_honours_the_limit(tmp_path: Path) -> None:
+    raw = read_shards_into_memory(prepared(tmp_path, "npy"), limit=450)
+    assert raw.x_train.shape == (450, 6) and raw.y_train is not None and len(raw.y_train) == 450
+    np.testing.assert_array_equal(raw.x_train[:, 0], np.arange(450))

@@ -118,6 +118,9 @@ def _cell_configs(request: CompareRequest) -> tuple[list[Cell], dict[Cell, Aecli
             configs[cell] = load_config(request.config, [*request.overrides, *cell.overrides()])
         except ConfigError as exc:
             raise ConfigError(f"--vary {cell.group}: {exc}") from None
+        if configs[cell].training.distribute.strategy == "multi_worker":
+            # A multi-worker strategy lives as long as its process: one run per process.
+            raise ConfigError("training.distribute.strategy: multi_worker trains one run per process; use aecli train")
     return cells, configs
 
 

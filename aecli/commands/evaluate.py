@@ -153,7 +153,7 @@ def _evaluated_data(run: TrainedRun, request: EvaluateRequest) -> _Evaluated:
     if request.data is None and request.data_overrides:
         raise EvaluationError("--set data.KEY=VALUE needs --data SOURCE (the run's own test split is fixed)")
     if request.data is None:
-        dataset = load_dataset(run.config.data, seed=run.config.training.seed)
+        dataset = load_dataset(run.config.data, seed=run.config.training.seed, test_only=True)
         evaluated = _Evaluated(
             dataset.x_test, dataset.y_test, dataset.label_names, f"test split of {run.config.data.source}"
         )

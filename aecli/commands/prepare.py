@@ -42,8 +42,15 @@ def prepare_shards(
     if out_dir.exists():
         raise RunError(f"{out_dir}: already exists; prepare writes a new folder (choose another name)")
     raw = read_source(cfg.source, labels_path=cfg.labels_path, label_column=cfg.label_column, mmap=True)
+    # One little-endian dtype for both splits: TFRecord rows are decoded little-endian, and
+    # IDX files (and some .npy files) are big-endian.
+    dtype = raw.x_train.dtype if raw.x_test is None else np.result_type(raw.x_train.dtype, raw.x_test.dtype)
+    dtype = dtype.newbyteorder("<")
     partial = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    partial.mkdir(parents=True)
+    try:
+        partial.mkdir(parents=True)
+    except OSError as exc:
+        raise RunError(f"{out_dir}: cannot create it ({exc.strerror or exc})") from None
     try:
         splits: dict[str, WrittenSplit] = {}
         for name, x, y in (("train", raw.x_train, raw.y_train), ("test", raw.x_test, raw.y_test)):
@@ -51,20 +58,23 @@ def prepare_shards(
                 continue
             x = x[: cfg.limit] if cfg.limit else x
             y = None if y is None else np.asarray(y[: len(x)], np.int64)
-            splits[name] = _write_split(partial, name, x, y, shard_size, encoding)
+            splits[name] = _write_split(partial, name, x, y, shard_size, encoding, dtype)
             say(f"{name}: {len(x):,} rows in {len(splits[name].shards)} shard(s)")
         manifest = {
             "format": FORMAT,
             "encoding": encoding,
             "row_shape": list(raw.x_train.shape[1:]),
-            "dtype": raw.x_train.dtype.str,
+            "dtype": dtype.str,
             "source": cfg.source,
             "label_names": raw.label_names,
             "splits": {name: split.manifest_entry() for name, split in splits.items()},
         }
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         os.rename(partial, out_dir)
-    except BaseException:
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise RunError(f"{out_dir}: writing the shards failed ({exc.strerror or exc}); nothing was kept") from None
+    except BaseException:  # Ctrl-C included: no half-written folder is left behind
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return PrepareOutcome(
@@ -86,12 +96,12 @@ class WrittenSplit:
 
 
 def _write_split(
-    folder: Path, name: str, x: np.ndarray, y: np.ndarray | None, shard_size: int, encoding: str
+    folder: Path, name: str, x: np.ndarray, y: np.ndarray | None, shard_size: int, encoding: str, dtype: np.dtype
 ) -> WrittenSplit:
     count = max(1, -(-len(x) // shard_size))
     shards: list[dict[str, str | int]] = []
     for number in range(count):
-        rows = np.ascontiguousarray(x[number * shard_size : (number + 1) * shard_size])
+        rows = np.ascontiguousarray(x[number * shard_size : (number + 1) * shard_size], dtype=dtype)
         stem = f"{name}-{number:05d}-of-{count:05d}"
         if encoding == "npy":
             np.save(folder / f"{stem}.npy", rows)

@@ -116,7 +116,7 @@ def _load_inputs(run: TrainedRun, request: ReconstructRequest) -> _Inputs:
             labels = [""] * len(x) if y is None else [names[i] if names else str(i) for i in y.tolist()]
             parts.append(_Inputs(x, [f"{path.name}[{i}]" for i in range(len(x))], labels))
     if request.indices is not None:
-        dataset = load_dataset(run.config.data, seed=run.config.training.seed)
+        dataset = load_dataset(run.config.data, seed=run.config.training.seed, test_only=True)
         bad = [i for i in request.indices if not 0 <= i < len(dataset.x_test)]
         if bad:
             raise EvaluationError(f"--indices {bad}: the run's test split has indices 0..{len(dataset.x_test) - 1}")

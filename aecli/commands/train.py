@@ -113,6 +113,7 @@ class ResumeOutcome:
     run_dir: Path
     metrics: dict[str, Any] | None  # None when the run had already completed
     from_epoch: int = 0
+    written: bool = True  # False on a non-chief worker, which resumed in a scratch copy
 
 
 def resume_run(run_dir: Path, reporter: Any = None) -> ResumeOutcome:
@@ -132,7 +133,7 @@ def resume_run(run_dir: Path, reporter: Any = None) -> ResumeOutcome:
     scratch = Path(tempfile.mkdtemp(prefix="aecli-worker-"))
     try:
         copy = Path(shutil.copytree(run_dir, scratch / run_dir.name))
-        return dataclasses.replace(_resume_in(copy, config, strategy, reporter), run_dir=run_dir)
+        return dataclasses.replace(_resume_in(copy, config, strategy, reporter), run_dir=run_dir, written=False)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -260,6 +261,8 @@ def _train_and_report(
     for part in ("model", "encoder", "decoder"):
         save_atomic(run_dir / f"{part}.keras", getattr(autoencoder, part).save)
     write_history_csv(run_dir / "history.csv", result.history)
+    if not writes_run(config.training.distribute):
+        return {}  # a non-chief worker: its scratch run is discarded, so is any report
 
     started = time.perf_counter()
     # A distributed model's predictions would go through the strategy (collective ops every

@@ -304,8 +304,8 @@ class TrainingConfig(_Section):
     jit_compile: bool = Field(True, description="compile the training step with XLA")
     input_pipeline: Literal["tensor", "arrays", "keras"] = Field(
         "tensor",
-        description="tensor: tf.data gathering from one tensor copy (fastest); arrays: gathering from the numpy "
-        "arrays (no copy, less memory); keras: numpy arrays handed to fit",
+        description="tensor: tf.data gathering with tf.gather from a tensor sharing the arrays' memory (fastest); "
+        "arrays: gathering with numpy inside tf.data; keras: numpy arrays handed to fit",
     )
     distribute: DistributeConfig = Field(
         default_factory=DistributeConfig, description="tf.distribute: batch_size is the global batch over replicas"

@@ -119,3 +119,19 @@ def test_input_pipelines_agree(digits: tuple, tmp_path: Path) -> None:
         curves[kind] = [row["val_loss"] for row in result.history]
     np.testing.assert_allclose(curves["tensor"], curves["arrays"], rtol=1e-5)
     assert curves["keras"][-1] < curves["keras"][0]
+
+
+def test_the_fast_pipeline_shares_the_training_array_instead_of_copying_it() -> None:
+    from aecli.data import TENSOR_ALIGNMENT, Scaling
+    from aecli.training import tensor_view
+
+    scaled = Scaling("none", np.zeros((), np.float32), np.ones((), np.float32)).apply(np.ones((5, 3), np.uint8))
+    assert scaled.dtype == np.float32 and scaled.ctypes.data % TENSOR_ALIGNMENT == 0
+    shared = tensor_view(scaled)
+    scaled[0, 0] = 42.0
+    assert float(shared[0, 0]) == 42.0  # the same memory: no copy was made
+    unaligned = np.zeros(16 * 3 + 1, np.float32)[1:].reshape(16, 3)
+    assert unaligned.ctypes.data % TENSOR_ALIGNMENT != 0
+    copied = tensor_view(unaligned)
+    unaligned[0, 0] = 7.0
+    assert float(copied[0, 0]) == 0.0 and copied.shape == (16, 3)  # copied once into an aligned buffer

@@ -274,7 +274,7 @@ def evaluate(
 
 
 def _print_evaluation_summary(console: Console, metrics: dict[str, Any]) -> None:
-    table = Table(title=f"evaluation on the {metrics['data']}")
+    table = Table(title=f"evaluation on {metrics['data']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("samples", str(metrics["n_samples"]))
@@ -408,6 +408,10 @@ def compare(
     typer.echo(str(sweep))
 
 
+# What prepare reads; splits, classes and scaling are training's business (shards keep every row, raw).
+PREPARE_KEYS = ("data.labels_path", "data.label_column", "data.limit")
+
+
 @app.command()
 @reports_errors
 def prepare(
@@ -426,8 +430,9 @@ def prepare(
 
     raw: dict[str, Any] = {"data": {"source": source}}
     for override in overrides or []:
-        if not override.startswith("data."):
-            raise ConfigError(f"--set {override!r}: prepare accepts data.KEY=VALUE overrides only")
+        key = override.partition("=")[0].strip()
+        if key not in PREPARE_KEYS:
+            raise ConfigError(f"--set {override!r}: prepare takes {', '.join(PREPARE_KEYS)} (the source is SOURCE)")
         apply_override(raw, override)
     console = _console()
     try:

@@ -62,12 +62,20 @@ class Scaling:
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Scaled float32 rows in a buffer TensorFlow can use without copying (see aligned_empty)."""
         out = aligned_empty(x.shape, np.dtype(np.float32))
-        np.subtract(x, self.offset, out=out, casting="unsafe")
-        np.divide(out, self.scale, out=out, casting="unsafe")
+        offset, scale = self._shaped(x)
+        np.subtract(x, offset, out=out, casting="unsafe")
+        np.divide(out, scale, out=out, casting="unsafe")
         return out
 
     def invert(self, x: np.ndarray) -> np.ndarray:
-        return x * self.scale + self.offset
+        offset, scale = self._shaped(x)
+        return x * scale + offset
+
+    def _shaped(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-feature statistics (minmax) are stored flat; images need them in their own shape."""
+        if self.offset.ndim == 1 and x.ndim > 2:
+            return self.offset.reshape(x.shape[1:]), self.scale.reshape(x.shape[1:])
+        return self.offset, self.scale
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "offset": self.offset.tolist(), "scale": self.scale.tolist()}
@@ -269,6 +277,16 @@ def _read_path(
         labels = _read_labels(labels_path) if labels_path else _read_sibling_idx_labels(path)
         return RawData(read_idx(path), labels, None, None)
     raise DataError(f"data.source: unsupported file {path.name}; expected an IDX file (.gz or raw), .npz, .npy or .csv")
+
+
+def with_absolute_paths(cfg: DataConfig) -> DataConfig:
+    """`cfg` with a relative source (and labels) path made absolute, when it names a file here."""
+    update: dict[str, Any] = {}
+    if cfg.source not in BUILTIN_SOURCES and Path(cfg.source).exists():
+        update["source"] = str(Path(cfg.source).resolve())
+    if cfg.labels_path is not None and cfg.labels_path.exists():
+        update["labels_path"] = cfg.labels_path.resolve()
+    return cfg.model_copy(update=update)
 
 
 def is_shard_source(source: str) -> bool:

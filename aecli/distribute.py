@@ -50,15 +50,25 @@ def read_cluster_task(environ: dict[str, str] | None = None) -> ClusterTask:
         spec = json.loads(text)
         cluster, task = spec["cluster"], spec["task"]
         kind, index = str(task["type"]), int(task["index"])
-        members = {name: list(addresses) for name, addresses in cluster.items()}
+        members = {name: _addresses(name, addresses) for name, addresses in cluster.items()}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ConfigError(
-            f"TF_CONFIG is not a cluster spec ({type(exc).__name__}: {exc}); expected e.g. {TF_CONFIG_EXAMPLE}"
-        ) from None
+        reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        raise ConfigError(f"TF_CONFIG is not a cluster spec ({reason}); expected e.g. {TF_CONFIG_EXAMPLE}") from None
     if kind not in members or not 0 <= index < len(members[kind]):
         raise ConfigError(f"TF_CONFIG: task {kind}:{index} is not in its cluster ({', '.join(members)})")
     workers = len(members.get("chief", [])) + len(members.get("worker", []))
     return ClusterTask(kind, index, workers, has_chief="chief" in members)
+
+
+def _addresses(job: str, addresses: Any) -> list[str]:
+    """A job's `host:port` list, checked here rather than by TensorFlow's less helpful errors."""
+    if not isinstance(addresses, list) or not all(isinstance(address, str) for address in addresses):
+        raise ValueError(f'cluster.{job} must be a list of "host:port" strings, got {addresses!r}')
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"cluster.{job}: {address!r} is not host:port")
+    return addresses
 
 
 def writes_run(cfg: DistributeConfig) -> bool:

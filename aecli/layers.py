@@ -146,9 +146,11 @@ class MultiWorkerTrainer(keras.Model):
     Only checkpoints hold this wrapper; the run's model.keras is the autoencoder itself.
     """
 
-    def __init__(self, autoencoder: keras.Model, **kwargs: Any) -> None:
+    def __init__(self, autoencoder: keras.Model, shaped_logs: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.autoencoder = autoencoder
+        # Keras reduces "along axis 0" only in a cluster of several workers; alone, it keeps scalars.
+        self.shaped_logs = shaped_logs
 
     def call(self, inputs: Any, training: bool = False) -> Any:
         return self.autoencoder(inputs, training=training)
@@ -162,10 +164,13 @@ class MultiWorkerTrainer(keras.Model):
         return super().compute_loss(x, y, y_pred, sample_weight, training)
 
     def train_step(self, data: Any) -> Any:
-        return {name: ops.reshape(value, (1,)) for name, value in super().train_step(data).items()}
+        return self._shaped(super().train_step(data))
 
     def test_step(self, data: Any) -> Any:
-        return {name: ops.reshape(value, (1,)) for name, value in super().test_step(data).items()}
+        return self._shaped(super().test_step(data))
+
+    def _shaped(self, logs: dict[str, Any]) -> dict[str, Any]:
+        return {name: ops.reshape(value, (1,)) for name, value in logs.items()} if self.shaped_logs else logs
 
     @property
     def metrics(self) -> list[Any]:
@@ -178,6 +183,7 @@ class MultiWorkerTrainer(keras.Model):
             "name": self.name,
             "trainable": self.trainable,
             "autoencoder": keras.saving.serialize_keras_object(self.autoencoder),
+            "shaped_logs": self.shaped_logs,
         }
 
     @classmethod

@@ -156,8 +156,10 @@ def open_trained_run(run_dir: Path) -> TrainedRun:
     return TrainedRun(run_dir, info, config, scaling, sample_shape, metrics)
 
 
-def load_model(path: Path) -> Any:
-    """Load a `.keras` file with safe mode on: a file carrying code (a Lambda layer) is refused."""
+def load_model(path: Path, compile: bool = True) -> Any:
+    """Load a `.keras` file with safe mode on: a file carrying code (a Lambda layer) is refused.
+
+    `compile=False` skips the optimizer state: what inference (evaluate, reconstruct) loads."""
     from aecli.backend import import_tensorflow
 
     import_tensorflow()
@@ -166,7 +168,7 @@ def load_model(path: Path) -> Any:
     import aecli.layers  # noqa: F401  (registers aecli's custom objects for VAE and sparse models)
 
     try:
-        return keras.saving.load_model(path, safe_mode=True)
+        return keras.saving.load_model(path, safe_mode=True, compile=compile)
     except Exception as exc:  # Keras raises many types for corrupt, foreign or unsafe files
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise RunError(f"model file {path} failed to load: {reason}") from None

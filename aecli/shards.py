@@ -110,6 +110,9 @@ def _open_manifest(root: Path) -> ShardSet:
                 raise DataError(f"{root}: shard {file} listed in {MANIFEST} is missing")
         if encoding == "npy":
             splits[name] = _npy_split(root, [root / file for file, _ in shards], row_shape, dtype)
+            for shard, (_, rows) in zip(splits[name].shards, shards, strict=True):
+                if shard.rows != rows:
+                    raise DataError(f"{shard.path}: holds {shard.rows} rows, {MANIFEST} says {rows}")
             continue
         files, first = [], 0
         for file, rows in shards:
@@ -437,7 +440,7 @@ def _npy_blocks(
 
 
 def _tfrecord_blocks(
-    shards: ShardSet, split: ShardSplit, rng: np.random.Generator | None
+    shards: ShardSet, split: ShardSplit, rng: np.random.Generator | None, limit: int | None = None
 ) -> Iterator[tuple[int, np.ndarray]]:
     from aecli.backend import import_tensorflow
 
@@ -446,7 +449,8 @@ def _tfrecord_blocks(
     spec = {"x": tf.io.FixedLenFeature([], tf.string)}
     for position in order:
         shard = split.shards[position]
-        records = tf.data.TFRecordDataset(str(shard.path)).batch(BLOCK_ROWS)
+        records = tf.data.TFRecordDataset(str(shard.path))
+        records = (records if limit is None else records.take(limit)).batch(BLOCK_ROWS)
         first = shard.first
         try:
             for block in records:
@@ -459,7 +463,7 @@ def _tfrecord_blocks(
         except tf.errors.OpError as exc:
             reason = re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:.*$", "", exc.message.splitlines()[0]).strip()
             raise DataError(f"{shard.path}: cannot read it as TFRecord shards ({reason})") from None
-        if first != shard.first + shard.rows:
+        if limit is None and first != shard.first + shard.rows:
             raise DataError(f"{shard.path}: holds {first - shard.first} rows, its manifest says {shard.rows}")
 
 
@@ -474,6 +478,8 @@ def open_sharded(cfg: DataConfig, seed: int) -> ShardedData:
         )
     if cfg.classes is not None and shards.splits["train"].labels is None:
         raise DataError("data.classes: the source has no labels to filter on")
+    if shards.encoding == "tfrecord":
+        _check_first_records(shards)
     data = ShardedData(shards, cfg, seed)
     data.counts = {part: data.count(part) for part in ("train", "validation", "test")}
     own_test = "test" in shards.splits
@@ -502,6 +508,16 @@ def open_sharded(cfg: DataConfig, seed: int) -> ShardedData:
     scaled = data.scaling.apply(np.stack([low, high]).astype(np.float32))
     data.scaled_range = (float(scaled.min()), float(scaled.max()))
     return data
+
+
+def _check_first_records(shards: ShardSet) -> None:
+    """Read one record of every TFRecord shard: a file that is not one fails here, before a run
+    starts (damage further in is found while streaming, and also named)."""
+    for split in shards.splits.values():
+        for shard in split.shards:
+            first = next(_tfrecord_blocks(shards, ShardSplit((shard,), shard.rows, None), None, limit=1), None)
+            if first is None and shard.rows:
+                raise DataError(f"{shard.path}: holds no rows, its manifest says {shard.rows}")
 
 
 def _check_finite(flat: np.ndarray, source: str, part: str) -> None:

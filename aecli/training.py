@@ -18,6 +18,7 @@ import numpy as np
 from aecli.backend import import_tensorflow
 from aecli.config import LossConfig, LRScheduleConfig, NoiseConfig, OptimizerConfig, TrainingConfig
 from aecli.data import TENSOR_ALIGNMENT, aligned_empty
+from aecli.distribute import read_cluster_task
 from aecli.errors import DataError, TrainingDivergedError
 from aecli.interrupts import pending_interrupt
 from aecli.layers import MultiWorkerTrainer, VariationalAutoencoder
@@ -276,7 +277,11 @@ def fit_autoencoder(
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         keras_optimizer = model.optimizer if resume is not None else build_optimizer(optimizer, learning_rate)
         # The wrapper keeps the model's dtype policy, so that mixed precision still gets loss scaling.
-        trained = MultiWorkerTrainer(model, dtype=model.dtype_policy) if inputs_only else model
+        trained = (
+            MultiWorkerTrainer(model, shaped_logs=read_cluster_task().workers > 1, dtype=model.dtype_policy)
+            if inputs_only
+            else model
+        )
         if isinstance(model, VariationalAutoencoder):
             trained.compile(optimizer=keras_optimizer, **speed)  # its own loss: see layers.py
         else:

@@ -182,6 +182,31 @@ def test_tf_config_mistakes_are_one_line_config_errors() -> None:
 
 
 @pytest.mark.parametrize(
+    ("cluster", "message"),
+    [({"worker": "a:1"}, "must be a list"), ({"worker": ["nohost:abc"]}, "is not host:port")],
+)
+def test_tf_config_addresses_are_checked(cluster: dict, message: str) -> None:
+    spec = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}})
+    with pytest.raises(ConfigError, match=message):
+        read_cluster_task({"TF_CONFIG": spec})
+
+
+@pytest.mark.slow
+def test_a_cluster_of_one_worker_trains(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"training": {"epochs": 2}})
+    spec = {"cluster": {"worker": [f"localhost:{free_port()}"]}, "task": {"type": "worker", "index": 0}}
+    done = subprocess.run(
+        [sys.executable, "-m", "aecli", "train", str(config), "--runs-dir", str(tmp_path / "runs"), *WORKER],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CONFIG": json.dumps(spec)},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(losses(last_line(done.stdout))) == 2
+
+
+@pytest.mark.parametrize(
     ("cluster", "task", "chief"),
     [
         ({"worker": ["a:1", "b:1"]}, ("worker", 0), True),

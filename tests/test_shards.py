@@ -180,7 +180,7 @@ def test_full_batch_gd_is_refused_on_a_streamed_folder(cli, tiny_config, tmp_pat
 
 def test_prepare_rejects_other_sections_and_bad_formats(cli, tmp_path: Path) -> None:
     result = cli("prepare", "digits", tmp_path / "out", "--set", "model.latent_dim=3")
-    assert result.exit_code == 2 and "data.KEY=VALUE overrides only" in result.stderr
+    assert result.exit_code == 2 and "prepare takes data.labels_path" in result.stderr
     result = cli("prepare", "digits", tmp_path / "out", "--format", "parquet")
     assert result.exit_code == 2 and "expected one of tfrecord, npy" in result.stderr
     assert not (tmp_path / "out").exists()
@@ -213,6 +213,7 @@ def test_a_corrupt_tfrecord_shard_found_while_training_is_a_one_line_error(cli, 
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("error: ") and "train-00001-of-00003.tfrecord" in result.stderr
     assert "corrupted record" in result.stderr and "{{" not in result.stderr
+    assert not list((tmp_path / "runs").iterdir())  # no epoch finished: the new run is not kept
     assert len(result.stderr.strip().splitlines()) == 1
 
 
@@ -233,3 +234,36 @@ def test_reading_a_shard_folder_into_memory_honours_the_limit(tmp_path: Path) ->
     raw = read_shards_into_memory(prepared(tmp_path, "npy"), limit=450)
     assert raw.x_train.shape == (450, 6) and raw.y_train is not None and len(raw.y_train) == 450
     np.testing.assert_array_equal(raw.x_train[:, 0], np.arange(450))
+
+
+def test_a_file_that_is_no_tfrecord_is_refused_before_a_run_starts(cli, tiny_config, tmp_path: Path) -> None:
+    out = prepared(tmp_path, "tfrecord")
+    (out / "train-00002-of-00004.tfrecord").write_bytes(np.random.default_rng(0).bytes(5000))
+    result = cli("train", tiny_config({"data": {"source": str(out)}}), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and "train-00002-of-00004.tfrecord" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_per_feature_scaling_of_images_streamed_and_in_memory(cli, tiny_config, tmp_path: Path) -> None:
+    out = cli("prepare", "digits", tmp_path / "digits", "--format", "npy")
+    assert out.exit_code == 0, out.output
+    for source in ("digits", str(tmp_path / "digits")):
+        config = tiny_config({"data": {"source": source, "scaling": "minmax"}, "training": {"epochs": 1}})
+        result = cli("train", config, "--runs-dir", tmp_path / "runs", "--quiet")
+        assert result.exit_code == 0, result.output
+
+
+def test_runs_record_absolute_data_paths_and_prepare_takes_only_its_keys(
+    cli, tiny_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = prepared(tmp_path, "npy")
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config({"data": {"source": source.name}, "training": {"epochs": 1}})
+    trained = cli("train", config, "--runs-dir", tmp_path / "runs", "--quiet")
+    assert trained.exit_code == 0, trained.output
+    run = Path(trained.stdout.strip().splitlines()[-1])
+    assert f"source: {source}" in (run / "config.yaml").read_text()
+    monkeypatch.chdir(run)
+    assert cli("evaluate", run).exit_code == 0  # found from another folder
+    refused = cli("prepare", "digits", tmp_path / "other", "--set", "data.source=mnist")
+    assert refused.exit_code == 2 and "the source is SOURCE" in refused.stderr

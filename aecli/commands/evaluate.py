@@ -84,8 +84,8 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
     out_dir = check_new_output_dir(request.out)
     evaluated = _evaluated_data(run, request)
 
-    model = load_model(run.path / "model.keras")
-    encoder = load_model(run.path / "encoder.keras")
+    model = load_model(run.path / "model.keras", compile=False)
+    encoder = load_model(run.path / "encoder.keras", compile=False)
     reconstructions = predict_batched(model, evaluated.x)
     metrics, errors = reconstruction_report(evaluated.x, reconstructions, evaluated.labels, evaluated.label_names)
     if request.score not in errors:
@@ -160,7 +160,7 @@ def _evaluated_data(run: TrainedRun, request: EvaluateRequest) -> _Evaluated:
     else:
         cfg = _data_config(run, request.data, request.data_overrides)
         x, y, names = _load_option(cfg, run, "--data")
-        evaluated = _Evaluated(x, y, names, f"every row of {request.data}")
+        evaluated = _Evaluated(x, y, names, f"all rows of {request.data}")
 
     normal_classes = request.normal_classes
     if normal_classes is None and request.anomaly_data is None and run.config.data.classes is not None:

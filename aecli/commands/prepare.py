@@ -71,6 +71,7 @@ def prepare_shards(
         }
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         os.rename(partial, out_dir)
+        out_dir = out_dir.resolve()
     except OSError as exc:
         shutil.rmtree(partial, ignore_errors=True)
         raise RunError(f"{out_dir}: writing the shards failed ({exc.strerror or exc}); nothing was kept") from None

@@ -78,9 +78,9 @@ def reconstruct(request: ReconstructRequest) -> ReconstructOutcome:
         raise EvaluationError(f"--noise {noise}: needs inputs scaled to [0, 1], and this run's data is not")
     fed = corrupt(clean, noise, np.random.default_rng(request.seed)) if noise else clean
 
-    model = load_model(run.path / "model.keras")
+    model = load_model(run.path / "model.keras", compile=False)
     reconstructions = predict_batched(model, fed)
-    codes = predict_batched(load_model(run.path / "encoder.keras"), fed) if request.save_latent else None
+    codes = predict_batched(load_model(run.path / "encoder.keras", compile=False), fed) if request.save_latent else None
     after = per_sample_errors(clean, reconstructions)["mse"]
     before = per_sample_errors(clean, fed)["mse"] if noise else None
 

@@ -21,9 +21,9 @@ import numpy as np
 import aecli
 from aecli.backend import import_tensorflow, select_backend
 from aecli.config import AecliConfig, config_to_yaml, load_config
-from aecli.data import Dataset, is_shard_source, load_dataset
+from aecli.data import Dataset, is_shard_source, load_dataset, with_absolute_paths
 from aecli.distribute import check_mixed_precision, mixed_precision_policy, replicas, start_strategy, writes_run
-from aecli.errors import ConfigError, RunError, TrainingDivergedError
+from aecli.errors import ConfigError, DataError, RunError, TrainingDivergedError
 from aecli.evaluation import (
     PREDICT_BATCH_SIZE,
     error_statistics,
@@ -71,6 +71,8 @@ def train_run(
     select_backend(config.runtime.backend)
     strategy = start_strategy(config.training.distribute)  # before anything else touches TensorFlow
     chief = writes_run(config.training.distribute)
+    # Saved with absolute paths, so evaluate/reconstruct find the data from any folder.
+    config = config.model_copy(update={"data": with_absolute_paths(config.data)})
     dataset = _training_data(config)
     _check_loss_matches_data(config, dataset)
     plan = plan_autoencoder(config.model, dataset.sample_shape)
@@ -170,6 +172,14 @@ def _run_guarded(
         raise
     except TrainingDivergedError as exc:
         update_run_info(run_dir, status="failed", finished=now_iso(), error=str(exc))
+        raise
+    except DataError:
+        # Bad data met while streaming a shard folder: a new run with no finished epoch holds
+        # nothing worth keeping, so it goes, as if the data had been refused before it started.
+        if not resume and read_resume_state(run_dir) is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:
+            update_run_info(run_dir, status="failed", finished=now_iso(), error="bad data while training")
         raise
     except BaseException as exc:
         update_run_info(run_dir, status="failed", finished=now_iso(), error=f"{type(exc).__name__}: {exc}")

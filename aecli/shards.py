@@ -415,9 +415,9 @@ class Stream:
             batches = batches.enumerate().map(noisy)
         elif not inputs_only:
             batches = batches.map(lambda x: (x, x))
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        return batches.prefetch(2).with_options(options)
+        from aecli.training import with_data_sharding  # only training streams: Keras is loaded by then
+
+        return with_data_sharding(batches.prefetch(2))
 
 
 def _npy_blocks(

@@ -135,3 +135,22 @@ def test_the_fast_pipeline_shares_the_training_array_instead_of_copying_it() -> 
     copied = tensor_view(unaligned)
     unaligned[0, 0] = 7.0
     assert float(copied[0, 0]) == 0.0 and copied.shape == (16, 3)  # copied once into an aligned buffer
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the resident set size from /proc")
+def test_iterating_the_fast_pipeline_does_not_copy_the_training_array() -> None:
+    """tf.data's default graph rewrites would serialize the pipeline with the captured array in it."""
+    from aecli.data import aligned_empty
+    from aecli.training import reconstruction_pipeline
+
+    def resident_mib() -> float:
+        line = next(row for row in Path("/proc/self/status").read_text().splitlines() if row.startswith("VmRSS"))
+        return int(line.split()[1]) / 1024
+
+    rows = aligned_empty((32_768, 1024), np.dtype(np.float32))  # 128 MiB
+    rows[...] = 0.5
+    before = resident_mib()
+    batches = iter(reconstruction_pipeline(rows, rows, 256, shuffle=True, seed=0))
+    batch_in, batch_out = next(batches)
+    assert batch_in.shape == (256, 1024) and float(batch_out[0, 0]) == 0.5
+    assert resident_mib() - before < 64

@@ -143,13 +143,18 @@ def reconstruction_pipeline(
     batches = indices.batch(batch_size).map(gather, num_parallel_calls=PIPELINE_THREADS, deterministic=True)
     if inputs_only:
         batches = batches.map(lambda batch_in, batch_out: batch_in)
-    # Fixed settings instead of tf.data's tuning: its default graph rewrites serialize the
-    # pipeline with the captured array in it (a second copy of the data in memory), and its
-    # autotuner, competing with training for the cores, made one epoch in three ~60% slower.
+    return with_data_sharding(untuned(batches.prefetch(PIPELINE_PREFETCH)))
+
+
+def untuned(dataset: Any) -> Any:
+    """Fixed settings instead of tf.data's tuning: its default graph rewrites serialize the
+    pipeline with any captured array in it (a second copy of the data in memory), and its
+    autotuner, competing with training for the cores, made one epoch in three ~60% slower."""
+    tf = import_tensorflow()
     options = tf.data.Options()
     options.experimental_optimization.apply_default_optimizations = False
     options.autotune.enabled = False
-    return with_data_sharding(batches.prefetch(PIPELINE_PREFETCH).with_options(options))
+    return dataset.with_options(options)
 
 
 def tensor_view(array: np.ndarray) -> Any:
@@ -171,6 +176,69 @@ def with_data_sharding(dataset: Any) -> Any:
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
+
+
+def step_blocks(rows: int, batch_size: int, block_steps: int, shuffle: bool, seed: int) -> Any:
+    """One epoch of training batches as row-index blocks for `fused_train_function`.
+
+    The epoch's order is the same as `reconstruction_pipeline`'s (seeded shuffle of the row
+    indices, reshuffled every epoch, cut into batches); full batches come `block_steps` at a time
+    as ([block_steps, batch_size] indices, number of real steps), the last block padded, so
+    that one compiled program serves them all; a final short batch comes alone, as ([1, rest], 1).
+    """
+    tf = import_tensorflow()
+    full, rest = divmod(rows, batch_size)
+    order = tf.data.Dataset.range(rows)
+    if shuffle:
+        order = order.shuffle(rows, seed=seed, reshuffle_each_iteration=True)
+
+    def blocks(epoch_order: Any) -> Any:
+        epoch_order = tf.cast(epoch_order, tf.int32)
+        batches = tf.reshape(epoch_order[: full * batch_size], (full, batch_size))
+
+        def padded(block: Any) -> tuple[Any, Any]:
+            steps = tf.shape(block)[0]
+            block = tf.pad(block, [[0, block_steps - steps], [0, 0]])
+            return tf.ensure_shape(block, (block_steps, batch_size)), steps
+
+        fulls = tf.data.Dataset.from_tensor_slices(batches).batch(block_steps).map(padded)
+        if not rest:
+            return fulls
+        return fulls.concatenate(tf.data.Dataset.from_tensors((epoch_order[None, full * batch_size :], 1)))
+
+    count = math.ceil(full / block_steps) + (1 if rest else 0)
+    epochs = order.batch(rows).flat_map(blocks)
+    return untuned(epochs.apply(tf.data.experimental.assert_cardinality(count)).prefetch(2))
+
+
+def fused_train_function(model: keras.Model, x: np.ndarray, jit_compile: bool) -> Any:
+    """A replacement for Keras's train function that runs a whole block of steps (see
+    `step_blocks`) as one compiled program, gathering each batch from the training array inside
+    it. Keras's own multi-step loop calls a separately compiled step, and fetches a batch, for
+    every step: on small dense models that costs as much as the arithmetic. Each step is still
+    the model's own `train_step`, so losses, metrics and optimizer updates are Keras's."""
+    tf = import_tensorflow()
+    rows = tensor_view(x)
+    if not model.optimizer.built:  # variables made while tracing would cost a second trace
+        model.optimizer.build(model.trainable_variables)
+
+    signature = [tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((), tf.int32)]
+
+    @tf.function(jit_compile=jit_compile, input_signature=signature)
+    def run_block(block: Any, steps: Any) -> Any:
+        def one_step(step: Any) -> Any:
+            batch = tf.gather(rows, block[step])
+            model.train_step((batch, batch))
+            return step + 1
+
+        tf.while_loop(lambda step: step < steps, one_step, [tf.constant(0)])
+        return model.get_metrics_result()
+
+    def train_function(iterator: Any) -> Any:
+        block, steps = next(iterator)
+        return run_block(block, steps)
+
+    return train_function
 
 
 class NoisyBatches(keras.utils.PyDataset):
@@ -239,9 +307,10 @@ class _ReturnFreedMemory(keras.callbacks.Callback):
 class _HistoryRecorder(keras.callbacks.Callback):
     """Per-epoch loss, validation loss, learning rate and wall seconds, streamed to the reporter."""
 
-    def __init__(self, epochs: int, steps: int, reporter: ProgressReporter | None) -> None:
+    def __init__(self, epochs: int, steps: int, reporter: ProgressReporter | None, steps_per_batch: int = 1) -> None:
         super().__init__()
         self.epochs, self.steps, self.reporter = epochs, steps, reporter
+        self.steps_per_batch = steps_per_batch  # what Keras calls a batch may be a block of steps
         self.rows: list[dict[str, float]] = []
         self._started = 0.0
 
@@ -253,7 +322,8 @@ class _HistoryRecorder(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self.reporter:
             loss = (logs or {}).get("loss")
-            self.reporter.step_finished(batch + 1, None if loss is None else float(loss))
+            step = min((batch + 1) * self.steps_per_batch, self.steps)
+            self.reporter.step_finished(step, None if loss is None else float(loss))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
@@ -302,6 +372,19 @@ def fit_autoencoder(
         "jit_compile": training.jit_compile and not distributed,
     }
     inputs_only = training.distribute.strategy == "multi_worker"
+    # Blocks of steps as single compiled programs (see fused_train_function): Keras then counts
+    # one "step" per block.
+    fused = (
+        isinstance(x_train, np.ndarray)
+        and training.input_pipeline == "tensor"
+        and training.noise is None
+        and not distributed
+        and speed["steps_per_execution"] > 1
+        and keras.backend.backend() == "tensorflow"
+    )
+    block_steps = speed["steps_per_execution"]
+    if fused:
+        speed["steps_per_execution"] = 1
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         keras_optimizer = model.optimizer if resume is not None else build_optimizer(optimizer, learning_rate)
         # The wrapper keeps the model's dtype policy, so that mixed precision still gets loss scaling.
@@ -317,7 +400,7 @@ def fit_autoencoder(
     monitor = "val_loss" if x_val is not None else "loss"
     if training.early_stopping is not None:
         monitor = training.early_stopping.monitor
-    recorder = _HistoryRecorder(training.epochs, steps, reporter)
+    recorder = _HistoryRecorder(training.epochs, steps, reporter, block_steps if fused else 1)
     callbacks: list[keras.callbacks.Callback] = [recorder, _StopOnNonFiniteLoss(), _ReturnFreedMemory()]
     if resume is not None:
         recorder.rows = list(resume.history)
@@ -334,6 +417,13 @@ def fit_autoencoder(
             validation = x_val.dataset(VALIDATION_BATCH_SIZE, False, training.seed + 1, inputs_only, noise, True)
     else:
         train_data, validation = _in_memory_feeds(x_train, x_val, batch_size, shuffle, training, inputs_only)
+        if fused:
+            # A zero-epoch fit builds what Keras builds from a first batch (loss, metrics,
+            # optimizer state), which index blocks cannot provide; then the fused function replaces
+            # Keras's own train function, which fit keeps until the next compile.
+            trained.fit(x_train[:1], x_train[:1], epochs=0, verbose=0)
+            trained.train_function = fused_train_function(trained, x_train, speed["jit_compile"])
+            train_data = step_blocks(n_train, batch_size, block_steps, shuffle, training.seed)
 
     started = time.perf_counter()
     try:

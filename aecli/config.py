@@ -299,13 +299,14 @@ class TrainingConfig(_Section):
     noise: NoiseConfig | None = Field(None, description="denoising: corrupt the inputs (fresh each epoch), not targets")
     lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig)
     steps_per_execution: PositiveInt = Field(
-        64, description="training steps run per compiled call (capped at one epoch): hides per-step Python overhead"
+        64,
+        description="training steps run per compiled call (capped at one epoch): hides per-step framework overhead",
     )
     jit_compile: bool = Field(True, description="compile the training step with XLA")
     input_pipeline: Literal["tensor", "arrays", "keras"] = Field(
         "tensor",
-        description="tensor: tf.data gathering with tf.gather from a tensor sharing the arrays' memory (fastest); "
-        "arrays: gathering with numpy inside tf.data; keras: numpy arrays handed to fit",
+        description="tensor: batches gathered inside the compiled training program from a tensor sharing the "
+        "arrays' memory (fastest); arrays: gathering with numpy inside tf.data; keras: numpy arrays handed to fit",
     )
     distribute: DistributeConfig = Field(
         default_factory=DistributeConfig, description="tf.distribute: batch_size is the global batch over replicas"

@@ -9,6 +9,7 @@ import contextlib
 import ctypes
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -211,6 +212,14 @@ def step_blocks(rows: int, batch_size: int, block_steps: int, shuffle: bool, see
     return untuned(epochs.apply(tf.data.experimental.assert_cardinality(count)).prefetch(2))
 
 
+def steps_after_block(rows: int, batch_size: int, block_steps: int) -> Callable[[int], int]:
+    """How many training steps an epoch has taken after its `step_blocks` block number `block`."""
+    full = rows // batch_size
+    full_blocks = math.ceil(full / block_steps)
+    steps = math.ceil(rows / batch_size)
+    return lambda block: min((block + 1) * block_steps, full) if block < full_blocks else steps
+
+
 def fused_train_function(model: keras.Model, x: np.ndarray, jit_compile: bool) -> Any:
     """A replacement for Keras's train function that runs a whole block of steps (see
     `step_blocks`) as one compiled program, gathering each batch from the training array inside
@@ -307,10 +316,17 @@ class _ReturnFreedMemory(keras.callbacks.Callback):
 class _HistoryRecorder(keras.callbacks.Callback):
     """Per-epoch loss, validation loss, learning rate and wall seconds, streamed to the reporter."""
 
-    def __init__(self, epochs: int, steps: int, reporter: ProgressReporter | None, steps_per_batch: int = 1) -> None:
+    def __init__(
+        self,
+        epochs: int,
+        steps: int,
+        reporter: ProgressReporter | None,
+        steps_after: Callable[[int], int] | None = None,
+    ) -> None:
         super().__init__()
         self.epochs, self.steps, self.reporter = epochs, steps, reporter
-        self.steps_per_batch = steps_per_batch  # what Keras calls a batch may be a block of steps
+        # what Keras calls batch number n may be a block of steps
+        self.steps_after = steps_after or (lambda batch: batch + 1)
         self.rows: list[dict[str, float]] = []
         self._started = 0.0
 
@@ -322,8 +338,7 @@ class _HistoryRecorder(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self.reporter:
             loss = (logs or {}).get("loss")
-            step = min((batch + 1) * self.steps_per_batch, self.steps)
-            self.reporter.step_finished(step, None if loss is None else float(loss))
+            self.reporter.step_finished(self.steps_after(batch), None if loss is None else float(loss))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
@@ -367,10 +382,8 @@ def fit_autoencoder(
     # step per call (Keras 3.15's multi-step loop fails on distributed iterators); on the GPUs
     # a strategy is for, per-step overhead matters far less.
     distributed = strategy is not None
-    speed = {
-        "steps_per_execution": 1 if distributed else min(training.steps_per_execution, steps),
-        "jit_compile": training.jit_compile and not distributed,
-    }
+    steps_per_execution = 1 if distributed else min(training.steps_per_execution, steps)
+    jit_compile = training.jit_compile and not distributed
     inputs_only = training.distribute.strategy == "multi_worker"
     # Blocks of steps as single compiled programs (see fused_train_function): Keras then counts
     # one "step" per block.
@@ -379,12 +392,10 @@ def fit_autoencoder(
         and training.input_pipeline == "tensor"
         and training.noise is None
         and not distributed
-        and speed["steps_per_execution"] > 1
+        and steps_per_execution > 1
         and keras.backend.backend() == "tensorflow"
     )
-    block_steps = speed["steps_per_execution"]
-    if fused:
-        speed["steps_per_execution"] = 1
+    speed = {"steps_per_execution": 1 if fused else steps_per_execution, "jit_compile": jit_compile}
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         keras_optimizer = model.optimizer if resume is not None else build_optimizer(optimizer, learning_rate)
         # The wrapper keeps the model's dtype policy, so that mixed precision still gets loss scaling.
@@ -400,7 +411,8 @@ def fit_autoencoder(
     monitor = "val_loss" if x_val is not None else "loss"
     if training.early_stopping is not None:
         monitor = training.early_stopping.monitor
-    recorder = _HistoryRecorder(training.epochs, steps, reporter, block_steps if fused else 1)
+    progress = steps_after_block(n_train, batch_size, steps_per_execution) if fused else None
+    recorder = _HistoryRecorder(training.epochs, steps, reporter, progress)
     callbacks: list[keras.callbacks.Callback] = [recorder, _StopOnNonFiniteLoss(), _ReturnFreedMemory()]
     if resume is not None:
         recorder.rows = list(resume.history)
@@ -416,14 +428,16 @@ def fit_autoencoder(
         if isinstance(x_val, Stream):
             validation = x_val.dataset(VALIDATION_BATCH_SIZE, False, training.seed + 1, inputs_only, noise, True)
     else:
-        train_data, validation = _in_memory_feeds(x_train, x_val, batch_size, shuffle, training, inputs_only)
+        block_steps = steps_per_execution if fused else 0
+        train_data, validation = _in_memory_feeds(
+            x_train, x_val, batch_size, shuffle, training, inputs_only, block_steps
+        )
         if fused:
-            # A zero-epoch fit builds what Keras builds from a first batch (loss, metrics,
-            # optimizer state), which index blocks cannot provide; then the fused function replaces
-            # Keras's own train function, which fit keeps until the next compile.
+            # A zero-epoch fit builds what Keras builds from a first batch (loss, metrics), which
+            # index blocks cannot provide; then the fused function replaces Keras's own train
+            # function, which fit keeps until the next compile.
             trained.fit(x_train[:1], x_train[:1], epochs=0, verbose=0)
-            trained.train_function = fused_train_function(trained, x_train, speed["jit_compile"])
-            train_data = step_blocks(n_train, batch_size, block_steps, shuffle, training.seed)
+            trained.train_function = fused_train_function(trained, x_train, jit_compile)
 
     started = time.perf_counter()
     try:
@@ -477,10 +491,14 @@ def _in_memory_feeds(
     shuffle: bool,
     training: TrainingConfig,
     inputs_only: bool,
+    block_steps: int = 0,
 ) -> tuple[Any, Any]:
-    """What fit consumes for arrays: a tf.data pipeline, noisy batches, or the arrays themselves."""
+    """What fit consumes for arrays: index blocks for the fused train function (`block_steps`
+    steps each), a tf.data pipeline, noisy batches, or the arrays themselves."""
     train_data: Any = (x_train, x_train)  # "keras": let fit slice the arrays itself
-    if training.input_pipeline != "keras":
+    if block_steps:
+        train_data = step_blocks(len(x_train), batch_size, block_steps, shuffle, training.seed)
+    elif training.input_pipeline != "keras":
         train_data = reconstruction_pipeline(
             x_train, x_train, batch_size, shuffle, training.seed, training.input_pipeline, inputs_only
         )

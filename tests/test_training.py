@@ -154,3 +154,57 @@ def test_iterating_the_fast_pipeline_does_not_copy_the_training_array() -> None:
     batch_in, batch_out = next(batches)
     assert batch_in.shape == (256, 1024) and float(batch_out[0, 0]) == 0.5
     assert resident_mib() - before < 64
+
+
+def test_step_blocks_cover_every_row_once_per_epoch_in_padded_blocks() -> None:
+    from aecli.training import step_blocks
+
+    ordered = [(block.numpy().tolist(), int(steps)) for block, steps in step_blocks(10, 3, 2, False, 0)]
+    assert ordered == [([[0, 1, 2], [3, 4, 5]], 2), ([[6, 7, 8], [0, 0, 0]], 1), ([[9]], 1)]
+    blocks = step_blocks(100, 7, 4, True, 0)
+    epochs = []
+    for _ in range(2):
+        rows = [row for block, steps in blocks for batch in block.numpy()[: int(steps)] for row in batch]
+        assert sorted(rows) == list(range(100))
+        epochs.append(rows)
+    assert epochs[0] != epochs[1]  # reshuffled every epoch
+
+
+class StepRecorder:
+    """A progress reporter that keeps the step numbers it is told."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def epoch_started(self, *args: object) -> None: ...
+
+    def step_finished(self, step: int, loss: float | None) -> None:
+        self.steps.append(step)
+
+    def epoch_finished(self, *args: object) -> None: ...
+
+    def training_finished(self) -> None: ...
+
+
+def test_fused_blocks_train_like_kerass_own_loop(tmp_path: Path) -> None:
+    """Blocks of steps in one compiled call (with a padded block and a short last batch) take
+    the same steps as Keras's loop over the same batches, and report progress in steps."""
+    rows = np.random.default_rng(0).random((1000, 20)).astype(np.float32)  # 20 batches of 48, then 40 rows
+    runs = {}
+    for pipeline in ("tensor", "arrays"):  # tensor trains in fused blocks; arrays through Keras's loop
+        config = validate_config(
+            {
+                "model": {"encoder": [16], "latent_dim": 4},
+                "training": {"epochs": 3, "batch_size": 48, "steps_per_execution": 8, "input_pipeline": pipeline},
+            }
+        )
+        seed_everything(0)
+        model = build_autoencoder(config.model, (20,)).model
+        reporter = StepRecorder()
+        run_dir = tmp_path / pipeline
+        run_dir.mkdir()
+        result = fit_autoencoder(model, rows, None, config.training, config.optimizer, config.loss, run_dir, reporter)
+        assert int(model.optimizer.iterations) == 3 * 21
+        runs[pipeline] = ([row["loss"] for row in result.history], reporter.steps)
+    np.testing.assert_allclose(runs["tensor"][0], runs["arrays"][0], rtol=1e-5)
+    assert runs["tensor"][1] == [8, 16, 20, 21] * 3

@@ -305,7 +305,7 @@ class _ReturnFreedMemory(keras.callbacks.Callback):
         super().__init__()
         try:
             self.trim: Any = ctypes.CDLL(None).malloc_trim
-        except (OSError, AttributeError):  # not glibc: nothing to do
+        except (OSError, AttributeError, TypeError):  # not glibc: nothing to do
             self.trim = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -394,6 +394,9 @@ def fit_autoencoder(
         and not distributed
         and steps_per_execution > 1
         and keras.backend.backend() == "tensorflow"
+        # On a GPU the captured host array would be copied to the device by every call: there,
+        # Keras's loop moves only the batches. (Untested on GPUs; CPUs are where per-step cost hurts.)
+        and not import_tensorflow().config.list_physical_devices("GPU")
     )
     speed = {"steps_per_execution": 1 if fused else steps_per_execution, "jit_compile": jit_compile}
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
@@ -433,11 +436,9 @@ def fit_autoencoder(
             x_train, x_val, batch_size, shuffle, training, inputs_only, block_steps
         )
         if fused:
-            # A zero-epoch fit builds what Keras builds from a first batch (loss, metrics), which
-            # index blocks cannot provide; then the fused function replaces Keras's own train
-            # function, which fit keeps until the next compile.
-            trained.fit(x_train[:1], x_train[:1], epochs=0, verbose=0)
-            trained.train_function = fused_train_function(trained, x_train, jit_compile)
+            # Keras's fit keeps the train function it finds until the next compile; trained.jit_compile
+            # is the config's choice unless Keras found the model unfit for XLA.
+            trained.train_function = fused_train_function(trained, x_train, trained.jit_compile)
 
     started = time.perf_counter()
     try:
@@ -459,6 +460,8 @@ def fit_autoencoder(
         # A shard that fails while streaming: TensorFlow wraps the DataError raised in the reader.
         raise DataError(str(exc).split("DataError: ", 1)[1].splitlines()[0]) from None
     finally:
+        if fused:  # it takes index blocks and holds the training data: not for later fits
+            trained.train_function = None
         if reporter:
             reporter.training_finished()
     seconds = time.perf_counter() - started

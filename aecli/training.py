@@ -138,13 +138,21 @@ def reconstruction_pipeline(
         def gather(rows: Any) -> tuple[Any, Any]:
             return tf.gather(x, rows), tf.gather(y, rows)
 
-    indices = tf.data.Dataset.range(len(inputs))
-    if shuffle:
-        indices = indices.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
-    batches = indices.batch(batch_size).map(gather, num_parallel_calls=PIPELINE_THREADS, deterministic=True)
+    batches = (
+        epoch_order(len(inputs), shuffle, seed)
+        .batch(batch_size)
+        .map(gather, num_parallel_calls=PIPELINE_THREADS, deterministic=True)
+    )
     if inputs_only:
         batches = batches.map(lambda batch_in, batch_out: batch_in)
     return with_data_sharding(untuned(batches.prefetch(PIPELINE_PREFETCH)))
+
+
+def epoch_order(rows: int, shuffle: bool, seed: int) -> Any:
+    """Row indices in training order: a seeded shuffle, drawn afresh every epoch."""
+    tf = import_tensorflow()
+    order = tf.data.Dataset.range(rows)
+    return order.shuffle(rows, seed=seed, reshuffle_each_iteration=True) if shuffle else order
 
 
 def untuned(dataset: Any) -> Any:
@@ -182,20 +190,17 @@ def with_data_sharding(dataset: Any) -> Any:
 def step_blocks(rows: int, batch_size: int, block_steps: int, shuffle: bool, seed: int) -> Any:
     """One epoch of training batches as row-index blocks for `fused_train_function`.
 
-    The epoch's order is the same as `reconstruction_pipeline`'s (seeded shuffle of the row
-    indices, reshuffled every epoch, cut into batches); full batches come `block_steps` at a time
-    as ([block_steps, batch_size] indices, number of real steps), the last block padded, so
-    that one compiled program serves them all; a final short batch comes alone, as ([1, rest], 1).
+    The epoch's order is `epoch_order`, as in `reconstruction_pipeline`, cut into batches; full
+    batches come `block_steps` at a time as ([block_steps, batch_size] indices, number of real
+    steps), the last block padded, so that one compiled program serves them all; a final short
+    batch comes alone, as ([1, rest], 1).
     """
     tf = import_tensorflow()
     full, rest = divmod(rows, batch_size)
-    order = tf.data.Dataset.range(rows)
-    if shuffle:
-        order = order.shuffle(rows, seed=seed, reshuffle_each_iteration=True)
 
-    def blocks(epoch_order: Any) -> Any:
-        epoch_order = tf.cast(epoch_order, tf.int32)
-        batches = tf.reshape(epoch_order[: full * batch_size], (full, batch_size))
+    def blocks(order: Any) -> Any:
+        order = tf.cast(order, tf.int32)
+        batches = tf.reshape(order[: full * batch_size], (full, batch_size))
 
         def padded(block: Any) -> tuple[Any, Any]:
             steps = tf.shape(block)[0]
@@ -205,10 +210,10 @@ def step_blocks(rows: int, batch_size: int, block_steps: int, shuffle: bool, see
         fulls = tf.data.Dataset.from_tensor_slices(batches).batch(block_steps).map(padded)
         if not rest:
             return fulls
-        return fulls.concatenate(tf.data.Dataset.from_tensors((epoch_order[None, full * batch_size :], 1)))
+        return fulls.concatenate(tf.data.Dataset.from_tensors((order[None, full * batch_size :], 1)))
 
     count = math.ceil(full / block_steps) + (1 if rest else 0)
-    epochs = order.batch(rows).flat_map(blocks)
+    epochs = epoch_order(rows, shuffle, seed).batch(rows).flat_map(blocks)
     return untuned(epochs.apply(tf.data.experimental.assert_cardinality(count)).prefetch(2))
 
 

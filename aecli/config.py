@@ -302,7 +302,11 @@ class TrainingConfig(_Section):
         64,
         description="training steps run per compiled call (capped at one epoch): hides per-step framework overhead",
     )
-    jit_compile: bool = Field(True, description="compile the training step with XLA")
+    jit_compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="compile the training step with XLA; auto: on for dense models on a CPU and on GPUs, off for "
+        "convolutional models on a CPU (slower under XLA there); the resolved value is recorded in run.json",
+    )
     input_pipeline: Literal["tensor", "arrays", "keras"] = Field(
         "tensor",
         description="tensor: batches gathered inside the compiled training program from a tensor sharing the "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -47,3 +48,22 @@ def corrupt(x: np.ndarray, noise: NoiseSpec, rng: np.random.Generator) -> np.nda
     else:
         noisy = np.where(rng.random(x.shape) < noise.amount, 0.0, x)
     return np.clip(noisy, 0.0, 1.0).astype(np.float32)
+
+
+def corrupt_tensor(x: Any, noise: NoiseSpec, seed: Any) -> Any:
+    """`corrupt` with TensorFlow's stateless random ops, for use inside a compiled training step:
+    `seed` (two integers) picks the draw, so each step's noise is fresh and reproducible."""
+    from aecli.backend import import_tensorflow
+
+    tf = import_tensorflow()
+    shape = tf.shape(x)
+    first, second = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    if noise.kind == "gaussian":
+        noisy = x + tf.random.stateless_normal(shape, first, stddev=noise.amount, dtype=x.dtype)
+    elif noise.kind == "salt_pepper":
+        hit = tf.random.stateless_uniform(shape, first) < noise.amount
+        salt = tf.cast(tf.random.stateless_uniform(shape, second) < 0.5, x.dtype)
+        noisy = tf.where(hit, salt, x)
+    else:
+        noisy = tf.where(tf.random.stateless_uniform(shape, first) < noise.amount, tf.zeros_like(x), x)
+    return tf.clip_by_value(noisy, 0.0, 1.0)

@@ -18,19 +18,22 @@ import keras
 import numpy as np
 
 from aecli.backend import import_tensorflow
-from aecli.config import LossConfig, LRScheduleConfig, NoiseConfig, OptimizerConfig, TrainingConfig
+from aecli.compilation import JitDecision, resolve_jit_compile
+from aecli.config import LossConfig, LRScheduleConfig, OptimizerConfig, TrainingConfig
 from aecli.data import TENSOR_ALIGNMENT, aligned_empty
 from aecli.distribute import read_cluster_task
 from aecli.errors import DataError, TrainingDivergedError
 from aecli.interrupts import pending_interrupt
 from aecli.layers import MultiWorkerTrainer, VariationalAutoencoder
-from aecli.noise import NoiseSpec, corrupt
+from aecli.noise import NoiseSpec, corrupt, corrupt_tensor
 from aecli.runs import STATE_FILE, ResumeState, save_atomic, write_json_atomic
 from aecli.shards import Stream
 
 PIPELINE_THREADS = 2  # gathering a batch is a memory copy: two threads keep ahead of training
 PIPELINE_PREFETCH = 4  # batches ready ahead of the training step
 VALIDATION_BATCH_SIZE = 1024  # validation only runs forward passes: larger batches, same mean loss
+# Python sees Ctrl-C/SIGTERM only between compiled calls: a fused block is cut into calls of about this long.
+SECONDS_PER_CALL = 1.0
 KERAS_OPTIMIZERS: dict[str, str] = {
     "gd": "SGD",
     "sgd": "SGD",
@@ -225,43 +228,83 @@ def steps_after_block(rows: int, batch_size: int, block_steps: int) -> Callable[
     return lambda block: min((block + 1) * block_steps, full) if block < full_blocks else steps
 
 
-def fused_train_function(model: keras.Model, x: np.ndarray, jit_compile: bool) -> Any:
+def fused_train_function(
+    model: keras.Model, x: np.ndarray, jit_compile: bool, noise: NoiseSpec | None = None, seed: int = 0
+) -> Any:
     """A replacement for Keras's train function that runs a whole block of steps (see
     `step_blocks`) as one compiled program, gathering each batch from the training array inside
     it. Keras's own multi-step loop calls a separately compiled step, and fetches a batch, for
     every step: on small dense models that costs as much as the arithmetic. Each step is still
-    the model's own `train_step`, so losses, metrics and optimizer updates are Keras's."""
+    the model's own `train_step`, so losses, metrics and optimizer updates are Keras's. With
+    `noise` (denoising), each step's inputs are corrupted inside the program, drawn from `seed` and
+    the optimizer's step count: fresh every step and epoch, the same on a rerun.
+
+    A block runs as one or more calls of at most about `SECONDS_PER_CALL` each (the first call
+    takes a single step, then the count follows the measured step time), so that Ctrl-C and
+    SIGTERM, which Python only sees between calls, are honoured within seconds whatever the model.
+    """
     tf = import_tensorflow()
     rows = tensor_view(x)
     if not model.optimizer.built:  # variables made while tracing would cost a second trace
         model.optimizer.build(model.trainable_variables)
 
-    signature = [tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((), tf.int32)]
+    signature = [tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.int32)]
 
     @tf.function(jit_compile=jit_compile, input_signature=signature)
-    def run_block(block: Any, steps: Any) -> Any:
+    def run_steps(block: Any, start: Any, stop: Any) -> Any:
         def one_step(step: Any) -> Any:
             batch = tf.gather(rows, block[step])
-            model.train_step((batch, batch))
+            inputs = batch
+            if noise is not None:
+                draw = tf.stack([tf.constant(seed, tf.int64), tf.cast(model.optimizer.iterations, tf.int64)])
+                inputs = corrupt_tensor(batch, noise, draw)
+            model.train_step((inputs, batch))
             return step + 1
 
-        tf.while_loop(lambda step: step < steps, one_step, [tf.constant(0)])
+        tf.while_loop(lambda step: step < stop, one_step, [start])
         return model.get_metrics_result()
+
+    pace = CallPace()
 
     def train_function(iterator: Any) -> Any:
         block, steps = next(iterator)
-        return run_block(block, steps)
+        start, steps = 0, int(steps)
+        while True:
+            stop = min(steps, start + pace.steps_per_call)
+            started = time.perf_counter()
+            logs = run_steps(block, tf.constant(start), tf.constant(stop))
+            pace.observe(stop - start, time.perf_counter() - started)
+            if stop == steps:
+                return logs
+            _raise_pending_interrupt()
+            start = stop
 
     return train_function
+
+
+class CallPace:
+    """How many steps one compiled call may run so that it lasts about `SECONDS_PER_CALL`."""
+
+    def __init__(self) -> None:
+        self.steps_per_call = 1  # the first call also compiles: one step, then measured
+
+    def observe(self, steps: int, seconds: float) -> None:
+        self.steps_per_call = max(1, int(SECONDS_PER_CALL * steps / max(seconds, 1e-9)))
+
+
+def _raise_pending_interrupt() -> None:
+    interrupt = pending_interrupt()
+    if interrupt is not None:  # a signal whose exception native code swallowed
+        raise interrupt
 
 
 class NoisyBatches(keras.utils.PyDataset):
     """Denoising input: (corrupted batch, clean batch), with fresh noise and order every epoch."""
 
-    def __init__(self, x: np.ndarray, batch_size: int, noise: NoiseConfig, seed: int, shuffle: bool) -> None:
+    def __init__(self, x: np.ndarray, batch_size: int, noise: NoiseSpec, seed: int, shuffle: bool) -> None:
         super().__init__()
         self.x, self.batch_size, self.shuffle = x, batch_size, shuffle
-        self.noise = NoiseSpec(noise.kind, noise.amount)
+        self.noise = noise
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(x)) if shuffle else np.arange(len(x))
 
@@ -291,9 +334,7 @@ class _StopOnNonFiniteLoss(keras.callbacks.Callback):
     """Like keras.callbacks.TerminateOnNaN (NaN or inf), without printing to stdout."""
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        interrupt = pending_interrupt()
-        if interrupt is not None:  # a signal whose exception native code swallowed
-            raise interrupt
+        _raise_pending_interrupt()
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self.model.stop_training = True
@@ -356,6 +397,22 @@ class _HistoryRecorder(keras.callbacks.Callback):
             self.reporter.epoch_finished(epoch + 1, self.epochs, row)
 
 
+def choose_jit_compile(model: keras.Model, training: TrainingConfig, distributed: bool = False) -> JitDecision:
+    """`training.jit_compile` resolved for this model on this machine (see compilation.py)."""
+    backend = keras.backend.backend()
+    accelerator = backend == "tensorflow" and bool(import_tensorflow().config.list_physical_devices("GPU"))
+    return resolve_jit_compile(training.jit_compile, layer_kinds(model), backend, accelerator, distributed)
+
+
+def layer_kinds(model: keras.Layer) -> set[str]:
+    """The class names of every layer inside `model`, nested models (encoder, decoder) included."""
+    kinds = set()
+    for layer in getattr(model, "layers", []):
+        kinds.add(type(layer).__name__)
+        kinds |= layer_kinds(layer)
+    return kinds
+
+
 def fit_autoencoder(
     model: keras.Model,
     x_train: np.ndarray | Stream,
@@ -367,13 +424,15 @@ def fit_autoencoder(
     reporter: ProgressReporter | None = None,
     resume: ResumeState | None = None,
     strategy: Any = None,
+    jit: JitDecision | None = None,
 ) -> TrainingResult:
     """Compile `model` and fit it to reproduce its input; checkpoints and logs go under `run_dir`.
 
     With `resume`, `model` is the loaded last checkpoint: its optimizer (and state) is kept and
     training continues after `resume.epoch` finished epochs. With a tf.distribute `strategy`,
     `model` must have been built in its scope; `batch_size` is the global batch. `x_train` and
-    `x_val` are arrays, or Streams over shard folders (data larger than memory).
+    `x_val` are arrays, or Streams over shard folders (data larger than memory). `jit` is
+    `choose_jit_compile`'s decision, when the caller has already made (and recorded) it.
     """
     n_train = len(x_train) if isinstance(x_train, np.ndarray) else x_train.rows
     full_batch = optimizer.name == "gd"
@@ -381,21 +440,20 @@ def fit_autoencoder(
     steps = math.ceil(n_train / batch_size)
     assert optimizer.learning_rate is not None  # resolved by validation
     learning_rate = build_learning_rate(optimizer.learning_rate, training.lr_schedule, steps, training.epochs)
-    # The fast path: several steps per compiled call (XLA-compiled), so per-step framework
-    # overhead no longer dominates small dense models; callbacks still see every epoch.
-    # Under tf.distribute: no XLA (cross-replica reductions are not XLA-compiled on CPU), and one
-    # step per call (Keras 3.15's multi-step loop fails on distributed iterators); on the GPUs
-    # a strategy is for, per-step overhead matters far less.
+    # The fast path: several steps per compiled call (XLA-compiled where that is faster, see
+    # compilation.py), so per-step framework overhead no longer dominates small models;
+    # callbacks still see every epoch. Under tf.distribute: one step per call (Keras 3.15's
+    # multi-step loop fails on distributed iterators); on the GPUs a strategy is for, per-step
+    # overhead matters far less.
     distributed = strategy is not None
     steps_per_execution = 1 if distributed else min(training.steps_per_execution, steps)
-    jit_compile = training.jit_compile and not distributed
+    jit_compile = (jit or choose_jit_compile(model, training, distributed)).enabled
     inputs_only = training.distribute.strategy == "multi_worker"
     # Blocks of steps as single compiled programs (see fused_train_function): Keras then counts
     # one "step" per block.
     fused = (
         isinstance(x_train, np.ndarray)
         and training.input_pipeline == "tensor"
-        and training.noise is None
         and not distributed
         and steps_per_execution > 1
         and keras.backend.backend() == "tensorflow"
@@ -430,20 +488,20 @@ def fit_autoencoder(
 
     shuffle = training.shuffle and not full_batch
     validation: Any = None
+    noise = None if training.noise is None else NoiseSpec(training.noise.kind, training.noise.amount)
     if not isinstance(x_train, np.ndarray):
-        noise = None if training.noise is None else NoiseSpec(training.noise.kind, training.noise.amount)
         train_data: Any = x_train.dataset(batch_size, shuffle, training.seed, inputs_only, noise)
         if isinstance(x_val, Stream):
             validation = x_val.dataset(VALIDATION_BATCH_SIZE, False, training.seed + 1, inputs_only, noise, True)
     else:
         block_steps = steps_per_execution if fused else 0
         train_data, validation = _in_memory_feeds(
-            x_train, x_val, batch_size, shuffle, training, inputs_only, block_steps
+            x_train, x_val, batch_size, shuffle, training, inputs_only, noise, block_steps
         )
         if fused:
             # Keras's fit keeps the train function it finds until the next compile; trained.jit_compile
             # is the config's choice unless Keras found the model unfit for XLA.
-            trained.train_function = fused_train_function(trained, x_train, trained.jit_compile)
+            trained.train_function = fused_train_function(trained, x_train, trained.jit_compile, noise, training.seed)
 
     started = time.perf_counter()
     try:
@@ -499,6 +557,7 @@ def _in_memory_feeds(
     shuffle: bool,
     training: TrainingConfig,
     inputs_only: bool,
+    noise: NoiseSpec | None,
     block_steps: int = 0,
 ) -> tuple[Any, Any]:
     """What fit consumes for arrays: index blocks for the fused train function (`block_steps`
@@ -511,10 +570,10 @@ def _in_memory_feeds(
             x_train, x_train, batch_size, shuffle, training.seed, training.input_pipeline, inputs_only
         )
     x_val_input = x_val
-    if training.noise is not None:
-        train_data = NoisyBatches(x_train, batch_size, training.noise, training.seed, shuffle)
+    if noise is not None:
+        if not block_steps:  # the fused blocks draw their noise inside the compiled program
+            train_data = NoisyBatches(x_train, batch_size, noise, training.seed, shuffle)
         if x_val is not None:  # validate on fixed noisy inputs, so val_loss is comparable across epochs
-            noise = NoiseSpec(training.noise.kind, training.noise.amount)
             x_val_input = corrupt(x_val, noise, np.random.default_rng(training.seed + 1))
     if x_val is None:
         return train_data, None
@@ -548,7 +607,8 @@ class _EpochCheckpoint(keras.callbacks.Callback):
             save_atomic(self.folder / "best.keras", self.model.save)
         if self.save_last:
             save_atomic(self.folder / "last.keras", self.model.save)
-            state = {"epoch": epoch + 1, "history": self.recorder.rows, "best": self.best, "monitor": self.monitor}
+            best = self.best if math.isfinite(self.best) else None  # none yet when best checkpoints are off
+            state = {"epoch": epoch + 1, "history": self.recorder.rows, "best": best, "monitor": self.monitor}
             write_json_atomic(self.folder / STATE_FILE, state)
 
 

@@ -140,7 +140,10 @@ def test_two_workers_train_to_completion_and_only_the_chief_writes(kind: str, tm
     assert len(losses(run)) == 2 and ("kl_loss" in history) == (kind == "vae")
     import keras
 
-    assert keras.saving.load_model(run / "model.keras").name != "multi_worker_trainer"  # the autoencoder itself
+    from aecli.layers import custom_objects  # a VAE's classes, as the README tells users to pass
+
+    model = keras.saving.load_model(run / "model.keras", custom_objects=custom_objects())
+    assert model.name != "multi_worker_trainer"  # the autoencoder itself
 
 
 def test_mixed_precision_is_refused_without_a_gpu(cli, tiny_config, tmp_path: Path) -> None:

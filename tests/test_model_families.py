@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aecli.config import NoiseConfig, validate_config
+from aecli.config import validate_config
 from aecli.data import load_dataset
 from aecli.errors import ConfigError
 from aecli.models import build_autoencoder, count_parameters, plan_autoencoder
+from aecli.noise import NoiseSpec, corrupt, corrupt_tensor
 from aecli.training import NoisyBatches, fit_autoencoder, seed_everything
 
 BASE = {"data": {"limit": 300}, "training": {"epochs": 5, "batch_size": 32}, "optimizer": {"learning_rate": 0.005}}
@@ -95,12 +96,55 @@ def test_denoising_trains_on_every_noise(kind: str, digits: tuple, tmp_path: Pat
 
 def test_noisy_batches_corrupt_inputs_only_and_afresh_each_epoch() -> None:
     x = np.full((10, 4), 0.5, np.float32)
-    batches = NoisyBatches(x, 4, NoiseConfig(kind="gaussian", amount=0.1), seed=0, shuffle=True)
+    batches = NoisyBatches(x, 4, NoiseSpec("gaussian", 0.1), seed=0, shuffle=True)
     assert len(batches) == 3
     noisy, clean = batches[0]
     assert np.all(clean == 0.5) and not np.allclose(noisy, clean)
     batches.on_epoch_end()
     assert not np.allclose(batches[0][0], noisy)
+
+
+@pytest.mark.parametrize(("kind", "amount"), [("gaussian", 0.1), ("salt_pepper", 0.3), ("mask", 0.2)])
+def test_noise_drawn_inside_the_compiled_step_matches_numpys(kind: str, amount: float) -> None:
+    """The fused path's noise (TensorFlow, stateless) has the distribution of the numpy noise, is
+    reproducible from its seed, and differs from one step's seed to the next."""
+    import tensorflow as tf
+
+    x = np.full((200, 500), 0.5, np.float32)
+    spec = NoiseSpec(kind, amount)
+    graph = corrupt_tensor(tf.constant(x), spec, tf.constant([0, 7], tf.int64)).numpy()
+    numpy = corrupt(x, spec, np.random.default_rng(0))
+    for drawn in (graph, numpy):
+        changed = drawn != 0.5
+        if kind == "gaussian":
+            assert abs(float(np.std(drawn - x)) - amount) < 0.003 and abs(float(np.mean(drawn - x))) < 0.003
+        elif kind == "salt_pepper":
+            assert abs(changed.mean() - amount) < 0.01 and abs((drawn == 1).mean() - amount / 2) < 0.01
+        else:
+            assert abs((drawn == 0).mean() - amount) < 0.01 and not np.any(drawn[changed] != 0)
+    assert np.array_equal(graph, corrupt_tensor(tf.constant(x), spec, tf.constant([0, 7], tf.int64)).numpy())
+    assert not np.array_equal(graph, corrupt_tensor(tf.constant(x), spec, tf.constant([0, 8], tf.int64)).numpy())
+
+
+def test_denoising_in_fused_blocks_follows_kerass_loop(digits: tuple, tmp_path: Path) -> None:
+    """Fused blocks (noise drawn in the compiled program) and Keras's loop (NoisyBatches, numpy
+    noise) give the same loss curve to within the noise's own randomness."""
+    losses = {}
+    for pipeline in ("tensor", "arrays"):
+        config = validate_config(
+            {
+                "model": {"encoder": [32], "latent_dim": 8},
+                "training": {"epochs": 6, "noise": {"kind": "gaussian", "amount": 0.3}, "input_pipeline": pipeline},
+            }
+        )
+        seed_everything(0)
+        model = build_autoencoder(config.model, digits[0].shape[1:]).model
+        run_dir = tmp_path / pipeline
+        run_dir.mkdir()
+        result = fit_autoencoder(model, *digits, config.training, config.optimizer, config.loss, run_dir)
+        losses[pipeline] = np.array([[row["loss"], row["val_loss"]] for row in result.history])
+    assert losses["tensor"][-1, 0] < 0.7 * losses["tensor"][0, 0]
+    np.testing.assert_allclose(losses["tensor"], losses["arrays"], rtol=0.05)
 
 
 @pytest.mark.parametrize(

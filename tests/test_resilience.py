@@ -172,3 +172,35 @@ def test_signal_handlers_leave_a_flag_and_respect_an_ignored_ctrl_c() -> None:
         assert pending_interrupt() is None  # a later training in this process is not stopped by it
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_sigterm_stops_a_slow_conv_run_within_seconds(tmp_path: Path) -> None:
+    """A block of 62 steps of ~0.15 s (conv under forced XLA, the slowest case on a CPU) would keep
+    the signal waiting for ~9 s; the block is cut into calls of about a second instead."""
+    import numpy as np
+
+    images = np.random.default_rng(0).integers(0, 256, (10_000, 28, 28), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    config = write_config(
+        tmp_path,
+        {
+            "data": {"source": str(tmp_path / "images.npy"), "validation_split": 0.0},
+            "model": {"kind": "conv", "filters": [32, 32], "downsample": "maxpool", "latent_dim": 64},
+            "training": {"epochs": 50, "batch_size": 128, "jit_compile": True, "checkpoint": {"best": False}},
+        },
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aecli", "train", str(config), "--runs-dir", str(tmp_path / "runs"), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    wait_for_epoch(process, 1)
+    time.sleep(0.5)  # early in epoch 2's block
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert time.monotonic() - sent < 5
+    assert json.loads((only_run(tmp_path) / "run.json").read_text())["status"] == "interrupted"

@@ -210,3 +210,49 @@ def test_fused_blocks_train_like_kerass_own_loop(tmp_path: Path) -> None:
         runs[pipeline] = ([row["loss"] for row in result.history], reporter.steps)
     np.testing.assert_allclose(runs["tensor"][0], runs["arrays"][0], rtol=1e-5)
     assert runs["tensor"][1] == [8, 16, 20, 21] * 3
+
+
+def test_fused_blocks_cut_into_short_calls_train_the_same_steps(tmp_path: Path, monkeypatch) -> None:
+    """A block whose steps are slow runs as several calls (each checks for a pending interrupt
+    between them), taking exactly the steps one call would."""
+    import aecli.training
+
+    rows = np.random.default_rng(0).random((1000, 20)).astype(np.float32)
+    config = validate_config(
+        {
+            "model": {"encoder": [16], "latent_dim": 4},
+            "training": {"epochs": 2, "batch_size": 48, "steps_per_execution": 8},
+        }
+    )
+    losses = {}
+    for seconds in (60.0, 0.0):  # 0: every call takes a single step
+        monkeypatch.setattr(aecli.training, "SECONDS_PER_CALL", seconds)
+        seed_everything(0)
+        model = build_autoencoder(config.model, (20,)).model
+        run_dir = tmp_path / str(seconds)
+        run_dir.mkdir()
+        result = fit_autoencoder(model, rows, None, config.training, config.optimizer, config.loss, run_dir)
+        assert int(model.optimizer.iterations) == 2 * 21
+        losses[seconds] = [row["loss"] for row in result.history]
+    np.testing.assert_allclose(losses[0.0], losses[60.0], rtol=1e-5)
+
+
+def test_an_interrupt_stops_a_fused_block_between_its_calls(tmp_path: Path, monkeypatch) -> None:
+    import aecli.training
+
+    monkeypatch.setattr(aecli.training, "SECONDS_PER_CALL", 0.0)
+    checks = []
+
+    def interrupt_on_third_check() -> type[KeyboardInterrupt] | None:
+        checks.append(1)
+        return KeyboardInterrupt if len(checks) >= 3 else None
+
+    monkeypatch.setattr(aecli.training, "pending_interrupt", interrupt_on_third_check)
+    rows = np.random.default_rng(0).random((500, 20)).astype(np.float32)
+    config = validate_config(
+        {"model": {"encoder": [8], "latent_dim": 4}, "training": {"batch_size": 10, "steps_per_execution": 50}}
+    )
+    model = build_autoencoder(config.model, (20,)).model
+    with pytest.raises(KeyboardInterrupt):
+        fit_autoencoder(model, rows, None, config.training, config.optimizer, config.loss, tmp_path)
+    assert int(model.optimizer.iterations) == 3  # three one-step calls of the first 50-step block

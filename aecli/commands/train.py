@@ -241,7 +241,7 @@ def _train_and_report(
     import_tensorflow()
     import keras
 
-    from aecli.training import fit_autoencoder, seed_everything
+    from aecli.training import choose_jit_compile, fit_autoencoder, seed_everything
 
     seed_everything(config.training.seed)
     state = read_resume_state(run_dir) if resume else None
@@ -256,6 +256,8 @@ def _train_and_report(
         train_input: Any = dataset.stream("train")
     else:
         train_input, validation = dataset.x_train, dataset.x_val
+    jit = choose_jit_compile(autoencoder.model, config.training, distributed=strategy is not None)
+    update_run_info(run_dir, jit_compile=jit.to_dict())
     result = fit_autoencoder(
         autoencoder.model,
         train_input,
@@ -267,6 +269,7 @@ def _train_and_report(
         reporter,
         state,
         strategy,
+        jit,
     )
     for part in ("model", "encoder", "decoder"):
         save_atomic(run_dir / f"{part}.keras", getattr(autoencoder, part).save)

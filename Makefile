@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUNS ?= runs
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint typecheck check bench clean
+.PHONY: help install demo test test-isolated lint typecheck check bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,11 +24,17 @@ demo: $(STAMP) ## train on the bundled digits data, evaluate it, and print where
 	$(BIN)/aecli evaluate "$$run" && \
 	echo "demo done: model in $$run, report in $$run/eval-*/report.html"
 
-test: $(STAMP) ## run the test suite
-	$(BIN)/python -m pytest -q
+test: $(STAMP) ## run the test suite, in a random order (replay one: make test ARGS=--randomly-seed=N)
+	$(BIN)/python -m pytest -q $(ARGS)
 
-bench: $(STAMP) ## speed and memory benchmarks (writes BENCHMARKS.md; several minutes)
+test-isolated: $(STAMP) ## run each test module alone, so that none depends on another having run first
+	@for module in tests/test_*.py; do \
+		echo "$$module"; $(BIN)/python -m pytest -q -p no:cacheprovider "$$module" || exit 1; \
+	done
+
+bench: $(STAMP) ## speed and memory benchmarks (writes BENCHMARKS.md; about 25 minutes)
 	$(BIN)/python benchmarks/bench_streaming.py
+	$(BIN)/python benchmarks/bench_kinds.py
 	$(BIN)/python benchmarks/bench.py
 
 lint: $(STAMP) ## ruff

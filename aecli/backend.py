@@ -59,4 +59,23 @@ def select_backend(name: str) -> None:
                 f"runtime.backend {name}: Keras already runs on {current} in this process; start a new one"
             )
         return
+    if name == "torch":
+        _load_torch_before_tensorflow()
     os.environ["KERAS_BACKEND"] = name
+
+
+def _load_torch_before_tensorflow() -> None:
+    """TensorFlow opens its native libraries into the process's global symbol scope (RTLD_GLOBAL),
+    so a PyTorch loaded after it resolves over a hundred of its own C++ symbols (template
+    instances such as std::vector<std::function<void()>>::_M_realloc_insert) to TensorFlow's
+    copies: harmless only where both were built alike, a segmentation fault elsewhere. PyTorch
+    loads its libraries privately (RTLD_LOCAL), so loaded first, each runtime keeps its own code:
+    no symbol crosses in either direction (glibc's LD_DEBUG=bindings; tested)."""
+    if "torch" in sys.modules:
+        return
+    if "tensorflow" in sys.modules:
+        raise ConfigError(
+            "runtime.backend torch: TensorFlow is already loaded in this process, and PyTorch loaded after it "
+            "would run some of TensorFlow's native code in place of its own; run aecli in a new process"
+        )
+    import torch  # noqa: F401  (its libraries must be mapped before TensorFlow's)

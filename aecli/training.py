@@ -446,7 +446,9 @@ def fit_autoencoder(
     # multi-step loop fails on distributed iterators); on the GPUs a strategy is for, per-step
     # overhead matters far less.
     distributed = strategy is not None
-    steps_per_execution = 1 if distributed else min(training.steps_per_execution, steps)
+    # Keras's PyTorch trainer runs one step per call (it refuses more)
+    one_step = distributed or keras.backend.backend() == "torch"
+    steps_per_execution = 1 if one_step else min(training.steps_per_execution, steps)
     jit_compile = (jit or choose_jit_compile(model, training, distributed)).enabled
     inputs_only = training.distribute.strategy == "multi_worker"
     # Blocks of steps as single compiled programs (see fused_train_function): Keras then counts

@@ -42,11 +42,11 @@ def load_data() -> tuple[np.ndarray, np.ndarray, str]:
 
     if MNIST.exists():
         images = read_idx(MNIST).reshape(-1, 784).astype(np.float32) / 255.0
-        source = f"MNIST test images ({MNIST.parent}), 9,000 tiled to {TRAIN_ROWS:,} rows"
+        source = f"MNIST test images (../shared/data/mnist), 9,000 tiled to {TRAIN_ROWS:,} rows"
     else:
         rng = np.random.default_rng(0)
         images = (rng.random((10_000, 784)) < 0.2).astype(np.float32)
-        source = f"synthetic MNIST-shaped data (no {MNIST}), tiled to {TRAIN_ROWS:,} rows"
+        source = f"synthetic MNIST-shaped data (no ../shared/data/mnist), tiled to {TRAIN_ROWS:,} rows"
     train, test = images[:9000], images[9000:]
     reps = -(-TRAIN_ROWS // len(train))
     return np.tile(train, (reps, 1))[:TRAIN_ROWS], test, source
@@ -359,7 +359,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     # written by bench_streaming.py, which make bench runs first, and by --sweep
-    parts = [args.out / "sweep.md", args.out / "streaming.md"]
+    parts = [args.out / name for name in ("kinds.md", "ops.md", "sweep.md", "streaming.md")]
     extra = "".join("\n" + part.read_text() for part in parts if part.exists())
     (ROOT / "BENCHMARKS.md").write_text(render(results, args) + extra)
     print((ROOT / "BENCHMARKS.md").read_text())

@@ -37,7 +37,7 @@ def source_rows() -> tuple[np.ndarray, str]:
     from aecli.data import read_idx
 
     if MNIST.exists():
-        return read_idx(MNIST).reshape(-1, 784).astype(np.float32) / 255.0, f"MNIST test images ({MNIST.parent})"
+        return read_idx(MNIST).reshape(-1, 784).astype(np.float32) / 255.0, "MNIST test images (../shared/data/mnist)"
     rng = np.random.default_rng(0)
     return (rng.random((10_000, 784)) < 0.2).astype(np.float32), "synthetic MNIST-shaped rows"
 

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUNS ?= runs
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-isolated lint typecheck check bench clean
+.PHONY: help install install-torch demo test test-isolated lint typecheck check bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -19,13 +19,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install aecli with its dev tools
 
+install-torch: $(STAMP) ## add the PyTorch backend (CI does; without it the torch tests skip)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[torch]'
+
 demo: $(STAMP) ## train on the bundled digits data, evaluate it, and print where the model and report are
 	@run=$$($(BIN)/aecli train configs/digits.yaml --runs-dir $(RUNS) --quiet | tee /dev/stderr | tail -n 1) && \
 	$(BIN)/aecli evaluate "$$run" && \
 	echo "demo done: model in $$run, report in $$run/eval-*/report.html"
 
-test: $(STAMP) ## run the test suite, in a random order (replay one: make test ARGS=--randomly-seed=N)
-	$(BIN)/python -m pytest -q $(ARGS)
+test: $(STAMP) ## run the test suite in a random order (the seed is printed; make test SEED=N replays it)
+	@seed=$${SEED:-$$(od -An -N2 -tu2 /dev/urandom | tr -d ' ')}; \
+	echo "test order: --randomly-seed=$$seed (replay: make test SEED=$$seed)"; \
+	$(BIN)/python -m pytest -q -p randomly --randomly-seed=$$seed $(ARGS)
 
 test-isolated: $(STAMP) ## run each test module alone, so that none depends on another having run first
 	@for module in tests/test_*.py; do \

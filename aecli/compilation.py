@@ -2,7 +2,7 @@
 
 TensorFlow-free: the rules take the model's layer class names and what the machine has, so
 they are cheap to test and to print. The measurements behind them are in BENCHMARKS.md
-("Which ops XLA slows down on a CPU", `python benchmarks/bench_kinds.py --ops`).
+("Which ops XLA slows down on a CPU", from `python benchmarks/bench_kinds.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 # On a CPU, XLA runs these (forward and gradients) slower than TensorFlow's own oneDNN kernels:
-# 1.4-2x per step, and 4-10x inside aecli's multi-step blocks, where XLA compiles them into one
+# up to 2x per step, and 6-14x inside aecli's multi-step blocks, where XLA compiles them into one
 # loop; dense layers, on the other hand, gain from XLA there (BENCHMARKS.md).
 SLOWER_UNDER_XLA_ON_CPU = frozenset(
     {

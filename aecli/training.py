@@ -21,7 +21,7 @@ from aecli.backend import import_tensorflow
 from aecli.compilation import JitDecision, resolve_jit_compile
 from aecli.config import LossConfig, LRScheduleConfig, OptimizerConfig, TrainingConfig
 from aecli.data import TENSOR_ALIGNMENT, aligned_empty
-from aecli.distribute import read_cluster_task
+from aecli.distribute import gpu_available, read_cluster_task
 from aecli.errors import DataError, TrainingDivergedError
 from aecli.interrupts import pending_interrupt
 from aecli.layers import MultiWorkerTrainer, VariationalAutoencoder
@@ -400,7 +400,7 @@ class _HistoryRecorder(keras.callbacks.Callback):
 def choose_jit_compile(model: keras.Model, training: TrainingConfig, distributed: bool = False) -> JitDecision:
     """`training.jit_compile` resolved for this model on this machine (see compilation.py)."""
     backend = keras.backend.backend()
-    accelerator = backend == "tensorflow" and bool(import_tensorflow().config.list_physical_devices("GPU"))
+    accelerator = backend == "tensorflow" and gpu_available(backend)
     return resolve_jit_compile(training.jit_compile, layer_kinds(model), backend, accelerator, distributed)
 
 
@@ -411,6 +411,37 @@ def layer_kinds(model: keras.Layer) -> set[str]:
         kinds.add(type(layer).__name__)
         kinds |= layer_kinds(layer)
     return kinds
+
+
+def _execution(
+    model: keras.Model,
+    x_train: np.ndarray | Stream,
+    training: TrainingConfig,
+    steps: int,
+    distributed: bool,
+    jit: JitDecision | None,
+) -> tuple[int, bool, bool]:
+    """Steps per compiled call, XLA or not, and whether the fused blocks (`fused_train_function`,
+    Keras then counting one "step" per block) train this model.
+
+    Several steps per call, so per-step framework overhead no longer dominates small models;
+    callbacks still see every epoch. One step per call under tf.distribute (Keras 3.15's
+    multi-step loop fails on distributed iterators) and on PyTorch (Keras's trainer refuses more).
+    """
+    one_step = distributed or keras.backend.backend() == "torch"
+    steps_per_execution = 1 if one_step else min(training.steps_per_execution, steps)
+    jit_compile = (jit or choose_jit_compile(model, training, distributed)).enabled
+    fused = (
+        isinstance(x_train, np.ndarray)
+        and training.input_pipeline == "tensor"
+        and not distributed
+        and steps_per_execution > 1
+        and keras.backend.backend() == "tensorflow"
+        # On a GPU the captured host array would be copied to the device by every call: there,
+        # Keras's loop moves only the batches. (Untested on GPUs; CPUs are where per-step cost hurts.)
+        and not gpu_available("tensorflow")
+    )
+    return steps_per_execution, jit_compile, fused
 
 
 def fit_autoencoder(
@@ -440,29 +471,9 @@ def fit_autoencoder(
     steps = math.ceil(n_train / batch_size)
     assert optimizer.learning_rate is not None  # resolved by validation
     learning_rate = build_learning_rate(optimizer.learning_rate, training.lr_schedule, steps, training.epochs)
-    # The fast path: several steps per compiled call (XLA-compiled where that is faster, see
-    # compilation.py), so per-step framework overhead no longer dominates small models;
-    # callbacks still see every epoch. Under tf.distribute: one step per call (Keras 3.15's
-    # multi-step loop fails on distributed iterators); on the GPUs a strategy is for, per-step
-    # overhead matters far less.
     distributed = strategy is not None
-    # Keras's PyTorch trainer runs one step per call (it refuses more)
-    one_step = distributed or keras.backend.backend() == "torch"
-    steps_per_execution = 1 if one_step else min(training.steps_per_execution, steps)
-    jit_compile = (jit or choose_jit_compile(model, training, distributed)).enabled
+    steps_per_execution, jit_compile, fused = _execution(model, x_train, training, steps, distributed, jit)
     inputs_only = training.distribute.strategy == "multi_worker"
-    # Blocks of steps as single compiled programs (see fused_train_function): Keras then counts
-    # one "step" per block.
-    fused = (
-        isinstance(x_train, np.ndarray)
-        and training.input_pipeline == "tensor"
-        and not distributed
-        and steps_per_execution > 1
-        and keras.backend.backend() == "tensorflow"
-        # On a GPU the captured host array would be copied to the device by every call: there,
-        # Keras's loop moves only the batches. (Untested on GPUs; CPUs are where per-step cost hurts.)
-        and not import_tensorflow().config.list_physical_devices("GPU")
-    )
     speed = {"steps_per_execution": 1 if fused else steps_per_execution, "jit_compile": jit_compile}
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         keras_optimizer = model.optimizer if resume is not None else build_optimizer(optimizer, learning_rate)

@@ -301,19 +301,7 @@ def _train_and_report(
     train_mse = train_errors["mse"]
     write_errors_csv(run_dir / "train_errors.csv", train_errors, y_train, dataset.label_names)
     metrics["split"] = "test"
-    metrics["training"] = {
-        "epochs_run": result.epochs_run,
-        "epochs_configured": config.training.epochs,
-        "best_epoch": result.best_epoch,
-        "best_loss": result.best_loss,
-        "monitor": result.monitor,
-        "final_loss": result.history[-1]["loss"],
-        "final_val_loss": result.history[-1].get("val_loss"),
-        "wall_seconds": result.seconds,
-        "samples_per_second": result.samples_per_second,
-        "parameters": int(model.count_params()),
-        "replicas": replicas(strategy),
-    }
+    metrics["training"] = _training_summary(result, config.training.epochs, int(model.count_params()), strategy)
     metrics["train_errors"] = {
         "score": "mse",
         **error_statistics(train_mse),
@@ -324,6 +312,23 @@ def _train_and_report(
     metrics["evaluation_seconds"] = time.perf_counter() - started
     write_metrics_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def _training_summary(result: Any, epochs_configured: int, parameters: int, strategy: Any) -> dict[str, Any]:
+    """How the fit went, for metrics.json."""
+    return {
+        "epochs_run": result.epochs_run,
+        "epochs_configured": epochs_configured,
+        "best_epoch": result.best_epoch,
+        "best_loss": result.best_loss,
+        "monitor": result.monitor,
+        "final_loss": result.history[-1]["loss"],
+        "final_val_loss": result.history[-1].get("val_loss"),
+        "wall_seconds": result.seconds,
+        "samples_per_second": result.samples_per_second,
+        "parameters": parameters,
+        "replicas": replicas(strategy),
+    }
 
 
 def _model_to_train(config: AecliConfig, dataset: Dataset | ShardedData, run_dir: Path, resumed: bool) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 from types import ModuleType
@@ -26,6 +27,9 @@ def import_tensorflow() -> ModuleType:
         os.dup2(devnull, 2)
         import tensorflow
 
+        # tf.function's retracing warnings concern code aecli controls (a sweep builds a model
+        # per cell); users see aecli's own messages, and TensorFlow's errors still raise.
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
         # The first device query probes CUDA and logs its absence; do it while still silenced,
         # except in a TF_CONFIG cluster: that query starts the runtime, and a multi-worker
         # strategy must be created before it starts (see distribute.py).

@@ -13,7 +13,7 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -21,7 +21,7 @@ from rich.table import Table
 
 from aecli import __version__
 from aecli.config import config_json_schema, config_to_yaml, load_config
-from aecli.errors import AecliError, ConfigError
+from aecli.errors import AecliError, ConfigError, as_storage_error, clip
 from aecli.interrupts import Terminated, interrupts_as_exceptions
 
 app = typer.Typer(
@@ -37,6 +37,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML file.", show_default=False)]
 BackendOption = Annotated[
     str | None, typer.Option(help="Keras backend: tensorflow, jax or torch (default: the config's runtime.backend).")
+]
+ForceOption = Annotated[
+    bool,
+    typer.Option(
+        "--force", help="Use the run's data files even if their content changed since training (see run.json)."
+    ),
 ]
 SetOption = Annotated[
     list[str] | None,
@@ -67,11 +73,28 @@ def reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except AecliError as exc:
-            message = " ".join(str(exc).split())
-            typer.echo(f"error: {message}", err=True)
-            raise typer.Exit(exc.exit_code) from None
+            _fail(exc)
+        except OSError as exc:  # a full disk can surface from any write, deep inside Keras too
+            storage = as_storage_error(exc)
+            if storage is None:
+                raise
+            _fail(storage)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _fail(exc: AecliError) -> NoReturn:
+    typer.echo(f"error: {clip(str(exc), MAX_MESSAGE_CHARS)}", err=True)
+    raise typer.Exit(exc.exit_code) from None
+
+
+MAX_MESSAGE_CHARS = 1000  # an error is one readable line, whatever value it quotes
+
+
+def _exit_interrupted(interrupt: KeyboardInterrupt, message: str) -> NoReturn:
+    """Ctrl-C exits 130, SIGTERM 143 (128 + the signal), after saying what was kept."""
+    typer.echo(message, err=True)
+    raise typer.Exit(143 if isinstance(interrupt, Terminated) else 130) from None
 
 
 def _version_callback(value: bool) -> None:
@@ -127,8 +150,7 @@ def train(
                     console.print("worker finished: the chief worker writes the run directory")
                     return
                 run_dir, metrics = resumed.run_dir, resumed.metrics
-            else:
-                assert config is not None
+            elif config is not None:
                 backend_override = [f"runtime.backend={backend}"] if backend else []
                 settings = load_config(config, [*(overrides or []), *backend_override])
                 console.print(
@@ -148,16 +170,13 @@ def train(
                     console.print("worker finished: the chief worker writes the run directory")
                     return
         except KeyboardInterrupt as interrupt:
-            code = 143 if isinstance(interrupt, Terminated) else 130
-            if started_dirs:
-                typer.echo(
-                    f"interrupted: run kept at {started_dirs[0]} (status interrupted); continue it with "
-                    f"aecli train --resume {started_dirs[0]}",
-                    err=True,
-                )
-            else:
-                typer.echo("interrupted before a run directory was created", err=True)
-            raise typer.Exit(code) from None
+            _exit_interrupted(
+                interrupt,
+                f"interrupted: run kept at {started_dirs[0]} (status interrupted); continue it with "
+                f"aecli train --resume {started_dirs[0]}"
+                if started_dirs
+                else "interrupted before a run directory was created",
+            )
     _print_training_summary(console, metrics)
     console.print(f"model:  {run_dir / 'model.keras'} (+ encoder.keras, decoder.keras)")
     console.print(f"report: {run_dir / 'metrics.json'} (per sample: errors.csv, per epoch: history.csv)")
@@ -207,6 +226,16 @@ def validate(config: ConfigArg, overrides: SetOption = None) -> None:
     console.print("config is valid")
 
 
+def _parse_labels(text: str | None, option: str) -> list[int | str] | None:
+    """Comma-separated label values as written in the data: integers stay integers, names stay names."""
+    if text is None:
+        return None
+    values: list[int | str] = [part.strip() for part in text.split(",") if part.strip()]
+    if not values:
+        raise ConfigError(f"{option}: expected at least one label, e.g. 0,1 or cat,dog; got {text!r}")
+    return [int(value) if isinstance(value, str) and value.lstrip("-").isdigit() else value for value in values]
+
+
 def _parse_int_list(text: str | None, option: str) -> list[int] | None:
     if text is None:
         return None
@@ -234,7 +263,8 @@ def evaluate(
     normal_classes: Annotated[
         str | None,
         typer.Option(
-            help="Labels that are normal, e.g. 0,1; every other label is an anomaly (default: the run's data.classes)."
+            help="Labels that are normal, as written in the data (e.g. 0,1 or cat); every other label is an anomaly "
+            "(default: the run's data.classes)."
         ),
     ] = None,
     anomaly_data: Annotated[
@@ -249,6 +279,7 @@ def evaluate(
         ),
     ] = None,
     tsne: Annotated[bool, typer.Option("--tsne", help="Project the latent space with t-SNE instead of PCA.")] = False,
+    force: ForceOption = False,
     backend: BackendOption = None,
 ) -> None:
     """Metrics, latent-space quality, anomaly scores, plots and a report for a trained run."""
@@ -259,14 +290,19 @@ def evaluate(
         data=data,
         data_overrides=overrides or [],
         out=out,
-        normal_classes=_parse_int_list(normal_classes, "--normal-classes"),
+        normal_classes=_parse_labels(normal_classes, "--normal-classes"),
         anomaly_data=anomaly_data,
         score=score,
         threshold=threshold,
         tsne=tsne,
         backend=backend,
+        force=force,
     )
-    outcome = evaluate_run(request)
+    try:
+        with interrupts_as_exceptions():
+            outcome = evaluate_run(request)
+    except KeyboardInterrupt as interrupt:
+        _exit_interrupted(interrupt, "interrupted: no evaluation folder written")
     console = _console()
     _print_evaluation_summary(console, outcome.metrics)
     console.print(f"report: {outcome.report_html} (plots and metrics.json beside it)", soft_wrap=True)
@@ -315,6 +351,11 @@ def reconstruct(
         bool, typer.Option("--save-latent", help="Also write the latent codes (latent.npy).")
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="data.KEY=VALUE: how to read INPUT data files (default: as the run did)."),
+    ] = None,
+    force: ForceOption = False,
     backend: BackendOption = None,
 ) -> None:
     """Reconstruct given inputs (and denoise them with --noise); writes images, a grid and a CSV."""
@@ -330,8 +371,16 @@ def reconstruct(
         save_latent=save_latent,
         seed=seed,
         backend=backend,
+        data_overrides=overrides or [],
+        force=force,
     )
-    outcome = reconstruct_inputs(request)
+    try:
+        with interrupts_as_exceptions():
+            outcome = reconstruct_inputs(request)
+    except KeyboardInterrupt as interrupt:
+        _exit_interrupted(interrupt, "interrupted: no reconstruction folder written")
+    for note in outcome.notes:
+        typer.echo(f"note: {note}", err=True)
     console = _console()
     console.print(f"reconstructed {outcome.n_inputs} input(s): mean mse {outcome.mean_mse:.5g}")
     if outcome.psnr_noisy is not None and outcome.psnr_reconstructed is not None:
@@ -360,7 +409,7 @@ def compare(
     backend: BackendOption = None,
 ) -> None:
     """Train a grid of variations (optimizers, losses, ...) and compare them side by side."""
-    from aecli.commands.compare import CompareRequest, format_value, run_comparison
+    from aecli.commands.compare import CompareRequest, column_titles, format_value, run_comparison
     from aecli.progress import RichProgress
 
     console = _console()
@@ -379,22 +428,13 @@ def compare(
         with interrupts_as_exceptions():
             outcome = run_comparison(request, reporter_factory=live, say=console.print)
     except KeyboardInterrupt as interrupt:
-        typer.echo(
+        _exit_interrupted(
+            interrupt,
             "interrupted: finished cells are kept; run the same command with --resume SWEEP_DIR "
             "(the compare-* folder) to train the rest",
-            err=True,
         )
-        raise typer.Exit(143 if isinstance(interrupt, Terminated) else 130) from None
     table = Table(title="comparison (ranked by test MSE, the metric every loss shares)")
-    columns = {
-        "final_loss": "final val loss",
-        "best_loss": "best val loss",
-        "best_epoch": "best epoch",
-        "test_mse": "test MSE",
-        "epochs_to_5pct": "epochs to 5% of best",
-        "wall_seconds": "seconds",
-        "samples_per_second": "samples/s",
-    }
+    columns = column_titles(outcome.rows)
     for key in outcome.varied:
         table.add_column(key)
     for title in columns.values():
@@ -436,10 +476,10 @@ def prepare(
         apply_override(raw, override)
     console = _console()
     try:
-        outcome = prepare_shards(validate_config(raw).data, out_dir, shard_size, encoding, say=console.print)
-    except KeyboardInterrupt:
-        typer.echo(f"interrupted: nothing written to {out_dir}", err=True)
-        raise typer.Exit(130) from None
+        with interrupts_as_exceptions():
+            outcome = prepare_shards(validate_config(raw).data, out_dir, shard_size, encoding, say=console.print)
+    except KeyboardInterrupt as interrupt:
+        _exit_interrupted(interrupt, f"interrupted: nothing written to {out_dir}")
     console.print(
         f"wrote {outcome.shards} {encoding} shard(s), {outcome.bytes / 2**20:,.1f} MiB; "
         f"train on them with data.source: {outcome.out_dir}",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -23,8 +23,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
-from aecli.errors import ConfigError
+from aecli.errors import ConfigError, clip, shorten
+from aecli.safe_yaml import MAX_DOCUMENT_BYTES, load_yaml
 
 Activation = Literal[
     "relu", "elu", "selu", "gelu", "silu", "swish", "leaky_relu", "tanh", "sigmoid", "softplus", "linear"
@@ -60,9 +63,32 @@ BUILTIN_SOURCES = ("digits", "mnist", "fashion_mnist")
 
 
 class _Section(BaseModel):
-    """Strict base: unknown keys are errors, and assignments after validation are refused."""
+    """Strict base: unknown keys are errors, assignments after validation are refused, numbers
+    are finite, and a boolean is never read as a number (`epochs: true` is not 1)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name and _wants_number_not_bool(cls.model_fields[info.field_name]):
+            raise PydanticCustomError("bool_as_number", "expected a number, not a boolean")
+        return value
+
+
+def _wants_number_not_bool(field: FieldInfo) -> bool:
+    kinds: set[Any] = set()
+    pending = [field.annotation]
+    while pending:
+        annotation = pending.pop()
+        args = get_args(annotation)
+        if get_origin(annotation) is Annotated:
+            pending.append(args[0])
+        elif args and get_origin(annotation) is not Literal:
+            pending.extend(args)
+        else:
+            kinds.add(annotation)
+    return bool(kinds & {int, float}) and bool not in kinds
 
 
 class DataConfig(_Section):
@@ -73,9 +99,14 @@ class DataConfig(_Section):
     )
     labels_path: Path | None = Field(None, description="labels for an IDX/.npy source (IDX or .npy)")
     label_column: str | int | None = Field(None, description="CSV column (name or index) holding the labels")
+    id_column: str | int | None = Field(
+        None, description="CSV column (name or index) holding each row's id, carried into per-sample outputs"
+    )
     validation_split: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the training rows held out")
     test_split: float = Field(0.2, gt=0.0, lt=1.0, description="test fraction when the source has no test set")
-    classes: list[int] | None = Field(None, min_length=1, description="train only on these labels")
+    classes: list[int | str] | None = Field(
+        None, min_length=1, description="train only on these labels, as written in the data (numbers or names)"
+    )
     limit: PositiveInt | None = Field(None, description="read at most this many rows of each source split")
     scaling: Literal["auto", "minmax", "global", "none"] = Field(
         "auto",
@@ -410,19 +441,16 @@ def load_config(path: Path | str | None, overrides: Sequence[str] = ()) -> Aecli
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
-    if path.is_dir():
-        raise ConfigError(f"config path is a directory, expected a YAML file: {path}")
+    if not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file"
+        raise ConfigError(f"config path is {kind}, expected a YAML file: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_DOCUMENT_BYTES + 1)
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"invalid YAML in {path}{where}: {problem}") from None
+        raise ConfigError(f"cannot read config file {path}: {clip(str(exc))}") from None
+    raw = load_yaml(text, str(path))
     if raw is None:
         raise ConfigError(f"config file is empty: {path} (write `{{}}` to use every default)")
     if not isinstance(raw, dict):
@@ -435,11 +463,14 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     key, sep, text = override.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {override!r}: expected KEY=VALUE with a dotted key, e.g. optimizer.name=sgd")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(f"override {override!r}: the value is not valid YAML") from None
+        raise ConfigError(
+            f"override {shorten(override)}: expected KEY=VALUE with a dotted key, e.g. optimizer.name=sgd"
+        )
+    if not text.strip():
+        raise ConfigError(
+            f"override {shorten(override)}: no value after '='; give one (null resets the key to its default)"
+        )
+    value = load_yaml(text, f"override {shorten(override)}")
     *parents, leaf = key.split(".")
     node = raw
     for depth, part in enumerate(parents):
@@ -452,7 +483,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
             child = node[part] = {}
         if not isinstance(child, dict):
             where = ".".join(parents[: depth + 1])
-            raise ConfigError(f"override {override!r}: {where} is {child!r}, not a section")
+            raise ConfigError(f"override {shorten(override)}: {where} is {shorten(child)}, not a section")
         node = child
     node[leaf] = value
 
@@ -464,18 +495,23 @@ def validate_config(raw: dict[str, Any]) -> AecliConfig:
         by_path: dict[str, list[Any]] = {}
         for err in exc.errors():
             by_path.setdefault(_error_path(err), []).append(err)
-        raise ConfigError("; ".join(_describe_errors(path, errs) for path, errs in by_path.items())) from None
+        described = [_describe_errors(path, errs) for path, errs in list(by_path.items())[:MAX_REPORTED_ERRORS]]
+        more = len(by_path) - len(described)
+        raise ConfigError("; ".join(described) + (f"; and {more} more" if more > 0 else "")) from None
+
+
+MAX_REPORTED_ERRORS = 5  # one line stays readable; fixing these reveals the rest
 
 
 def _error_path(err: Any) -> str:
     # pydantic names the union member that failed ("int", "list[int]"); users think in keys only.
-    return ".".join(str(part) for part in err["loc"] if not _is_union_tag(part))
+    return clip(".".join(str(part) for part in err["loc"] if not _is_union_tag(part)), 120)
 
 
 def _describe_errors(path: str, errs: list[Any]) -> str:
     if len(errs) > 1 and all(err["msg"].startswith("Input should be ") for err in errs):
         expected = " or ".join(err["msg"].removeprefix("Input should be ") for err in errs)
-        return f"{path}: input should be {expected}, got {errs[0]['input']!r}"
+        return f"{path}: input should be {expected}, got {shorten(errs[0]['input'])}"
     return _describe_error(path, errs[0])
 
 
@@ -490,8 +526,8 @@ def _describe_error(path: str, err: Any) -> str:
         message = str(err["ctx"]["error"])
         return f"{path}.{message}" if path else message
     if err["type"] in ("model_type", "model_attributes_type", "dict_type"):
-        return f"{path}: expected a mapping of keys, got {err['input']!r}"
-    return f"{path}: {err['msg'][0].lower()}{err['msg'][1:]}, got {err['input']!r}"
+        return f"{path}: expected a mapping of keys, got {shorten(err['input'])}"
+    return f"{path}: {err['msg'][0].lower()}{err['msg'][1:]}, got {shorten(err['input'])}"
 
 
 def _is_union_tag(part: Any) -> bool:

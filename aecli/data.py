@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from aecli.config import BUILTIN_SOURCES, DataConfig
-from aecli.errors import DataError
+from aecli.errors import DataError, clip, shorten
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/ layout), all big-endian.
 IDX_DTYPES: dict[int, str] = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -37,6 +37,8 @@ class RawData:
     x_test: np.ndarray | None
     y_test: np.ndarray | None
     label_names: list[str] | None = None
+    ids_train: np.ndarray | None = None  # data.id_column's values, as written (strings)
+    ids_test: np.ndarray | None = None
 
 
 TENSOR_ALIGNMENT = 64  # bytes: TensorFlow's CPU kernels read buffers aligned like this
@@ -63,8 +65,13 @@ class Scaling:
         """Scaled float32 rows in a buffer TensorFlow can use without copying (see aligned_empty)."""
         out = aligned_empty(x.shape, np.dtype(np.float32))
         offset, scale = self._shaped(x)
-        np.subtract(x, offset, out=out, casting="unsafe")
-        np.divide(out, scale, out=out, casting="unsafe")
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.subtract(x, offset, out=out, casting="unsafe")
+            np.divide(out, scale, out=out, casting="unsafe")
+        if not np.isfinite(out).all():
+            raise DataError(
+                "values beyond float32's range (about ±3.4e38) after scaling; rescale the data (or drop the rows)"
+            )
         return out
 
     def invert(self, x: np.ndarray) -> np.ndarray:
@@ -100,6 +107,10 @@ class Dataset:
     scaling: Scaling
     label_names: list[str] | None = None
     description: dict[str, Any] = field(default_factory=dict)
+    # Per split ("train", "validation", "test"): each row's position in the source it came from
+    # (the file, or the source's own test set), and its data.id_column value when there is one.
+    source_rows: dict[str, np.ndarray] = field(default_factory=dict)
+    ids: dict[str, np.ndarray] = field(default_factory=dict)
 
     def shapes(self) -> dict[str, Any]:
         return {
@@ -121,66 +132,129 @@ def load_dataset(cfg: DataConfig, seed: int, test_only: bool = False) -> Dataset
 
         # The same rows per split as streamed training saw.
         return open_sharded(cfg, seed).materialize(("test",) if test_only else ("train", "validation", "test"))
-    raw = read_source(cfg.source, labels_path=cfg.labels_path, label_column=cfg.label_column)
-    x_pool, y_pool = _take(raw.x_train, raw.y_train, cfg.limit)
+    raw = read_source(cfg.source, labels_path=cfg.labels_path, label_column=cfg.label_column, id_column=cfg.id_column)
     rng = np.random.default_rng(seed)
+    pool = _Rows.of(raw.x_train, raw.y_train, raw.ids_train).first(cfg.limit)
     if raw.x_test is None:
-        if len(x_pool) < 3:
-            raise DataError(f"data.source {cfg.source}: {len(x_pool)} rows are too few to split off a test set")
-        x_pool, y_pool, x_test, y_test = _split(x_pool, y_pool, cfg.test_split, rng)
+        if len(pool.x) < 3:
+            raise DataError(f"data.source {cfg.source}: {len(pool.x)} rows are too few to split off a test set")
+        pool, test = pool.split(cfg.test_split, rng)
     else:
-        x_test, y_test = _take(raw.x_test, raw.y_test, cfg.limit)
+        test = _Rows.of(raw.x_test, raw.y_test, raw.ids_test).first(cfg.limit)
     if cfg.classes is not None:
-        x_pool, y_pool = _filter_classes(x_pool, y_pool, cfg.classes)
-    x_val: np.ndarray | None = None
-    y_val: np.ndarray | None = None
+        pool = pool.where(_class_mask(pool.y, cfg.classes, raw.label_names))
+    validation: _Rows | None = None
     if cfg.validation_split > 0:
-        if len(x_pool) < 2:
-            raise DataError(f"data.validation_split: {len(x_pool)} training row(s) cannot be split further")
-        x_pool, y_pool, x_val, y_val = _split(x_pool, y_pool, cfg.validation_split, rng)
+        if len(pool.x) < 2:
+            raise DataError(f"data.validation_split: {len(pool.x)} training row(s) cannot be split further")
+        pool, validation = pool.split(cfg.validation_split, rng)
 
-    sample_shape = sample_shape_of(x_pool)
+    sample_shape = sample_shape_of(pool.x)
     is_image = len(sample_shape) == 3
-    scaling = fit_scaling(x_pool, cfg.scaling, is_image)
+    scaling = fit_scaling(pool.x, cfg.scaling, is_image)
 
     def prepare(x: np.ndarray) -> np.ndarray:
         return scaling.apply(x.reshape((len(x), *sample_shape)))
 
+    splits = {"train": pool, "test": test, **({"validation": validation} if validation is not None else {})}
     return Dataset(
-        x_train=prepare(x_pool),
-        y_train=y_pool,
-        x_val=None if x_val is None else prepare(x_val),
-        y_val=y_val,
-        x_test=prepare(x_test),
-        y_test=y_test,
+        x_train=prepare(pool.x),
+        y_train=pool.y,
+        x_val=None if validation is None else prepare(validation.x),
+        y_val=None if validation is None else validation.y,
+        x_test=prepare(test.x),
+        y_test=test.y,
         sample_shape=sample_shape,
         is_image=is_image,
         scaling=scaling,
         label_names=raw.label_names,
         description={"source": cfg.source, "source_has_test_split": raw.x_test is not None},
+        source_rows={name: rows.positions for name, rows in splits.items()},
+        ids={name: rows.ids for name, rows in splits.items() if rows.ids is not None},
     )
 
 
-def load_for_model(
-    cfg: DataConfig, sample_shape: tuple[int, ...], scaling: Scaling
-) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+@dataclass(frozen=True)
+class _Rows:
+    """Rows of one source split on their way to a Dataset split, with where each came from."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    positions: np.ndarray  # each row's position in the source split
+    ids: np.ndarray | None
+
+    @classmethod
+    def of(cls, x: np.ndarray, y: np.ndarray | None, ids: np.ndarray | None) -> _Rows:
+        return cls(x, None if y is None else y.astype(np.int64), np.arange(len(x)), ids)
+
+    def first(self, limit: int | None) -> _Rows:
+        return self if limit is None else self.where(slice(0, limit))
+
+    def where(self, keep: Any) -> _Rows:
+        return _Rows(
+            self.x[keep],
+            None if self.y is None else self.y[keep],
+            self.positions[keep],
+            None if self.ids is None else self.ids[keep],
+        )
+
+    def split(self, fraction: float, rng: np.random.Generator) -> tuple[_Rows, _Rows]:
+        """Shuffle, then hold out `fraction` of the rows (at least one, never all): (kept, held)."""
+        order = rng.permutation(len(self.x))
+        n_held = min(max(1, round(fraction * len(self.x))), len(self.x) - 1)
+        return self.where(order[n_held:]), self.where(order[:n_held])
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Rows of a source read for a trained model (evaluate, reconstruct), with where each came from."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    label_names: list[str] | None
+    source_rows: np.ndarray  # position in the source's train set, then in its test set
+    ids: np.ndarray | None
+    limited: bool  # data.limit cut at least one of the source's sets
+
+
+def load_for_model(cfg: DataConfig, sample_shape: tuple[int, ...], scaling: Scaling) -> Samples:
     """Every row of `cfg.source` (its train and test sets, each capped at `cfg.limit`), shaped and
     scaled for a trained model: used to evaluate or reconstruct data the run did not train on."""
-    raw = read_source(cfg.source, labels_path=cfg.labels_path, label_column=cfg.label_column, limit=cfg.limit)
-    parts = [_take(raw.x_train, raw.y_train, cfg.limit)]
+    raw = read_source(
+        cfg.source, labels_path=cfg.labels_path, label_column=cfg.label_column, id_column=cfg.id_column, limit=cfg.limit
+    )
+    parts = [_Rows.of(raw.x_train, raw.y_train, raw.ids_train).first(cfg.limit)]
     if raw.x_test is not None:
-        parts.append(_take(raw.x_test, raw.y_test, cfg.limit))
-    x = np.concatenate([part[0] for part in parts])
-    labels = [part[1] for part in parts if part[1] is not None]
-    y = np.concatenate(labels) if len(labels) == len(parts) else None
-    return fit_to_model(x, sample_shape, scaling, cfg.source), y, raw.label_names
+        parts.append(_Rows.of(raw.x_test, raw.y_test, raw.ids_test).first(cfg.limit))
+    total = len(raw.x_train) + (0 if raw.x_test is None else len(raw.x_test))
+    x = np.concatenate([part.x for part in parts])
+    labels = [part.y for part in parts if part.y is not None]
+    ids = [part.ids for part in parts if part.ids is not None]
+    return Samples(
+        fit_to_model(x, sample_shape, scaling, cfg.source),
+        np.concatenate(labels) if len(labels) == len(parts) else None,
+        raw.label_names,
+        np.concatenate([part.positions for part in parts]),
+        np.concatenate(ids) if ids and len(ids) == len(parts) else None,
+        limited=len(x) < total,
+    )
 
 
 def fit_to_model(x: np.ndarray, sample_shape: tuple[int, ...], scaling: Scaling, what: str) -> np.ndarray:
-    """Reshape raw samples to the model's input shape and apply the run's saved scaling."""
-    if math.prod(x.shape[1:]) != math.prod(sample_shape):
-        raise DataError(f"{what}: samples have shape {tuple(x.shape[1:])}, but the model expects {sample_shape}")
-    return scaling.apply(x.reshape((len(x), *sample_shape)).astype(np.float32))
+    """Shape raw samples as the model's input and apply the run's saved scaling.
+
+    The samples must have the model's shape (a missing or extra channel axis of size 1 aside),
+    or be flat rows of its size (an image flattened into a CSV row); anything else with the same
+    number of values (14x56 for 28x28) is a different layout, and refused.
+    """
+    given = tuple(x.shape[1:])
+    squeezed = tuple(size for size in given if size != 1)
+    fits = squeezed == tuple(size for size in sample_shape if size != 1) or (
+        len(given) == 1 and given[0] == math.prod(sample_shape)
+    )
+    if not fits:
+        raise DataError(f"{what}: samples have shape {given}, but the model expects {sample_shape}")
+    return scaling.apply(x.reshape((len(x), *sample_shape)))
 
 
 def peek_sample_shape(cfg: DataConfig) -> tuple[int, ...]:
@@ -191,7 +265,7 @@ def peek_sample_shape(cfg: DataConfig) -> tuple[int, ...]:
         from aecli.shards import open_shards
 
         return sample_shape_of(np.empty((0, *open_shards(Path(cfg.source)).row_shape)))
-    raw = read_source(cfg.source, labels_path=cfg.labels_path, label_column=cfg.label_column)
+    raw = read_source(cfg.source, labels_path=cfg.labels_path, label_column=cfg.label_column, id_column=cfg.id_column)
     return sample_shape_of(raw.x_train)
 
 
@@ -210,6 +284,7 @@ def read_source(
     label_column: str | int | None = None,
     mmap: bool = False,
     limit: int | None = None,
+    id_column: str | int | None = None,
 ) -> RawData:
     """Read any supported source into raw arrays, validated but not yet split or scaled.
 
@@ -221,7 +296,7 @@ def read_source(
     elif source in ("mnist", "fashion_mnist"):
         raw = _read_keras_dataset(source)
     else:
-        raw = _read_path(Path(source), labels_path, label_column, mmap, limit)
+        raw = _read_path(Path(source), labels_path, (label_column, id_column), mmap, limit)
     _validate(raw, source)
     return raw
 
@@ -253,13 +328,21 @@ def _read_keras_dataset(name: str) -> RawData:
 
 
 def _read_path(
-    path: Path, labels_path: Path | None, label_column: str | int | None, mmap: bool = False, limit: int | None = None
+    path: Path,
+    labels_path: Path | None,
+    columns: tuple[str | int | None, str | int | None],
+    mmap: bool = False,
+    limit: int | None = None,
 ) -> RawData:
+    """`columns`: the CSV label and id columns."""
     if not path.exists():
         hint = f" (built-in sources: {', '.join(BUILTIN_SOURCES)})" if "/" not in str(path) else ""
         raise DataError(f"data.source: no such file or folder: {path}{hint}")
-    if label_column is not None and path.suffix.lower() != ".csv":
-        raise DataError(f"data.label_column: applies to .csv sources only, not {path.name}")
+    for key, column in zip(("label_column", "id_column"), columns, strict=True):
+        if column is not None and path.suffix.lower() != ".csv":
+            raise DataError(f"data.{key}: applies to .csv sources only, not {path.name}")
+    if not path.is_dir() and not path.is_file():
+        raise DataError(f"data.source: {path} is not a regular file or folder")
     if is_shard_source(str(path)):
         from aecli.shards import read_shards_into_memory
 
@@ -272,7 +355,7 @@ def _read_path(
     if suffix == ".npy":
         return RawData(_read_npy(path, mmap), _read_labels(labels_path), None, None)
     if suffix == ".csv":
-        return _read_csv(path, label_column)
+        return _read_csv(path, *columns)
     if _looks_like_idx(path):
         labels = _read_labels(labels_path) if labels_path else _read_sibling_idx_labels(path)
         return RawData(read_idx(path), labels, None, None)
@@ -327,10 +410,15 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def _read_sibling_idx_labels(images: Path) -> np.ndarray | None:
+    """The labels file beside an IDX images file, compressed or not whatever the images are."""
     name = images.name
-    for candidate in (name.replace("images-idx3", "labels-idx1"), name.replace("-images-", "-labels-")):
-        if candidate != name and (images.parent / candidate).exists():
-            return read_idx(images.parent / candidate)
+    for swapped in (name.replace("images-idx3", "labels-idx1"), name.replace("-images-", "-labels-")):
+        if swapped == name:
+            continue
+        stem = swapped.removesuffix(".gz").removesuffix(".GZ")
+        for candidate in (swapped, stem, f"{stem}.gz"):
+            if (images.parent / candidate).is_file():
+                return read_idx(images.parent / candidate)
     return None
 
 
@@ -377,7 +465,7 @@ def _read_labels(path: Path | None) -> np.ndarray | None:
     return _read_npy(path) if path.suffix.lower() == ".npy" else read_idx(path)
 
 
-def _read_csv(path: Path, label_column: str | int | None) -> RawData:
+def _read_csv(path: Path, label_column: str | int | None, id_column: str | int | None = None) -> RawData:
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
@@ -389,43 +477,54 @@ def _read_csv(path: Path, label_column: str | int | None) -> RawData:
     body = rows[1:] if header else rows
     if not body:
         raise DataError(f"{path}: the CSV file has a header but no data rows")
+    first_line = 2 if header else 1
     width = len(body[0])
-    for number, row in enumerate(body, start=2 if header else 1):
+    for number, row in enumerate(body, start=first_line):
         if len(row) != width:
             raise DataError(f"{path}: line {number} has {len(row)} columns, expected {width}")
-    label_index = _label_index(path, header, width, label_column)
+    label_index = _column_index(path, header, width, label_column, "label_column")
+    id_index = _column_index(path, header, width, id_column, "id_column")
+    if label_index is not None and label_index == id_index:
+        raise DataError(f"data.id_column: the same column as data.label_column in {path}")
     labels: np.ndarray | None = None
     label_names: list[str] | None = None
     if label_index is not None:
         label_cells = [row[label_index].strip() for row in body]
+        if "" in label_cells:
+            line = label_cells.index("") + first_line
+            raise DataError(
+                f"{path}: line {line} has an empty label (column {label_index + 1}); fill it or drop the row"
+            )
         labels, label_names = _encode_labels(label_cells)
-        body = [row[:label_index] + row[label_index + 1 :] for row in body]
+    ids = None if id_index is None else np.array([row[id_index].strip() for row in body])
+    dropped = {index for index in (label_index, id_index) if index is not None}
+    kept = [index for index in range(width) if index not in dropped]
+    body = [[row[index] for index in kept] for row in body] if dropped else body
+    if not kept:
+        raise DataError(f"{path}: no feature columns left besides the label and id columns")
     try:
         x = np.array(body, dtype=np.float64)
     except ValueError:
         line, column = _first_non_number(body)
-        kept = [name for index, name in enumerate(header or []) if index != label_index]
-        name = f" ({kept[column]})" if kept else ""
+        name = f" ({header[kept[column]]})" if header else ""
         raise DataError(
-            f"{path}: line {line + (2 if header else 1)}, column {column + 1}{name} is not a number: "
-            f"{body[line][column]!r}"
+            f"{path}: line {line + first_line}, column {kept[column] + 1}{name} is not a number: "
+            f"{shorten(body[line][column])}"
             + ("" if label_index is not None else " (set data.label_column for a label column)")
         ) from None
-    if x.shape[1] == 0:
-        raise DataError(f"{path}: no feature columns left besides the label column")
-    return RawData(x, labels, None, None, label_names)
+    return RawData(x, labels, None, None, label_names, ids_train=ids)
 
 
-def _label_index(path: Path, header: list[str] | None, width: int, column: str | int | None) -> int | None:
+def _column_index(path: Path, header: list[str] | None, width: int, column: str | int | None, key: str) -> int | None:
     if column is None:
         return None
     if isinstance(column, int):
         if not -width <= column < width:
-            raise DataError(f"data.label_column: index {column} is out of range for {width} columns in {path}")
+            raise DataError(f"data.{key}: index {column} is out of range for {width} columns in {path}")
         return column % width
     if header is None or column not in header:
         names = ", ".join(header) if header else "none (no header row)"
-        raise DataError(f"data.label_column: no column {column!r} in {path}; columns: {names}")
+        raise DataError(f"data.{key}: no column {shorten(column)} in {path}; columns: {clip(names)}")
     return header.index(column)
 
 
@@ -477,6 +576,13 @@ def _validate(raw: RawData, source: str) -> None:
                     f"data.source {source}: {split} data has {int(bad.sum())} row(s) with NaN or inf "
                     f"(first: row {first}); clean or drop them"
                 )
+            if x.dtype.itemsize > 4:
+                huge = (np.abs(x.reshape(len(x), -1)) > np.finfo(np.float32).max).any(axis=1)
+                if huge.any():
+                    raise DataError(
+                        f"data.source {source}: {split} data has {int(huge.sum())} row(s) with values beyond "
+                        f"float32's range, about ±3.4e38 (first: row {int(np.argmax(huge))}); rescale or drop them"
+                    )
         if y is not None:
             if y.dtype.kind not in "biu" and not (y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0)):
                 raise DataError(f"data.source {source}: {split} labels have dtype {y.dtype}, expected integers")
@@ -510,37 +616,56 @@ def scaling_from_ranges(kind: str, low: np.ndarray, high: np.ndarray, dtype: np.
     if kind == "global":
         low_g, high_g = float(low.min()), float(high.max())
         span = high_g - low_g if high_g > low_g else 1.0
-        return Scaling("global", np.asarray(low_g, np.float32), np.asarray(span, np.float32))
+        with np.errstate(over="ignore"):
+            return _finite_scaling(Scaling("global", np.asarray(low_g, np.float32), np.asarray(span, np.float32)))
     span_f = np.where(high > low, high - low, 1.0)
-    return Scaling("minmax", low.astype(np.float32), span_f.astype(np.float32))
+    with np.errstate(over="ignore"):
+        return _finite_scaling(Scaling("minmax", low.astype(np.float32), span_f.astype(np.float32)))
 
 
-def _take(x: np.ndarray, y: np.ndarray | None, limit: int | None) -> tuple[np.ndarray, np.ndarray | None]:
-    if limit is None:
-        return x, (None if y is None else y.astype(np.int64))
-    return x[:limit], (None if y is None else y[:limit].astype(np.int64))
+def _finite_scaling(scaling: Scaling) -> Scaling:
+    """Offsets and spans must be float32 numbers: ±3e38 in one column spans 6e38, which is not."""
+    with np.errstate(over="ignore"):
+        finite = np.isfinite(scaling.offset).all() and np.isfinite(scaling.scale).all()
+    if not finite:
+        raise DataError(
+            f"data.scaling {scaling.kind}: the training data spans more than float32 holds (about 3.4e38); "
+            "rescale the data first"
+        )
+    return scaling
 
 
-def _split(
-    x: np.ndarray, y: np.ndarray | None, fraction: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
-    """Shuffle, then hold out `fraction` of the rows (at least one, never all)."""
-    order = rng.permutation(len(x))
-    n_held = min(max(1, round(fraction * len(x))), len(x) - 1)
-    held, kept = order[:n_held], order[n_held:]
-    if y is None:
-        return x[kept], None, x[held], None
-    return x[kept], y[kept], x[held], y[held]
-
-
-def _filter_classes(x: np.ndarray, y: np.ndarray | None, classes: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
+def _class_mask(y: np.ndarray | None, classes: list[int | str], label_names: list[str] | None) -> np.ndarray:
     if y is None:
         raise DataError("data.classes: the source has no labels to filter on")
-    keep = np.isin(y, classes)
+    keep = np.isin(y, label_codes(classes, label_names, "data.classes"))
     if not keep.any():
-        present = ", ".join(str(c) for c in np.unique(y)[:20])
-        raise DataError(f"data.classes: none of {classes} occur in the training labels (present: {present})")
-    return x[keep], y[keep]
+        raise DataError(
+            f"data.classes: none of {classes} occur in the training labels (present: {present_labels(y, label_names)})"
+        )
+    return keep
+
+
+def label_codes(values: list[int | str], label_names: list[str] | None, what: str) -> list[int]:
+    """The codes of labels given by value, as written in the data: numbers, or names for
+    string labels (stored as positions in `label_names`). Names absent from the data match nothing."""
+    if label_names is not None:
+        index = {name: code for code, name in enumerate(label_names)}
+        return [index[str(value)] for value in values if str(value) in index]
+    codes = []
+    for value in values:
+        text = str(value).strip()
+        if not _is_integer(text):
+            raise DataError(f"{what}: {value!r} is not a label of this data, whose labels are integers")
+        codes.append(int(float(text)))
+    return codes
+
+
+def present_labels(y: np.ndarray, label_names: list[str] | None, most: int = 20) -> str:
+    """The labels in `y`, as written in the data, for messages."""
+    values = np.unique(y)
+    shown = ", ".join(repr(label_names[v]) if label_names else str(v) for v in values[:most])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > most else "")
 
 
 def _first_line(exc: BaseException) -> str:

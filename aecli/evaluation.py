@@ -87,16 +87,31 @@ def reconstruction_report(
     return summarize_errors(errors, labels, label_names, data_range), errors
 
 
+@dataclass
+class StreamedReport:
+    """`reconstruction_report` of a split seen batch by batch, with what each sample was."""
+
+    metrics: dict[str, Any]
+    errors: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    source_rows: np.ndarray
+
+
 def streamed_reconstruction_report(
-    model: Any, batches: Iterable[tuple[np.ndarray, np.ndarray | None]], label_names: list[str] | None = None
-) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray | None]:
-    """`reconstruction_report` over batches (data larger than memory): only per-sample errors
-    and labels are kept. bce is reported when every batch lies in [0, 1]."""
+    model: Any,
+    batches: Iterable[tuple[np.ndarray, np.ndarray | None, np.ndarray]],
+    label_names: list[str] | None = None,
+) -> StreamedReport:
+    """`reconstruction_report` over batches of (x, labels, source rows) for data larger than
+    memory: only per-sample errors, labels and rows are kept. bce is reported when every batch
+    lies in [0, 1]."""
     parts: list[dict[str, np.ndarray]] = []
     label_parts: list[np.ndarray] = []
+    row_parts: list[np.ndarray] = []
     low, high = math.inf, -math.inf
-    for x, y in batches:
+    for x, y, rows in batches:
         parts.append(per_sample_errors(x, predict_batched(model, x)))
+        row_parts.append(rows)
         if y is not None:
             label_parts.append(y)
         low, high = min(low, float(x.min())), max(high, float(x.max()))
@@ -106,7 +121,8 @@ def streamed_reconstruction_report(
     errors = {name: np.concatenate([part[name] for part in parts]) for name in names}
     labels = np.concatenate(label_parts) if len(label_parts) == len(parts) else None
     data_range = 1.0 if low >= 0.0 and high <= 1.0 else (high - low) or 1.0
-    return summarize_errors(errors, labels, label_names, data_range), errors, labels
+    metrics = summarize_errors(errors, labels, label_names, data_range)
+    return StreamedReport(metrics, errors, labels, np.concatenate(row_parts))
 
 
 def summarize_errors(

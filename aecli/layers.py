@@ -104,8 +104,11 @@ class VariationalAutoencoder(keras.Model):
             per_feature = ops.square(flat_true - flat_pred)
         reconstruction = ops.mean(ops.sum(per_feature, axis=1))
         kl = self._batch_kl
-        self.reconstruction_tracker.update_state(reconstruction)
-        self.kl_tracker.update_state(kl)
+        # Weighted by batch size, as Keras weights its `loss` tracker: with a partial last batch
+        # the epoch's loss stays reconstruction_loss + beta * kl_loss.
+        batch = ops.cast(ops.shape(y)[0], "float32")
+        self.reconstruction_tracker.update_state(reconstruction, sample_weight=batch)
+        self.kl_tracker.update_state(kl, sample_weight=batch)
         total = reconstruction + self.beta * kl
         if self.losses:  # kernel / activity regularizers of the encoder and decoder
             total = total + ops.sum(self.losses)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from aecli.errors import RunError, clip
 from aecli.evaluation import label_name
 from aecli.runs import atomic_path, write_json_atomic, write_text_atomic
 
@@ -31,14 +32,33 @@ def write_history_csv(path: Path, rows: list[dict[str, float]]) -> None:
 
 
 def read_history_csv(path: Path) -> list[dict[str, float]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return [{key: float(value) for key, value in row.items() if value != ""} for row in csv.DictReader(handle)]
+    """A run's history.csv; a damaged one is a RunError naming the file."""
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = [
+                {key: float(value) for key, value in row.items() if key is not None and value not in ("", None)}
+                for row in csv.DictReader(handle)
+            ]
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError, TypeError) as exc:
+        raise RunError(f"{path}: unreadable training history ({clip(str(exc))})") from None
+    if not rows or any("loss" not in row or "epoch" not in row for row in rows):
+        raise RunError(f"{path}: damaged training history (no epochs, or rows without epoch and loss)")
+    return rows
 
 
 def read_error_column(path: Path, column: str) -> np.ndarray:
-    """One score column of an errors.csv / train_errors.csv file."""
-    with path.open(newline="", encoding="utf-8") as handle:
-        return np.array([float(row[column]) for row in csv.DictReader(handle)])
+    """One score column of an errors.csv / train_errors.csv file (KeyError: no such column)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if column not in (reader.fieldnames or []):
+                raise KeyError(column)
+            values = np.array([float(row[column]) for row in reader])
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError, TypeError) as exc:
+        raise RunError(f"{path}: unreadable per-sample errors ({clip(str(exc))})") from None
+    if not len(values) or not np.isfinite(values).all():
+        raise RunError(f"{path}: damaged per-sample errors (empty, or not finite numbers)")
+    return values
 
 
 def write_errors_csv(
@@ -47,17 +67,19 @@ def write_errors_csv(
     labels: np.ndarray | None,
     label_names: list[str] | None,
     flags: dict[str, np.ndarray] | None = None,
+    origin: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """One row per sample: its index in the evaluated split, its label, each error measure and 0/1 flags."""
-    names, flag_names = list(errors), list(flags or {})
+    """One row per sample: its index in the evaluated split, where it came from (`origin`:
+    columns such as source_row and id), its label, each error measure and 0/1 flags."""
+    names, flag_names, origin = list(errors), list(flags or {}), origin or {}
     with atomic_path(path) as temp, temp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")  # streamed: millions of rows for shard folders
-        writer.writerow(["index", "label", *names, *flag_names])
+        writer.writerow(["index", *origin, "label", *names, *flag_names])
         for index in range(len(errors["mse"])):
             label = "" if labels is None else label_name(labels[index], label_names)
             values = [f"{errors[name][index]:.8g}" for name in names]
             marks = [int(bool((flags or {})[name][index])) for name in flag_names]
-            writer.writerow([index, label, *values, *marks])
+            writer.writerow([index, *(column[index] for column in origin.values()), label, *values, *marks])
 
 
 def write_metrics_json(path: Path, metrics: dict[str, Any]) -> None:
@@ -159,17 +181,23 @@ def plot_image_rows(rows: list[tuple[str, np.ndarray]], path: Path, column_title
     _save(fig, path)
 
 
-def plot_feature_rows(rows: list[tuple[str, np.ndarray]], reference: np.ndarray, path: Path) -> None:
-    """Tabular data: each sample's features as lines, reconstructions against the originals."""
+def plot_feature_rows(rows: list[tuple[str, np.ndarray]], path: Path, titles: list[str], columns: int = 3) -> None:
+    """Tabular samples, one panel each (titled), in a grid `columns` wide: every (name, values)
+    row, e.g. the input and its reconstruction, drawn as a line over the feature index."""
     plt = _pyplot()
-    n = len(reference)
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.4), squeeze=False, sharey=True)
-    for i in range(n):
-        ax = axes[0][i]
-        for title, values in rows:
-            ax.plot(values[i].ravel(), marker=".", linewidth=1, label=title)
-        ax.set_title(f"sample {i}", fontsize=8)
+    n_cols = max(1, min(columns, len(titles)))
+    n_rows = -(-len(titles) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.4 * n_cols, 2.5 * n_rows), squeeze=False, sharey=True)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(titles):
+            ax.axis("off")
+            continue
+        for name, values in rows:
+            ax.plot(values[i].ravel(), marker=".", linewidth=1, label=name)
+        ax.set_title(titles[i], fontsize=8)
         ax.set_xlabel("feature", fontsize=7)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel("scaled value", fontsize=7)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path)
@@ -178,16 +206,19 @@ def plot_feature_rows(rows: list[tuple[str, np.ndarray]], reference: np.ndarray,
 def plot_reconstruction_grid(
     x: np.ndarray, x_hat: np.ndarray, errors: np.ndarray, is_image: bool, path: Path, per_group: int = 6
 ) -> None:
-    """Originals above reconstructions for the best, typical and worst samples by error."""
-    groups = representative_indices(errors, per_group)
+    """Originals above reconstructions for the best, typical and worst samples by error
+    (tabular data: three panels per group, one group per row)."""
+    groups = representative_indices(errors, per_group if is_image else min(per_group, 3))
     if is_image:
         rows: list[tuple[str, np.ndarray]] = []
         for name, index in groups.items():
             rows += [(f"{name}\noriginal", x[index]), (f"{name}\nreconstructed", x_hat[index])]
         plot_image_rows(rows, path)
         return
-    index = np.concatenate(list(groups.values()))[: 3 * min(per_group, 3)]
-    plot_feature_rows([("original", x[index]), ("reconstructed", x_hat[index])], x[index], path)
+    index = np.concatenate(list(groups.values()))
+    titles = [f"{name}: mse {errors[i]:.3g}" for name, chosen in groups.items() for i in chosen]
+    columns = len(next(iter(groups.values())))
+    plot_feature_rows([("original", x[index]), ("reconstructed", x_hat[index])], path, titles, columns)
 
 
 def plot_error_histogram(

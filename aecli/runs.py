@@ -6,21 +6,25 @@ crash leaves either the previous complete file or none, never half of one.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+import shutil
+import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aecli.config import AecliConfig, load_config
+from aecli.config import AecliConfig, DataConfig, apply_override, load_config, validate_config
 from aecli.data import Scaling
-from aecli.errors import AecliError, RunError
+from aecli.errors import AecliError, ConfigError, RunError, shorten
 
 RUN_FILE = "run.json"
 REQUIRED_ARTIFACTS = ("config.yaml", "model.keras", "encoder.keras", "decoder.keras", RUN_FILE)
@@ -43,7 +47,7 @@ def create_run_dir(runs_dir: Path, name: str) -> Path:
     `mkdir` without `exist_ok` is atomic, so two processes started in the same second
     get different folders.
     """
-    safe_name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
+    safe_name = re.sub(r"[^\w.-]+", "-", name).strip("-.")[:80] or "run"  # letters of any script stay
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -97,6 +101,55 @@ def check_new_output_dir(out: Path | None) -> Path | None:
     return out
 
 
+class StagedOutputDir:
+    """A hidden folder that a command writes its outputs into, renamed into place (`out`, or
+    `<parent>/<prefix>-<timestamp>`) only once the block has finished: an error or an interrupt
+    leaves a complete folder or none.
+
+        with StagedOutputDir(out, run_dir, "eval") as staging:
+            write everything into staging
+        print(staged.final)
+    """
+
+    def __init__(self, out: Path | None, parent: Path, prefix: str) -> None:
+        self.out, self.parent, self.prefix = out, parent, prefix
+        self.final: Path | None = None
+        self._staging: Path | None = None
+
+    def __enter__(self) -> Path:
+        where = self.out.parent if self.out is not None else self.parent
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            self._staging = Path(tempfile.mkdtemp(prefix=f".{self.prefix}-partial-", dir=where))
+        except OSError as exc:
+            raise RunError(f"cannot write into {where}: {exc.strerror}") from None
+        return self._staging
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: Any) -> None:
+        if self._staging is None:
+            return
+        try:
+            if kind is None:
+                os.chmod(self._staging, 0o777 & ~_current_umask())
+                final = self.out if self.out is not None else _free_name(self.parent, self.prefix)
+                try:
+                    os.replace(self._staging, final)  # an empty --out is replaced; a non-empty one refuses
+                except OSError as exc:
+                    raise RunError(f"cannot move the results into {final}: {exc.strerror}") from None
+                self.final = final
+        finally:
+            shutil.rmtree(self._staging, ignore_errors=True)
+
+
+def _free_name(parent: Path, prefix: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1000):
+        candidate = parent / (f"{prefix}-{stamp}" + (f"-{attempt}" if attempt else ""))
+        if not candidate.exists():
+            return candidate
+    raise RunError(f"could not find a free folder name under {parent}")
+
+
 def now_iso() -> str:
     return datetime.now(UTC).astimezone().isoformat(timespec="seconds")
 
@@ -136,13 +189,30 @@ class TrainedRun:
     sample_shape: tuple[int, ...]
     metrics: dict[str, Any]
 
+    def data_config_for(self, source: str, overrides: Sequence[str], option: str) -> DataConfig:
+        """How to read another source the way this run read its data: a CSV keeps the run's label
+        and id columns; nothing that selects rows (limit, classes) carries over, so every row is
+        read unless a `--set data.KEY=VALUE` override says otherwise."""
+        data: dict[str, Any] = {"source": source}
+        if source.lower().endswith(".csv"):
+            for key in ("label_column", "id_column"):
+                if getattr(self.config.data, key) is not None:
+                    data[key] = getattr(self.config.data, key)
+        raw: dict[str, Any] = {"data": data}
+        for override in overrides:
+            if not override.strip().startswith("data."):
+                raise ConfigError(f"--set {shorten(override)}: {option} takes data.KEY=VALUE overrides only")
+            apply_override(raw, override)
+        return validate_config(raw).data
 
-def open_trained_run(run_dir: Path) -> TrainedRun:
-    """Check that `run_dir` is a completed run with all its artifacts, and read its records."""
+
+def open_trained_run(run_dir: Path, needs: Sequence[str] = ()) -> TrainedRun:
+    """Check that `run_dir` is a completed run with all its artifacts (and the files in `needs`),
+    and read its records."""
     info = read_run_info(run_dir)
     if info["status"] != "completed":
         raise RunError(f"run {run_dir} is {info['status']}, not completed; train it again (or resume it)")
-    missing = [name for name in (*REQUIRED_ARTIFACTS, "metrics.json") if not (run_dir / name).is_file()]
+    missing = [name for name in (*REQUIRED_ARTIFACTS, "metrics.json", *needs) if not (run_dir / name).is_file()]
     if missing:
         raise RunError(f"run {run_dir} is incomplete: missing {', '.join(missing)}")
     try:
@@ -167,11 +237,55 @@ def load_model(path: Path, compile: bool = True) -> Any:
 
     import aecli.layers  # noqa: F401  (registers aecli's custom objects for VAE and sparse models)
 
+    check_keras_archive(path)
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=compile)
     except Exception as exc:  # Keras raises many types for corrupt, foreign or unsafe files
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise RunError(f"model file {path} failed to load: {reason}") from None
+
+
+def check_keras_archive(path: Path) -> None:
+    """A `.keras` file is a zip archive; Keras reports a damaged one as "File not found"."""
+    if not path.is_file():
+        raise RunError(f"model file {path} is missing")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise RunError(f"model file {path} is corrupt or truncated (not a complete .keras archive: {exc})") from None
+    if damaged is not None:
+        raise RunError(f"model file {path} is corrupt: {damaged} inside it fails its checksum")
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold `<run>/.lock` while a process trains into the run: a second `train --resume` of the
+    same run is refused instead of writing the same epochs twice. The kernel releases the lock
+    when the holder exits, however it exits, so a killed run never stays locked."""
+    path = run_dir / LOCK_FILE
+    try:
+        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held for the whole block)
+    except OSError as exc:
+        raise RunError(f"cannot lock run {run_dir}: {exc.strerror}") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise RunError(f"run {run_dir} is being trained by {owner}; wait for it to finish") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+LOCK_FILE = ".lock"
 
 
 @dataclass

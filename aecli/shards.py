@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from aecli.config import DataConfig
-from aecli.data import Dataset, RawData, Scaling, sample_shape_of, scaling_from_ranges
+from aecli.data import Dataset, RawData, Scaling, label_codes, sample_shape_of, scaling_from_ranges
 from aecli.errors import ConfigError, DataError
 
 MANIFEST = "manifest.json"
@@ -206,6 +206,7 @@ class ShardedData:
     scaling: Scaling = field(init=False)
     scaled_range: tuple[float, float] = (0.0, 1.0)
     counts: dict[str, int] = field(default_factory=dict)
+    class_codes: list[int] | None = None  # data.classes as label codes (see data.label_codes)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -256,8 +257,8 @@ class ShardedData:
             return keep & (position < test)
         in_validation = (position >= test) & (position < validation_end)
         keep &= in_validation if part == "validation" else position >= validation_end
-        if self.cfg.classes is not None and labels is not None:
-            keep &= np.isin(labels, self.cfg.classes)
+        if self.class_codes is not None and labels is not None:
+            keep &= np.isin(labels, self.class_codes)
         return keep
 
     def count(self, part: str) -> int:
@@ -275,6 +276,13 @@ class ShardedData:
     ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """Raw rows of `part` and their labels, a block at a time; `rng` shuffles the block order
         (.npy) or the shard order (TFRecord) and the rows within each block."""
+        for rows, labels, _ in self.indexed_blocks(part, rng):
+            yield rows, labels
+
+    def indexed_blocks(
+        self, part: str, rng: np.random.Generator | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
+        """`blocks`, with each row's position in its source split (the folder's train or test shards)."""
         split = self.shards.splits[self._source_split(part)]
         reader = _npy_blocks if self.shards.encoding == "npy" else _tfrecord_blocks
         for first, rows in reader(self.shards, split, rng):
@@ -283,32 +291,34 @@ class ShardedData:
             keep = self._keep(part, index, labels)
             if not keep.any():
                 continue
-            rows, labels = rows[keep], None if labels is None else labels[keep]
+            rows, labels, index = rows[keep], None if labels is None else labels[keep], index[keep]
             if rng is not None:
                 order = rng.permutation(len(rows))
-                rows, labels = rows[order], None if labels is None else labels[order]
-            yield rows, labels
+                rows, labels, index = rows[order], None if labels is None else labels[order], index[order]
+            yield rows, labels, index
 
     def scale(self, rows: np.ndarray) -> np.ndarray:
         return self.scaling.apply(rows.reshape((len(rows), *self.sample_shape)))
 
-    def batches(self, part: str, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """Scaled float32 batches of `part` in stored order, for reports."""
-        pending: list[tuple[np.ndarray, np.ndarray | None]] = []
+    def batches(self, part: str, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
+        """Scaled float32 batches of `part` in stored order, with labels and source rows, for reports."""
+        pending: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]] = []
         held = 0
-        for rows, labels in self.blocks(part):
-            pending.append((rows, labels))
-            held += len(rows)
+        for block in self.indexed_blocks(part):
+            pending.append(block)
+            held += len(block[0])
             if held >= batch_size:
                 yield self._joined(pending)
                 pending, held = [], 0
         if pending:
             yield self._joined(pending)
 
-    def _joined(self, parts: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray | None]:
+    def _joined(
+        self, parts: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]]
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         rows = np.concatenate([p[0] for p in parts])
         labels = None if parts[0][1] is None else np.concatenate([p[1] for p in parts if p[1] is not None])
-        return self.scale(rows), labels
+        return self.scale(rows), labels, np.concatenate([p[2] for p in parts])
 
     def stream(self, part: str) -> Stream:
         return Stream(self, part)
@@ -325,11 +335,13 @@ class ShardedData:
                 f"--data {self.cfg.source} --set data.limit=N (the first N rows of each of its splits)"
             )
         arrays = {}
+        source_rows = {}
         for part in ("train", "validation", "test"):
             batches = list(self.batches(part, 65536)) if part in parts else []
             x = np.concatenate([b[0] for b in batches]) if batches else np.empty((0, *self.sample_shape), np.float32)
             y = np.concatenate([b[1] for b in batches]) if batches and batches[0][1] is not None else None
             arrays[part] = (x, y)
+            source_rows[part] = np.concatenate([b[2] for b in batches]) if batches else np.empty(0, np.int64)
         return Dataset(
             x_train=arrays["train"][0],
             y_train=arrays["train"][1],
@@ -342,6 +354,7 @@ class ShardedData:
             scaling=self.scaling,
             label_names=self.label_names,
             description=self.description,
+            source_rows=source_rows,
         )
 
 
@@ -471,16 +484,18 @@ def open_sharded(cfg: DataConfig, seed: int) -> ShardedData:
     """Open a shard folder for `cfg`: count each part's rows and fit the scaling in one
     streaming pass over the training rows (which also checks them for NaN and inf)."""
     shards = open_shards(Path(cfg.source))
-    if cfg.labels_path is not None or cfg.label_column is not None:
+    if cfg.labels_path is not None or cfg.label_column is not None or cfg.id_column is not None:
         raise DataError(
-            f"data.source {cfg.source}: a shard folder carries its own labels ({LABELS_SUFFIX} files); "
-            f"drop data.labels_path / data.label_column"
+            f"data.source {cfg.source}: a shard folder carries its own labels ({LABELS_SUFFIX} files) and no ids; "
+            f"drop data.labels_path / data.label_column / data.id_column"
         )
     if cfg.classes is not None and shards.splits["train"].labels is None:
         raise DataError("data.classes: the source has no labels to filter on")
     if shards.encoding == "tfrecord":
         _check_first_records(shards)
     data = ShardedData(shards, cfg, seed)
+    if cfg.classes is not None:
+        data.class_codes = label_codes(cfg.classes, shards.label_names, "data.classes")
     data.counts = {part: data.count(part) for part in ("train", "validation", "test")}
     own_test = "test" in shards.splits
     for part, fix in (

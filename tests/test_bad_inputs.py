@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import shutil
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -77,6 +80,35 @@ def with_nan(n: int = 20) -> np.ndarray:
     return x
 
 
+def alias_bomb(levels: int) -> str:
+    """The "billion laughs" document: each level lists the previous one nine times."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9)}]" for n in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def csv_case(text: str, extra: str = "") -> Case:
+    return data_file("d.csv", raw(text.encode()), extra)
+
+
+def special_file(kind: str) -> Case:
+    """A config or data source that is not a regular file: a FIFO (reading it would block) or
+    a link to an endless character device."""
+
+    def make(folder: Path) -> list[str]:
+        target = folder / ("c.yaml" if kind.startswith("config") else "d.npy")
+        if kind.endswith("fifo"):
+            os.mkfifo(target)
+        else:
+            target.symlink_to("/dev/zero")
+        if kind.startswith("config"):
+            return ["train", str(target)]
+        (folder / "c.yaml").write_text(f"data: {{source: {target}}}\n")
+        return ["train", str(folder / "c.yaml")]
+
+    return make
+
+
 CORPUS: dict[str, Case] = {
     # configs
     "empty config": config(""),
@@ -105,7 +137,51 @@ CORPUS: dict[str, Case] = {
     "config is a folder": lambda folder: ["train", str(folder)],
     "malformed --set": lambda folder: [*config("{}\n")(folder), "--set", "epochs"],
     "--set into a scalar": lambda folder: [*config("{}\n")(folder), "--set", "data.source.x=1"],
+    "yaml alias bomb": config(alias_bomb(9)),
+    "yaml alias cycle": config("a: &a [*a]\n"),
+    "yaml nested too deeply": config("a: " + "[" * 20000 + "]" * 20000 + "\n"),
+    "config over a megabyte": config("# padding\n" * 120_000 + "{}\n"),
+    "duplicate section": config("training: {epochs: 1}\nmodel: {}\ntraining: {epochs: 2}\n"),
+    "duplicate key in a section": config("optimizer:\n  name: sgd\n  name: adam\n"),
+    "boolean as epochs": config("training: {epochs: true}\n"),
+    "sexagesimal epochs": config("training: {epochs: 10:00}\n"),
+    "hexadecimal epochs": config("training: {epochs: 0x10}\n"),
+    "infinite learning rate": config("optimizer: {learning_rate: .inf}\n"),
+    "nan dropout": config("model: {dropout: .nan}\n"),
+    "boolean as latent size": config("model: {latent_dim: false}\n"),
+    "thousand-character unknown key": config("model: {" + "k" * 1000 + ": 1}\n"),
+    "thousands of unknown keys": config("data: {" + ", ".join(f"k{i}: 1" for i in range(5000)) + "}\n"),
+    "config is a fifo": special_file("config-fifo"),
+    "config links to /dev/zero": special_file("config-device"),
+    "empty --set value": lambda folder: [*config("{}\n")(folder), "--set", "model.encoder="],
+    "--set infinite learning rate": lambda folder: [*config("{}\n")(folder), "--set", "optimizer.learning_rate=.inf"],
+    "--set boolean epochs": lambda folder: [*config("{}\n")(folder), "--set", "training.epochs=true"],
+    "--set alias bomb": lambda folder: [
+        *config("{}\n")(folder),
+        "--set",
+        "data.x=" + alias_bomb(9).replace("\n", ", "),
+    ],
     # data files
+    "data source is a fifo": special_file("data-fifo"),
+    "data source links to /dev/zero": special_file("data-device"),
+    "csv value beyond float32": csv_case("a,b\n1,2\n3,1e39\n" + "1,2\n" * 20),
+    "csv span beyond float32": csv_case("a,b\n1,3e38\n3,-3e38\n" + "1,2\n" * 20),
+    "csv value near float64 max": csv_case("a,b\n1,1e308\n3,-1e308\n" + "1,2\n" * 20),
+    "npy float64 beyond float32": data_file("f.npy", npy(np.r_[np.ones((20, 3)), [[1e300, 0, 0]]])),
+    "csv blank label": csv_case("a,b,label\n1,2,0\n3,4,\n" + "1,2,1\n" * 20, ", label_column: label"),
+    "csv class name absent": csv_case("a,label\n" + "1,cat\n2,dog\n" * 10, ", label_column: label, classes: [cow]"),
+    "csv class name on integer labels": csv_case(
+        "a,label\n" + "1,0\n2,1\n" * 10, ", label_column: label, classes: [cat]"
+    ),
+    "csv unknown id column": csv_case("a,b\n1,2\n3,4\n", ", id_column: key"),
+    "csv id column is the label column": csv_case("a,b\n1,2\n3,4\n", ", id_column: b, label_column: b"),
+    "id column on an npy source": data_file("i.npy", npy(np.ones((20, 3))), ", id_column: 0"),
+    "csv only label and id columns": csv_case("id,label\na,1\nb,2\n", ", id_column: id, label_column: label"),
+    "csv with a NUL byte": data_file("z.csv", raw(b"a,b\n1,2\n3,\x004\n")),
+    "csv with a 200 KB field": csv_case("a,b\n1,2\n3," + "9" * 200_000 + "\n"),
+    "npz holding pickled objects": data_file(
+        "p.npz", lambda path: np.savez(path, x=np.array([{"a": 1}] * 4, dtype=object))
+    ),
     "missing data file": data_file("absent.npy", lambda path: None),
     "empty npy file": data_file("e.npy", raw(b"")),
     "garbage npy": data_file("g.npy", raw(b"\x93NUMPY garbage" * 10)),
@@ -150,7 +226,7 @@ CORPUS: dict[str, Case] = {
 
 
 def test_the_corpus_is_large_enough() -> None:
-    assert len(CORPUS) >= 40
+    assert len(CORPUS) + len(RUN_CORPUS) >= 80
 
 
 @pytest.mark.parametrize("case", list(CORPUS), ids=list(CORPUS))
@@ -163,8 +239,128 @@ def test_bad_input(case: str, cli, tmp_path: Path) -> None:
         args = [*args, "--runs-dir", str(runs)]
     result = cli(*args)
     assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
+    assert_one_line_error(result)
     for record in runs.glob("*/run.json") if runs.exists() else []:
         assert json.loads(record.read_text())["status"] != "completed"
+
+
+def assert_one_line_error(result: Any) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[:2000]
+    assert len(lines[0]) <= 1100, f"an error line of {len(lines[0])} characters"
+    assert "Traceback" not in result.output
+
+
+RunCase = Callable[[Path, Path], list[str]]
+
+
+def damaged(change: Callable[[Path], None], *args: str, command: str = "evaluate") -> RunCase:
+    """A copy of a trained run, damaged by `change`, given to `command`."""
+
+    def make(folder: Path, trained: Path) -> list[str]:
+        copy = Path(shutil.copytree(trained, folder / "run", ignore=shutil.ignore_patterns("eval-*", "reconstruct-*")))
+        change(copy)
+        return [command, str(copy), *args]
+
+    return make
+
+
+def truncate(name: str, keep: float = 0.5) -> Callable[[Path], None]:
+    def change(run: Path) -> None:
+        data = (run / name).read_bytes()
+        (run / name).write_bytes(data[: int(len(data) * keep)])
+
+    return change
+
+
+def flip_byte(name: str, at: float = 0.3) -> Callable[[Path], None]:
+    def change(run: Path) -> None:
+        data = bytearray((run / name).read_bytes())
+        data[int(len(data) * at)] ^= 0xFF
+        (run / name).write_bytes(bytes(data))
+
+    return change
+
+
+def remove(name: str) -> Callable[[Path], None]:
+    return lambda run: (run / name).unlink()
+
+
+def garble(name: str, content: bytes = b"\x00\xffgarbage") -> Callable[[Path], None]:
+    return lambda run: (run / name).write_bytes(content)
+
+
+def with_file(name: str, write: Callable[[Path], None], *args: str, command: str = "evaluate") -> RunCase:
+    """An intact run given a hostile extra file (written beside it) through `args`."""
+
+    def make(folder: Path, trained: Path) -> list[str]:
+        write(folder / name)
+        return [command, str(trained), *[arg.replace("{file}", str(folder / name)) for arg in args]]
+
+    return make
+
+
+def nothing(run: Path) -> None:
+    return None
+
+
+RUN_CORPUS: dict[str, RunCase] = {
+    "history.csv deleted": damaged(remove("history.csv")),
+    "history.csv garbled": damaged(garble("history.csv", b"epoch,loss\n1,abc\n")),
+    "history.csv empty": damaged(garble("history.csv", b"")),
+    "model.keras truncated": damaged(truncate("model.keras")),
+    "model.keras byte flipped": damaged(flip_byte("model.keras")),
+    "encoder.keras truncated": damaged(truncate("encoder.keras")),
+    "model.keras truncated, reconstruct": damaged(truncate("model.keras"), "--indices", "0", command="reconstruct"),
+    "metrics.json garbled": damaged(garble("metrics.json")),
+    "config.yaml garbled": damaged(garble("config.yaml", b"model: [unclosed\n")),
+    "config.yaml alias bomb": damaged(garble("config.yaml", alias_bomb(9).encode())),
+    "train_errors.csv garbled": damaged(garble("train_errors.csv", b"index,mse\n0,zzz\n"), "--normal-classes", "0"),
+    "--out is a file": damaged(lambda run: (run / "taken").write_text("x"), "--out", "{run}/taken"),
+    "--out is a non-empty folder": damaged(lambda run: None, "--out", "{run}/checkpoints"),
+    "--normal-classes name on integer labels": damaged(nothing, "--normal-classes", "cat"),
+    "--normal-classes absent": damaged(nothing, "--normal-classes", "42"),
+    "--set without --data": damaged(nothing, "--set", "data.limit=5"),
+    "--set outside data": with_file(
+        "x.npy", npy(np.zeros((4, 8, 8))), "--data", "{file}", "--set", "model.latent_dim=3"
+    ),
+    "--set empty value": with_file("x.npy", npy(np.zeros((4, 8, 8))), "--data", "{file}", "--set", "data.limit="),
+    "--data of another layout (4x16 for 8x8)": with_file("x.npy", npy(np.zeros((4, 4, 16))), "--data", "{file}"),
+    "--data of another size": with_file("x.npy", npy(np.zeros((4, 9, 9))), "--data", "{file}"),
+    "--anomaly-data with NaN": with_file("x.npy", npy(np.full((4, 8, 8), np.nan)), "--anomaly-data", "{file}"),
+    "reconstruct input of another layout": with_file(
+        "x.npy", npy(np.zeros((4, 16, 4))), "{file}", command="reconstruct"
+    ),
+    "reconstruct garbage png": with_file("g.png", raw(b"\x89PNG\r\n\x1a\n garbage"), "{file}", command="reconstruct"),
+    "reconstruct truncated png": with_file(
+        "t.png", lambda path: _png(path, truncate_to=45), "{file}", command="reconstruct"
+    ),
+    "reconstruct --set unknown label column": with_file(
+        "x.csv", raw(b"a,b\n1,2\n"), "{file}", "--set", "data.label_column=nope", command="reconstruct"
+    ),
+    "reconstruct --indices out of range": damaged(nothing, "--indices", "100000", command="reconstruct"),
+}
+
+
+def _png(path: Path, truncate_to: int | None = None) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(path)
+    if truncate_to is not None:
+        path.write_bytes(path.read_bytes()[:truncate_to])
+
+
+@pytest.mark.parametrize("case", list(RUN_CORPUS), ids=list(RUN_CORPUS))
+def test_bad_input_to_a_trained_run(case: str, cli, trained_run: Path, tmp_path: Path) -> None:
+    """Damaged runs and hostile options: one line, exit 2, nothing written, the run untouched."""
+    before = {path: path.stat().st_mtime_ns for path in trained_run.rglob("*") if path.is_file()}
+    args = [arg.replace("{run}", str(tmp_path / "run")) for arg in RUN_CORPUS[case](tmp_path, trained_run)]
+    run = Path(args[1])
+    existing = set(run.iterdir())
+    result = cli(*args)
+    assert result.exit_code == 2, result.output
+    assert_one_line_error(result)
+    assert set(run.iterdir()) == existing, "an output folder was left behind"
+    assert not list(tmp_path.glob(".*partial*")) and not list(run.glob(".*partial*"))
+    after = {path: path.stat().st_mtime_ns for path in trained_run.rglob("*") if path.is_file()}
+    assert {p: t for p, t in after.items() if p in before} == before, "the trained run was modified"

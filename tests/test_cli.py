@@ -39,7 +39,7 @@ def test_metrics_report(trained_run: Path) -> None:
     assert metrics["train_errors"]["default_threshold"] == "percentile:95"
     with (trained_run / "errors.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 80 and set(rows[0]) == {"index", "label", "mse", "mae", "bce"}
+    assert len(rows) == 80 and set(rows[0]) == {"index", "source_row", "label", "mse", "mae", "bce"}
     mean_mse = np.mean([float(row["mse"]) for row in rows])
     assert mean_mse == pytest.approx(metrics["reconstruction"]["mse"], rel=1e-5)
     with (trained_run / "history.csv").open() as handle:

@@ -117,7 +117,7 @@ def test_evaluate_refuses_what_is_not_a_completed_run(cli, trained_run: Path, tm
     (failed / "run.json").write_text(json.dumps(info))
     (failed / "model.keras").write_bytes(b"not a zip")
     result = cli("evaluate", failed)
-    assert result.exit_code == 2 and "model.keras failed to load" in result.stderr
+    assert result.exit_code == 2 and "model.keras is corrupt or truncated" in result.stderr
     (failed / "encoder.keras").unlink()
     assert "incomplete: missing encoder.keras" in cli("evaluate", failed).stderr
 
@@ -130,7 +130,7 @@ def test_model_with_code_is_refused_in_safe_mode(cli, trained_run: Path, tmp_pat
     inputs = keras.Input((8, 8, 1))
     keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2)(inputs)).save(run / "model.keras")
     result = cli("evaluate", run)
-    assert result.exit_code == 2 and "model.keras failed to load" in result.stderr and "safe" in result.stderr
+    assert result.exit_code == 2 and "model.keras is corrupt or truncated" in result.stderr and "safe" in result.stderr
 
 
 def test_reconstruct_png_idx_and_indices_with_noise(cli, trained_run: Path, tmp_path: Path) -> None:
@@ -156,7 +156,7 @@ def test_reconstruct_png_idx_and_indices_with_noise(cli, trained_run: Path, tmp_
     assert result.exit_code == 0, result.output
     assert last_line(result) == out and "denoising: PSNR" in result.stdout
     rows = (out / "reconstructions.csv").read_text().splitlines()
-    assert rows[0] == "index,input,label,mse,psnr_noisy,psnr_reconstructed" and len(rows) == 8
+    assert rows[0] == "index,input,source_row,label,mse,psnr_noisy,psnr_reconstructed" and len(rows) == 8
     assert (out / "reconstructions.png").is_file() and (out / "000-a-reconstruction.png").is_file()
     assert (out / "000-a-noisy.png").is_file()
     assert Image.open(out / "006-test_5_-reconstruction.png").size == (8, 8)
@@ -167,7 +167,9 @@ def test_reconstruct_without_noise_into_the_run(cli, trained_run: Path) -> None:
     result = cli("reconstruct", trained_run, "--indices", "1")
     assert result.exit_code == 0, result.output
     out = last_line(result)
-    assert out.parent == trained_run and (out / "reconstructions.csv").read_text().startswith("index,input,label,mse\n")
+    assert out.parent == trained_run and (out / "reconstructions.csv").read_text().startswith(
+        "index,input,source_row,label,mse\n"
+    )
 
 
 @pytest.mark.parametrize(

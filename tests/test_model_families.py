@@ -80,8 +80,11 @@ def test_vae_reports_reconstruction_and_kl(body: str, digits: tuple, tmp_path: P
         assert key in history[-1]
     last = history[-1]
     assert last["kl_loss"] >= 0
-    # loss = reconstruction (summed over the 64 pixels) + beta * KL, to within epoch-averaging noise
-    assert last["loss"] == pytest.approx(last["reconstruction_loss"] + 0.5 * last["kl_loss"], rel=0.02)
+    # loss = reconstruction (summed over the 64 pixels) + beta * KL, exactly (to float32 rounding),
+    # although 216 training rows end each epoch with a partial batch of 24
+    assert len(digits[0]) % 32 != 0
+    for row in history:
+        assert row["loss"] == pytest.approx(row["reconstruction_loss"] + 0.5 * row["kl_loss"], rel=1e-5)
     assert last["reconstruction_loss"] > 64 * 0.1  # a sum over pixels, not a mean
 
 

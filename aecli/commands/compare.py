@@ -14,6 +14,7 @@ import itertools
 import json
 import math
 import shlex
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +139,7 @@ def run_comparison(request: CompareRequest, reporter_factory: Any = None, say: A
             say(f"[{number}/{len(cells)}] {cell.key}: already {records[cell.key]['status']}, skipped")
             continue
         say(f"[{number}/{len(cells)}] {cell.key}")
+        _discard_unfinished(sweep_dir, records.get(cell.key, {}))
         record: dict[str, Any] = {"values": dict(cell.values), "seed": cell.seed, "started": now_iso()}
         started_dirs: list[Path] = []
         try:
@@ -164,14 +166,25 @@ def run_comparison(request: CompareRequest, reporter_factory: Any = None, say: A
             write_json_atomic(sweep_dir / SWEEP_FILE, sweep)
         if record["status"] == "completed":
             training = outcome.metrics["training"]
-            final = training["final_val_loss"] if training["final_val_loss"] is not None else training["final_loss"]
+            validated = training["final_val_loss"] is not None
+            final = training["final_val_loss"] if validated else training["final_loss"]
             say(
-                f"    final loss {final:.4g}, test mse {outcome.metrics['reconstruction']['mse']:.4g}, "
-                f"{training['epochs_run']} epochs in {training['wall_seconds']:.1f}s"
+                f"    final {'val loss' if validated else 'loss'} {final:.4g}, test mse "
+                f"{outcome.metrics['reconstruction']['mse']:.4g}, {training['epochs_run']} epochs in "
+                f"{training['wall_seconds']:.1f}s"
             )
         else:
             say(f"    {record['status']}: {record.get('error', '')}")
     return _summarise(sweep_dir, cells, records, configs, request.log_scale)
+
+
+def _discard_unfinished(sweep_dir: Path, record: dict[str, Any]) -> None:
+    """An interrupted or failed cell is trained again from scratch: its old run folder goes."""
+    name = record.get("run_dir")
+    if name and record.get("status") not in ("completed", "diverged"):
+        old = sweep_dir / str(name)
+        if old.parent == sweep_dir and (old / "run.json").is_file():
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _open_sweep(request: CompareRequest, cells: list[Cell]) -> dict[str, Any]:
@@ -244,6 +257,22 @@ NUMERIC_COLUMNS = (
 )
 
 
+def column_titles(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Table titles of NUMERIC_COLUMNS; the loss columns name what they are: the validation loss
+    when every cell has a validation split, the training loss otherwise."""
+    monitored = {row.get("monitor") for row in rows if row.get("monitor")}
+    loss = "val loss" if monitored == {"val_loss"} else "loss" if monitored == {"loss"} else "val (or train) loss"
+    return {
+        "final_loss": f"final {loss}",
+        "best_loss": f"best {loss}",
+        "best_epoch": "best epoch",
+        "test_mse": "test MSE",
+        "epochs_to_5pct": "epochs to 5% of best",
+        "wall_seconds": "seconds",
+        "samples_per_second": "samples/s",
+    }
+
+
 def _summarise(
     sweep_dir: Path,
     cells: list[Cell],
@@ -278,6 +307,7 @@ def _summarise(
             **dict(members[0].values),
             "loss_name": configs[members[0]].loss.name,
             "runs": f"{len(done)}/{len(members)}",
+            "monitor": done[0]["monitor"] if done else None,
             "status": "/".join(statuses),
             "group": group,
         }
@@ -317,17 +347,7 @@ def _write_tables(sweep_dir: Path, rows: list[dict[str, Any]], varied: list[str]
         writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns + numeric})
     write_text_atomic(sweep_dir / "comparison.csv", buffer.getvalue())
 
-    headers = [
-        *varied,
-        "status",
-        "final val loss",
-        "best val loss",
-        "best epoch",
-        "test MSE",
-        "epochs to 5% of best",
-        "seconds",
-        "samples/s",
-    ]
+    headers = [*varied, "status", *column_titles(rows).values()]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in sorted(rows, key=lambda r: (r["test_mse"] is None, r["test_mse"] or 0)):
         cells = [str(row[key]) for key in varied] + [row["status"]]
@@ -349,7 +369,7 @@ def _plot_curves(sweep_dir: Path, cells: list[Cell], results: dict[str, dict[str
         result = results[cell.key]
         if result["status"] != "completed":
             continue
-        short = ", ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in cell.values)
+        short = ", ".join(f"{key}={value}" for key, value in cell.values)
         label = short + (f" (seed {cell.seed})" if any(c.group == cell.group and c != cell for c in cells) else "")
         epochs = [float(epoch) for epoch in range(1, len(result["curve"]) + 1)]
         series_epochs.append((label, epochs, result["curve"]))

@@ -13,19 +13,21 @@ from typing import Any
 import numpy as np
 
 from aecli.backend import select_backend
-from aecli.config import DataConfig, apply_override
-from aecli.data import load_dataset, load_for_model
-from aecli.errors import ConfigError, DataError, EvaluationError
+from aecli.data import Samples, label_codes, load_dataset, load_for_model, present_labels
+from aecli.errors import DataError, EvaluationError
 from aecli.evaluation import (
     anomaly_report,
+    label_name,
     latent_report,
     mean_ssim,
     parse_threshold,
+    per_sample_errors,
     predict_batched,
     project_2d,
     reconstruction_report,
     resolve_threshold,
 )
+from aecli.fingerprints import check_unchanged
 from aecli.reporting import (
     plot_error_histogram,
     plot_latent,
@@ -37,7 +39,7 @@ from aecli.reporting import (
     write_metrics_json,
     write_report,
 )
-from aecli.runs import TrainedRun, check_new_output_dir, create_run_dir, load_model, now_iso, open_trained_run
+from aecli.runs import StagedOutputDir, TrainedRun, check_new_output_dir, load_model, now_iso, open_trained_run
 
 SCORES = ("mse", "mae", "bce")
 
@@ -48,12 +50,13 @@ class EvaluateRequest:
     data: str | None = None
     data_overrides: list[str] = field(default_factory=list)
     out: Path | None = None
-    normal_classes: list[int] | None = None
+    normal_classes: list[int | str] | None = None
     anomaly_data: str | None = None
     score: str = "mse"
     threshold: str | None = None
     tsne: bool = False
     backend: str | None = None
+    force: bool = False
 
 
 @dataclass
@@ -69,35 +72,40 @@ class _Evaluated:
     labels: np.ndarray | None
     label_names: list[str] | None
     description: str
+    origin: dict[str, np.ndarray] = field(default_factory=dict)  # per-sample columns: source_row, id
     is_anomaly: np.ndarray | None = None
-    normal_classes: list[int] | None = None
+    normal_classes: list[int | str] | None = None
+    added_anomalies: bool = False  # --anomaly-data rows appended after the evaluated ones
+
+
+ANOMALY_LABEL = "anomaly (--anomaly-data)"
 
 
 def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
-    run = open_trained_run(request.run_dir)
+    """Everything is read and computed first; the outputs are written into a hidden folder that
+    becomes the output folder only when complete."""
+    run = open_trained_run(request.run_dir, needs=("history.csv",))
     select_backend(request.backend or run.config.runtime.backend)
     if request.score not in SCORES:
         raise EvaluationError(f"--score {request.score!r}: expected one of {', '.join(SCORES)}")
     threshold_spec = parse_threshold(request.threshold or run.metrics["train_errors"]["default_threshold"])
     if request.normal_classes is not None and request.anomaly_data is not None:
         raise EvaluationError("--normal-classes and --anomaly-data are two ways to label anomalies: use one")
-    out_dir = check_new_output_dir(request.out)
+    check_new_output_dir(request.out)
+    history = read_history_csv(run.path / "history.csv")
     evaluated = _evaluated_data(run, request)
 
     model = load_model(run.path / "model.keras", compile=False)
     encoder = load_model(run.path / "encoder.keras", compile=False)
     reconstructions = predict_batched(model, evaluated.x)
-    metrics, errors = reconstruction_report(evaluated.x, reconstructions, evaluated.labels, evaluated.label_names)
+    errors = per_sample_errors(evaluated.x, reconstructions)
     if request.score not in errors:
         raise EvaluationError("--score bce: needs data in [0, 1], and the evaluated data is outside it")
-    is_image = len(run.sample_shape) == 3
-    if is_image:
-        metrics["reconstruction"]["ssim"] = mean_ssim(evaluated.x, reconstructions)
-
-    # Samples added by --anomaly-data carry no real label: score the latent space without them.
+    # Samples added by --anomaly-data are not the evaluated data: its metrics leave them out.
     normal = np.ones(len(evaluated.x), bool)
-    if request.anomaly_data is not None and evaluated.is_anomaly is not None:
+    if evaluated.added_anomalies and evaluated.is_anomaly is not None:
         normal = ~evaluated.is_anomaly
+    metrics = _reconstruction_metrics(run, evaluated, reconstructions, normal)
     codes = predict_batched(encoder, evaluated.x)
     if evaluated.labels is not None:
         latent = latent_report(codes[normal], evaluated.labels[normal], seed=run.config.training.seed)
@@ -118,75 +126,112 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
         }
         flags = {"is_anomaly": evaluated.is_anomaly, "flagged": scores > threshold}
     metrics = {"run": str(run.path), "data": evaluated.description, "evaluated": now_iso(), **metrics}
-
-    out_dir = _create_out_dir(out_dir) if out_dir else create_run_dir(run.path, "eval")
-    write_metrics_json(out_dir / "metrics.json", metrics)
-    write_errors_csv(out_dir / "errors.csv", errors, evaluated.labels, evaluated.label_names, flags)
-    history = read_history_csv(run.path / "history.csv")
-    plot_loss_curves(history, out_dir / "loss_curves.png")
-    plot_reconstruction_grid(evaluated.x, reconstructions, errors["mse"], is_image, out_dir / "reconstructions.png")
-    plot_error_histogram(scores, request.score, out_dir / "error_histogram.png", evaluated.is_anomaly, threshold)
     points, method = project_2d(codes, "tsne" if request.tsne else "pca", seed=run.config.training.seed)
-    plot_latent(points, evaluated.labels, method, out_dir / "latent.png", evaluated.label_names)
-    _, report_html = write_report(out_dir, f"aecli evaluation of {run.path.name}", _report_blocks(run, metrics))
-    return EvaluateOutcome(out_dir, metrics, report_html)
+
+    staged = StagedOutputDir(request.out, run.path, "eval")
+    with staged as out_dir:
+        write_metrics_json(out_dir / "metrics.json", metrics)
+        write_errors_csv(
+            out_dir / "errors.csv", errors, evaluated.labels, evaluated.label_names, flags, evaluated.origin
+        )
+        plot_loss_curves(history, out_dir / "loss_curves.png")
+        plot_reconstruction_grid(
+            evaluated.x, reconstructions, errors["mse"], len(run.sample_shape) == 3, out_dir / "reconstructions.png"
+        )
+        plot_error_histogram(scores, request.score, out_dir / "error_histogram.png", evaluated.is_anomaly, threshold)
+        plot_latent(points, evaluated.labels, method, out_dir / "latent.png", evaluated.label_names)
+        write_report(out_dir, f"aecli evaluation of {run.path.name}", _report_blocks(run, metrics))
+    final = staged.final or out_dir
+    return EvaluateOutcome(final, metrics, final / "report.html")
 
 
-def _create_out_dir(out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def _data_config(run: TrainedRun, source: str, overrides: list[str]) -> DataConfig:
-    raw: dict[str, Any] = {"data": {**run.config.data.model_dump(exclude_none=True), "source": source}}
-    for override in overrides:
-        if not override.startswith("data."):
-            raise ConfigError(f"--set {override!r}: evaluate accepts data.KEY=VALUE overrides only")
-        apply_override(raw, override)
-    try:
-        return DataConfig.model_validate(raw["data"])
-    except Exception as exc:
-        raise ConfigError(f"--set: {' '.join(str(exc).split())}") from None
+def _reconstruction_metrics(
+    run: TrainedRun, evaluated: _Evaluated, reconstructions: np.ndarray, normal: np.ndarray
+) -> dict[str, Any]:
+    """Reconstruction metrics of the evaluated data; rows added by --anomaly-data get their own."""
+    is_image = len(run.sample_shape) == 3
+    x, x_hat = evaluated.x[normal], reconstructions[normal]
+    labels = None if evaluated.labels is None else evaluated.labels[normal]
+    metrics, _ = reconstruction_report(x, x_hat, labels, evaluated.label_names)
+    if is_image:
+        metrics["reconstruction"]["ssim"] = mean_ssim(x, x_hat)
+    if not normal.all():
+        added, _ = reconstruction_report(evaluated.x[~normal], reconstructions[~normal], None)
+        metrics["anomaly_data_reconstruction"] = {"n_samples": added["n_samples"], **added["reconstruction"]}
+    return metrics
 
 
 def _evaluated_data(run: TrainedRun, request: EvaluateRequest) -> _Evaluated:
-    if request.data is None and request.data_overrides:
-        raise EvaluationError("--set data.KEY=VALUE needs --data SOURCE (the run's own test split is fixed)")
+    if request.data is None and request.anomaly_data is None and request.data_overrides:
+        raise EvaluationError(
+            "--set data.KEY=VALUE says how to read --data or --anomaly-data (the run's own test split is fixed)"
+        )
     if request.data is None:
+        check_unchanged(run.info["data"].get("fingerprints"), request.force)
         dataset = load_dataset(run.config.data, seed=run.config.training.seed, test_only=True)
+        origin = {"source_row": dataset.source_rows["test"]} if "test" in dataset.source_rows else {}
+        if "test" in dataset.ids:
+            origin["id"] = dataset.ids["test"]
         evaluated = _Evaluated(
-            dataset.x_test, dataset.y_test, dataset.label_names, f"test split of {run.config.data.source}"
+            dataset.x_test, dataset.y_test, dataset.label_names, f"test split of {run.config.data.source}", origin
         )
     else:
-        cfg = _data_config(run, request.data, request.data_overrides)
-        x, y, names = _load_option(cfg, run, "--data")
-        evaluated = _Evaluated(x, y, names, f"all rows of {request.data}")
+        samples = _load_option(run, request.data, request.data_overrides, "--data")
+        evaluated = _Evaluated(
+            samples.x, samples.y, samples.label_names, _rows_read(request.data, samples), _origin(samples)
+        )
 
     normal_classes = request.normal_classes
-    if normal_classes is None and request.anomaly_data is None and run.config.data.classes is not None:
+    inherited = normal_classes is None and request.anomaly_data is None and run.config.data.classes is not None
+    if inherited:
         normal_classes = run.config.data.classes  # trained on these: every other label is an anomaly
     if request.anomaly_data is not None:
-        cfg = _data_config(run, request.anomaly_data, request.data_overrides)
-        x_anomaly, _, _ = _load_option(cfg, run, "--anomaly-data")
-        evaluated.x = np.concatenate([evaluated.x, x_anomaly])
-        evaluated.is_anomaly = np.r_[np.zeros(len(evaluated.x) - len(x_anomaly), bool), np.ones(len(x_anomaly), bool)]
-        if evaluated.labels is not None:
-            evaluated.labels = np.r_[evaluated.labels, np.full(len(x_anomaly), -1)]
-            evaluated.label_names = None
-        evaluated.description += f", with every row of {request.anomaly_data} as anomalies"
+        anomalies = _load_option(run, request.anomaly_data, request.data_overrides, "--anomaly-data")
+        _add_anomalies(evaluated, anomalies)
+        evaluated.description += f", with {_rows_read(request.anomaly_data, anomalies)} as anomalies"
     elif normal_classes is not None:
         if evaluated.labels is None:
             raise EvaluationError(f"--normal-classes: {evaluated.description} has no labels to tell anomalies by")
-        if not np.isin(evaluated.labels, normal_classes).any():
-            present = ", ".join(str(label) for label in np.unique(evaluated.labels)[:20])
+        codes = label_codes(normal_classes, evaluated.label_names, "--normal-classes")
+        evaluated.is_anomaly = ~np.isin(evaluated.labels, codes)
+        if evaluated.is_anomaly.all() and not inherited:  # a typo, most likely: say what there is
+            present = present_labels(evaluated.labels, evaluated.label_names)
             raise EvaluationError(f"--normal-classes {normal_classes}: none occur in the labels (present: {present})")
-        evaluated.is_anomaly = ~np.isin(evaluated.labels, normal_classes)
         evaluated.normal_classes = list(normal_classes)
     return evaluated
 
 
-def _load_option(cfg: DataConfig, run: TrainedRun, option: str) -> tuple[np.ndarray, Any, Any]:
-    """Load a source named on the command line; its errors name the option, not data.source."""
+def _rows_read(source: str, samples: Samples) -> str:
+    return f"the first rows of {source} (data.limit)" if samples.limited else f"all rows of {source}"
+
+
+def _origin(samples: Samples) -> dict[str, np.ndarray]:
+    return {"source_row": samples.source_rows, **({"id": samples.ids} if samples.ids is not None else {})}
+
+
+def _add_anomalies(evaluated: _Evaluated, anomalies: Samples) -> None:
+    """Append every row of an --anomaly-data source, labelled as such (its own label name)."""
+    n = len(anomalies.x)
+    evaluated.x = np.concatenate([evaluated.x, anomalies.x])
+    evaluated.is_anomaly = np.r_[np.zeros(len(evaluated.x) - n, bool), np.ones(n, bool)]
+    evaluated.added_anomalies = True
+    if evaluated.labels is not None:
+        values, codes = np.unique(evaluated.labels, return_inverse=True)
+        names = [label_name(value, evaluated.label_names) for value in values]
+        evaluated.labels = np.r_[codes, np.full(n, len(names))].astype(np.int64)
+        evaluated.label_names = [*names, ANOMALY_LABEL]
+    added = _origin(anomalies)
+    for column in list(evaluated.origin):
+        values = added.get(column, np.full(n, "", object))
+        evaluated.origin[column] = np.r_[evaluated.origin[column].astype(object), values.astype(object)]
+    evaluated.origin["source"] = np.r_[
+        np.full(len(evaluated.x) - n, "evaluated", object), np.full(n, "anomaly-data", object)
+    ]
+
+
+def _load_option(run: TrainedRun, source: str, overrides: list[str], option: str) -> Samples:
+    """Read a source named on the command line the way the run reads its data; errors name the option."""
+    cfg = run.data_config_for(source, overrides, option)
     try:
         return load_for_model(cfg, run.sample_shape, run.scaling)
     except DataError as exc:
@@ -231,6 +276,11 @@ def _report_blocks(run: TrainedRun, metrics: dict[str, Any]) -> list[tuple[str, 
         blocks += [("heading", "Per class"), ("table", rows)]
     if "anomaly" in metrics:
         blocks += [("heading", "Anomaly detection (positive class: anomaly)"), ("table", metrics["anomaly"])]
+    if "anomaly_data_reconstruction" in metrics:
+        blocks += [
+            ("text", "Reconstruction of the --anomaly-data rows (left out of the metrics above):"),
+            ("table", metrics["anomaly_data_reconstruction"]),
+        ]
     blocks.append(("image", ("error_histogram.png", "Distribution of reconstruction errors")))
     if "latent" in metrics:
         latent = {k: v for k, v in metrics["latent"].items() if k != "knn"}

@@ -17,16 +17,16 @@ from typing import Any
 import numpy as np
 
 from aecli.backend import select_backend
-from aecli.config import DataConfig
 from aecli.data import load_dataset, load_for_model
-from aecli.errors import DataError, EvaluationError
-from aecli.evaluation import PSNR_CAP_DB, is_unit_range, per_sample_errors, predict_batched
+from aecli.errors import DataError, EvaluationError, clip
+from aecli.evaluation import PSNR_CAP_DB, is_unit_range, label_name, per_sample_errors, predict_batched
+from aecli.fingerprints import check_unchanged
 from aecli.noise import NoiseSpec, corrupt, parse_noise
 from aecli.reporting import plot_feature_rows, plot_image_rows
 from aecli.runs import (
+    StagedOutputDir,
     TrainedRun,
     check_new_output_dir,
-    create_run_dir,
     load_model,
     open_trained_run,
     save_atomic,
@@ -47,6 +47,8 @@ class ReconstructRequest:
     save_latent: bool = False
     seed: int = 0
     backend: str | None = None
+    data_overrides: list[str] = field(default_factory=list)  # how to read INPUT data files
+    force: bool = False  # --indices: rebuild the test split even if the data files changed
 
 
 @dataclass
@@ -56,6 +58,7 @@ class ReconstructOutcome:
     mean_mse: float
     psnr_noisy: float | None = None
     psnr_reconstructed: float | None = None
+    notes: list[str] = field(default_factory=list)  # what was done to the inputs that a user should know
 
 
 @dataclass
@@ -63,9 +66,13 @@ class _Inputs:
     x: np.ndarray
     names: list[str]
     labels: list[str]
+    source_rows: list[str]  # the row in the input's file or the run's source ("" for image files)
+    notes: list[str] = field(default_factory=list)
 
 
 def reconstruct(request: ReconstructRequest) -> ReconstructOutcome:
+    """Everything is read and computed first; the outputs are written into a hidden folder that
+    becomes the output folder only when complete."""
     run = open_trained_run(request.run_dir)
     select_backend(request.backend or run.config.runtime.backend)
     noise = parse_noise(request.noise) if request.noise else None
@@ -84,20 +91,21 @@ def reconstruct(request: ReconstructRequest) -> ReconstructOutcome:
     after = per_sample_errors(clean, reconstructions)["mse"]
     before = per_sample_errors(clean, fed)["mse"] if noise else None
 
-    out_dir = request.out if request.out is not None else create_run_dir(run.path, "reconstruct")
-    out_dir.mkdir(parents=True, exist_ok=True)
     is_image = len(run.sample_shape) == 3
-    _write_outputs(out_dir, run, inputs, fed if noise else None, reconstructions, is_image)
-    _write_table(out_dir / "reconstructions.csv", inputs, after, before)
-    _plot_grid(out_dir / "reconstructions.png", clean, fed if noise else None, reconstructions, is_image, noise)
-    if codes is not None:
-        save_atomic(out_dir / "latent.npy", lambda path: np.save(path, codes))
+    staged = StagedOutputDir(request.out, run.path, "reconstruct")
+    with staged as out_dir:
+        _write_outputs(out_dir, run, inputs, fed if noise else None, reconstructions, is_image)
+        _write_table(out_dir / "reconstructions.csv", inputs, after, before)
+        _plot_grid(out_dir / "reconstructions.png", inputs, fed if noise else None, reconstructions, is_image, noise)
+        if codes is not None:
+            save_atomic(out_dir / "latent.npy", lambda path: np.save(path, codes))
     return ReconstructOutcome(
-        out_dir,
+        staged.final or out_dir,
         len(clean),
         float(np.mean(after)),
         None if before is None else _mean_psnr(before),
         None if before is None else _mean_psnr(after),
+        inputs.notes,
     )
 
 
@@ -107,32 +115,52 @@ def _load_inputs(run: TrainedRun, request: ReconstructRequest) -> _Inputs:
         if not path.exists():
             raise EvaluationError(f"input not found: {path}")
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            parts.append(_Inputs(_read_image(path, run.sample_shape)[None], [path.name], [""]))
-        else:
-            try:
-                x, y, names = load_for_model(DataConfig(source=str(path)), run.sample_shape, run.scaling)
-            except DataError as exc:
-                raise DataError(str(exc).replace("data.source", "input", 1)) from None
-            labels = [""] * len(x) if y is None else [names[i] if names else str(i) for i in y.tolist()]
-            parts.append(_Inputs(x, [f"{path.name}[{i}]" for i in range(len(x))], labels))
+            image, note = _read_image(path, run.sample_shape)
+            parts.append(_Inputs(image[None], [path.name], [""], [""], [note] if note else []))
+            continue
+        cfg = run.data_config_for(str(path), request.data_overrides, "reconstruct")
+        try:
+            samples = load_for_model(cfg, run.sample_shape, run.scaling)
+        except DataError as exc:
+            raise DataError(str(exc).replace("data.source", "input", 1)) from None
+        names = samples.label_names
+        labels = [""] * len(samples.x) if samples.y is None else [label_name(i, names) for i in samples.y.tolist()]
+        rows = samples.source_rows.tolist() if samples.ids is None else samples.ids.tolist()
+        parts.append(
+            _Inputs(samples.x, [f"{path.name}[{row}]" for row in rows], labels, [str(r) for r in samples.source_rows])
+        )
     if request.indices is not None:
+        check_unchanged(run.info["data"].get("fingerprints"), request.force)
         dataset = load_dataset(run.config.data, seed=run.config.training.seed, test_only=True)
         bad = [i for i in request.indices if not 0 <= i < len(dataset.x_test)]
         if bad:
             raise EvaluationError(f"--indices {bad}: the run's test split has indices 0..{len(dataset.x_test) - 1}")
         labels = (
-            [""] * len(request.indices) if dataset.y_test is None else [str(dataset.y_test[i]) for i in request.indices]
+            [""] * len(request.indices)
+            if dataset.y_test is None
+            else [label_name(dataset.y_test[i], dataset.label_names) for i in request.indices]
         )
-        parts.append(_Inputs(dataset.x_test[request.indices], [f"test[{i}]" for i in request.indices], labels))
+        rows = dataset.source_rows.get("test")
+        parts.append(
+            _Inputs(
+                dataset.x_test[request.indices],
+                [f"test[{i}]" for i in request.indices],
+                labels,
+                ["" if rows is None else str(rows[i]) for i in request.indices],
+            )
+        )
     return _Inputs(
         np.concatenate([part.x for part in parts]),
         [name for part in parts for name in part.names],
         [label for part in parts for label in part.labels],
+        [row for part in parts for row in part.source_rows],
+        [note for part in parts for note in part.notes],
     )
 
 
-def _read_image(path: Path, sample_shape: tuple[int, ...]) -> np.ndarray:
-    """An image file as the model's input: resized to its height x width, 1 or 3 channels, in [0, 1]."""
+def _read_image(path: Path, sample_shape: tuple[int, ...]) -> tuple[np.ndarray, str | None]:
+    """An image file as the model's input, in [0, 1] at its full bit depth (8 or 16 bits), with
+    1 or 3 channels, resized to the model's height x width; the note says when it was resized."""
     from PIL import Image, UnidentifiedImageError
 
     if len(sample_shape) != 3:
@@ -145,13 +173,37 @@ def _read_image(path: Path, sample_shape: tuple[int, ...]) -> np.ndarray:
         raise EvaluationError(f"{path.name}: the model expects {channels}-channel images, which image files lack")
     try:
         with Image.open(path) as image:
-            converted = image.convert("L" if channels == 1 else "RGB")
-            if converted.size != (width, height):
-                converted = converted.resize((width, height), Image.Resampling.LANCZOS)
-            array = np.asarray(converted, dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise EvaluationError(f"{path}: cannot read it as an image ({exc})") from None
-    return array.reshape(sample_shape)
+            image.load()
+            array, size = _pixels(image, channels)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        raise EvaluationError(f"{path}: cannot read it as an image ({clip(str(exc))})") from None
+    note = None
+    if size != (width, height):
+        aspect = " (its aspect ratio changed)" if size[0] * height != size[1] * width else ""
+        note = f"{path.name}: resized from {size[0]}x{size[1]} to {width}x{height}{aspect}"
+        array = _resize(array, width, height)
+    return array.reshape(sample_shape), note
+
+
+def _pixels(image: Any, channels: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Pixels in [0, 1] as float32 (height, width[, 3]); 16-bit greyscale keeps its 65,536 levels."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I") and channels == 1:
+        raw = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or raw.max() > 255 else 255.0
+        return np.clip(raw / top, 0, 1).astype(np.float32), image.size
+    converted = image.convert("L" if channels == 1 else "RGB")
+    return np.asarray(converted, dtype=np.float32) / 255.0, image.size
+
+
+def _resize(array: np.ndarray, width: int, height: int) -> np.ndarray:
+    from PIL import Image
+
+    planes = array[..., None] if array.ndim == 2 else array
+    resized = [
+        np.asarray(Image.fromarray(planes[..., c], mode="F").resize((width, height), Image.Resampling.LANCZOS))
+        for c in range(planes.shape[-1])
+    ]
+    return np.clip(np.stack(resized, axis=-1), 0, 1).astype(np.float32)
 
 
 def _write_outputs(
@@ -185,12 +237,12 @@ def _safe(name: str) -> str:
 def _write_table(path: Path, inputs: _Inputs, after: np.ndarray, before: np.ndarray | None) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    header = ["index", "input", "label", "mse"]
+    header = ["index", "input", "source_row", "label", "mse"]
     if before is not None:
         header += ["psnr_noisy", "psnr_reconstructed"]
     writer.writerow(header)
     for index, name in enumerate(inputs.names):
-        row: list[Any] = [index, name, inputs.labels[index], f"{after[index]:.8g}"]
+        row: list[Any] = [index, name, inputs.source_rows[index], inputs.labels[index], f"{after[index]:.8g}"]
         if before is not None:
             row += [f"{_psnr(before[index]):.4f}", f"{_psnr(after[index]):.4f}"]
         writer.writerow(row)
@@ -207,17 +259,20 @@ def _mean_psnr(mse: np.ndarray) -> float:
 
 def _plot_grid(
     path: Path,
-    clean: np.ndarray,
+    inputs: _Inputs,
     noisy: np.ndarray | None,
     reconstructions: np.ndarray,
     is_image: bool,
     noise: NoiseSpec | None,
 ) -> None:
     shown = slice(0, GRID_COLUMNS)
+    clean = inputs.x
     rows = [("input", clean[shown]), ("reconstructed", reconstructions[shown])]
     if noisy is not None:
         rows = [(f"noisy\n({noise})", noisy[shown]), ("reconstructed", reconstructions[shown]), ("clean", clean[shown])]
+    titles = [clip(name, 14) for name in inputs.names[shown]]
     if is_image:
-        plot_image_rows(rows, path, column_titles=[str(i) for i in range(len(clean[shown]))])
+        plot_image_rows(rows, path, column_titles=titles)
     else:
-        plot_feature_rows(rows, clean[: min(4, len(clean))], path)
+        few = slice(0, min(6, len(clean)))
+        plot_feature_rows([(name, values[few]) for name, values in rows], path, titles[few])

@@ -23,29 +23,36 @@ from aecli.backend import import_tensorflow, select_backend
 from aecli.config import AecliConfig, config_to_yaml, load_config
 from aecli.data import Dataset, is_shard_source, load_dataset, with_absolute_paths
 from aecli.distribute import check_mixed_precision, mixed_precision_policy, replicas, start_strategy, writes_run
-from aecli.errors import ConfigError, DataError, RunError, TrainingDivergedError
+from aecli.errors import ConfigError, DataError, RunError, TrainingDivergedError, as_storage_error
 from aecli.evaluation import (
     PREDICT_BATCH_SIZE,
     error_statistics,
+    parse_threshold,
     predict_batched,
     reconstruction_report,
+    resolve_threshold,
     streamed_reconstruction_report,
 )
+from aecli.fingerprints import check_unchanged, fingerprint
 from aecli.models import check_model_fits_memory, count_parameters, plan_autoencoder
 from aecli.reporting import write_errors_csv, write_history_csv, write_metrics_json
 from aecli.runs import (
+    RUN_FILE,
+    check_keras_archive,
     create_run_dir,
     load_model,
     now_iso,
     read_resume_state,
     read_run_info,
+    run_lock,
     save_atomic,
     update_run_info,
+    write_json_atomic,
     write_text_atomic,
 )
 from aecli.shards import ShardedData, check_streamable, open_sharded
 
-DEFAULT_THRESHOLD = "percentile:95"
+DEFAULT_THRESHOLD = parse_threshold("percentile:95")
 
 
 @dataclass
@@ -79,35 +86,47 @@ def train_run(
     check_model_fits_memory(plan)
     check_mixed_precision(config.training.mixed_precision, config.runtime.backend)
 
-    scratch = None if chief else Path(tempfile.mkdtemp(prefix="aecli-worker-"))
-    run_dir = create_run_dir(scratch or runs_dir, name)
-    if on_run_dir and chief:
-        on_run_dir(run_dir)
-    write_text_atomic(run_dir / "config.yaml", config_to_yaml(config))
-    update_run_info(
-        run_dir,
-        status="running",
-        started=now_iso(),
-        finished=None,
-        seed=config.training.seed,
-        command=command,
-        versions=_versions(),
-        data={
+    record = {
+        "status": "running",
+        "started": now_iso(),
+        "finished": None,
+        "seed": config.training.seed,
+        "command": command,
+        "versions": _versions(),
+        "data": {
             **dataset.description,
             **dataset.shapes(),
             "scaling": dataset.scaling.to_dict(),
             "label_names": dataset.label_names,
+            "fingerprints": fingerprint(config.data),
         },
-        model={"kind": config.model.kind, "parameters": count_parameters(plan)},
-        backend=config.runtime.backend,
-        replicas=replicas(strategy),
-    )
+        "model": {"kind": config.model.kind, "parameters": count_parameters(plan)},
+        "backend": config.runtime.backend,
+        "replicas": replicas(strategy),
+    }
+    scratch = None if chief else Path(tempfile.mkdtemp(prefix="aecli-worker-"))
     try:
-        metrics = _run_guarded(config, dataset, run_dir, reporter, resume=False, strategy=strategy)
+        run_dir = _new_run_dir(scratch or runs_dir, name, config, record)
+        if on_run_dir and chief:
+            on_run_dir(run_dir)
+        with run_lock(run_dir):
+            metrics = _run_guarded(config, dataset, run_dir, reporter, resume=False, strategy=strategy)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     return TrainOutcome(run_dir, metrics, written=chief)
+
+
+def _new_run_dir(parent: Path, name: str, config: AecliConfig, record: dict[str, Any]) -> Path:
+    """A new run directory holding config.yaml and run.json, or none at all if they cannot be written."""
+    run_dir = create_run_dir(parent, name)
+    try:
+        write_text_atomic(run_dir / "config.yaml", config_to_yaml(config))
+        update_run_info(run_dir, **record)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return run_dir
 
 
 @dataclass
@@ -141,15 +160,21 @@ def resume_run(run_dir: Path, reporter: Any = None) -> ResumeOutcome:
 
 
 def _resume_in(run_dir: Path, config: AecliConfig, strategy: Any, reporter: Any) -> ResumeOutcome:
-    dataset = _training_data(config)
-    try:
-        state = read_resume_state(run_dir)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise RunError(f"run {run_dir}: unreadable checkpoints/state.json ({exc})") from None
-    info = read_run_info(run_dir)
-    resumes = [*info.get("resumed", []), {"at": now_iso(), "from_epoch": 0 if state is None else state.epoch}]
-    update_run_info(run_dir, status="running", finished=None, error=None, resumed=resumes)
-    metrics = _run_guarded(config, dataset, run_dir, reporter, resume=True, strategy=strategy)
+    """Everything a resume needs is checked before run.json changes: a refused resume leaves
+    the run exactly as it was (status included)."""
+    with run_lock(run_dir):
+        try:
+            state = read_resume_state(run_dir)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RunError(f"run {run_dir}: unreadable checkpoints/state.json ({exc})") from None
+        if state is not None:
+            check_keras_archive(run_dir / "checkpoints" / "last.keras")
+        check_unchanged(read_run_info(run_dir).get("data", {}).get("fingerprints"), force=False)
+        dataset = _training_data(config)
+        info = read_run_info(run_dir)
+        resumes = [*info.get("resumed", []), {"at": now_iso(), "from_epoch": 0 if state is None else state.epoch}]
+        update_run_info(run_dir, status="running", finished=None, error=None, resumed=resumes)
+        metrics = _run_guarded(config, dataset, run_dir, reporter, resume=True, strategy=strategy, previous_info=info)
     return ResumeOutcome(run_dir, metrics, 0 if state is None else state.epoch)
 
 
@@ -160,10 +185,23 @@ def _run_guarded(
     reporter: Any,
     resume: bool,
     strategy: Any = None,
+    previous_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train and report, recording in run.json how it ended: completed, failed or interrupted."""
+    """Train and report, recording in run.json how it ended: completed, failed or interrupted.
+
+    `previous_info`: a resumed run's record before this attempt, restored when the attempt is
+    refused (a config or run error) so that a refused resume changes nothing."""
     try:
         metrics = _train_and_report(config, dataset, run_dir, reporter, resume, strategy)
+    except OSError as exc:
+        storage = as_storage_error(exc)
+        if storage is None:
+            _record_end(run_dir, status="failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        # The disk is full: checkpoints/last.keras (written atomically) is the last complete
+        # epoch, and the run continues from it once there is space.
+        _record_end(run_dir, status="interrupted", error=str(storage))
+        raise storage from None
     except KeyboardInterrupt:
         state = read_resume_state(run_dir)
         if state is not None:  # the finished epochs, readable without opening the checkpoint
@@ -181,11 +219,23 @@ def _run_guarded(
         else:
             update_run_info(run_dir, status="failed", finished=now_iso(), error="bad data while training")
         raise
+    except (ConfigError, RunError) as exc:
+        if previous_info is not None:
+            write_json_atomic(run_dir / RUN_FILE, previous_info)
+        else:
+            _record_end(run_dir, status="failed", error=str(exc))
+        raise
     except BaseException as exc:
-        update_run_info(run_dir, status="failed", finished=now_iso(), error=f"{type(exc).__name__}: {exc}")
+        _record_end(run_dir, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     update_run_info(run_dir, status="completed", finished=now_iso())
     return metrics
+
+
+def _record_end(run_dir: Path, **changes: Any) -> None:
+    """Record how a run ended, if the disk still lets us: the error being raised matters more."""
+    with contextlib.suppress(OSError):
+        update_run_info(run_dir, **{"finished": now_iso(), **changes})
 
 
 def _training_data(config: AecliConfig) -> Dataset | ShardedData:
@@ -282,12 +332,11 @@ def _train_and_report(
     # worker must join): the report uses the saved model, as a plain single-device copy.
     model = autoencoder.model if strategy is None else load_model(run_dir / "model.keras")
     if isinstance(dataset, ShardedData):  # one pass per split; only per-sample errors are kept
-        metrics, errors, y_test = streamed_reconstruction_report(
-            model, dataset.batches("test", PREDICT_BATCH_SIZE), dataset.label_names
-        )
-        train_report, train_errors, y_train = streamed_reconstruction_report(
-            model, dataset.batches("train", PREDICT_BATCH_SIZE)
-        )
+        test = streamed_reconstruction_report(model, dataset.batches("test", PREDICT_BATCH_SIZE), dataset.label_names)
+        train = streamed_reconstruction_report(model, dataset.batches("train", PREDICT_BATCH_SIZE))
+        metrics, errors, y_test, test_origin = test.metrics, test.errors, test.labels, {"source_row": test.source_rows}
+        train_report, train_errors, y_train = train.metrics, train.errors, train.labels
+        train_origin = {"source_row": train.source_rows}
         train_report.pop("per_class", None)
     else:
         y_test, y_train = dataset.y_test, dataset.y_train
@@ -297,21 +346,30 @@ def _train_and_report(
         train_report, train_errors = reconstruction_report(
             dataset.x_train, predict_batched(model, dataset.x_train), None
         )
-    write_errors_csv(run_dir / "errors.csv", errors, y_test, dataset.label_names)
+        test_origin, train_origin = _origin(dataset, "test"), _origin(dataset, "train")
+    write_errors_csv(run_dir / "errors.csv", errors, y_test, dataset.label_names, origin=test_origin)
     train_mse = train_errors["mse"]
-    write_errors_csv(run_dir / "train_errors.csv", train_errors, y_train, dataset.label_names)
+    write_errors_csv(run_dir / "train_errors.csv", train_errors, y_train, dataset.label_names, origin=train_origin)
     metrics["split"] = "test"
     metrics["training"] = _training_summary(result, config.training.epochs, int(model.count_params()), strategy)
     metrics["train_errors"] = {
         "score": "mse",
         **error_statistics(train_mse),
-        "default_threshold": DEFAULT_THRESHOLD,
-        "default_threshold_value": float(np.percentile(train_mse, 95)),
+        "default_threshold": str(DEFAULT_THRESHOLD),
+        "default_threshold_value": resolve_threshold(DEFAULT_THRESHOLD, train_mse, train_mse),
         "reconstruction": train_report["reconstruction"],
     }
     metrics["evaluation_seconds"] = time.perf_counter() - started
     write_metrics_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def _origin(dataset: Dataset, split: str) -> dict[str, np.ndarray]:
+    """Per-sample columns saying where each row of `split` came from: source_row, and id."""
+    origin = {"source_row": dataset.source_rows[split]} if split in dataset.source_rows else {}
+    if split in dataset.ids:
+        origin["id"] = dataset.ids[split]
+    return origin
 
 
 def _training_summary(result: Any, epochs_configured: int, parameters: int, strategy: Any) -> dict[str, Any]:

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUNS ?= runs
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-torch demo test test-isolated lint typecheck check bench clean
+.PHONY: help install install-torch demo test test-isolated fuzz lint typecheck check bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ test-isolated: $(STAMP) ## run each test module alone, so that none depends on a
 	@for module in tests/test_*.py; do \
 		echo "$$module"; $(BIN)/python -m pytest -q -p no:cacheprovider "$$module" || exit 1; \
 	done
+
+fuzz: $(STAMP) ## the property-based tests with a long budget (make fuzz EXAMPLES=N; make test runs a small fixed one)
+	AECLI_FUZZ_EXAMPLES=$${EXAMPLES:-3000} $(BIN)/python -m pytest -q -p no:randomly tests/test_fuzz.py
 
 bench: $(STAMP) ## speed and memory benchmarks (writes BENCHMARKS.md; about 25 minutes)
 	$(BIN)/python benchmarks/bench_streaming.py

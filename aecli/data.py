@@ -467,7 +467,7 @@ def _read_labels(path: Path | None) -> np.ndarray | None:
 
 def _read_csv(path: Path, label_column: str | int | None, id_column: str | int | None = None) -> RawData:
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's BOM is not a name
             rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: cannot read it as CSV ({_first_line(exc)})") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import re
 import shutil
@@ -22,9 +23,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from aecli.config import AecliConfig, DataConfig, apply_override, load_config, validate_config
-from aecli.data import Scaling
-from aecli.errors import AecliError, ConfigError, RunError, shorten
+from aecli.data import Dataset, Scaling, load_dataset
+from aecli.errors import AecliError, ConfigError, DataError, RunError, clip, shorten
+from aecli.fingerprints import check_unchanged
 
 RUN_FILE = "run.json"
 REQUIRED_ARTIFACTS = ("config.yaml", "model.keras", "encoder.keras", "decoder.keras", RUN_FILE)
@@ -154,16 +158,21 @@ def now_iso() -> str:
     return datetime.now(UTC).astimezone().isoformat(timespec="seconds")
 
 
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file aecli wrote; a damaged one (garbage, truncated, absurdly nested) is a RunError."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise RunError(f"{path}: unreadable {what} ({clip(str(exc) or type(exc).__name__)})") from None
+
+
 def read_run_info(run_dir: Path) -> dict[str, Any]:
     path = run_dir / RUN_FILE
     if not run_dir.is_dir():
         raise RunError(f"not a run directory (no such folder): {run_dir}")
     if not path.exists():
         raise RunError(f"not a run directory (no {RUN_FILE}): {run_dir}")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunError(f"{path}: unreadable run record ({exc})") from None
+    info = read_json(path, "run record")
     if not isinstance(info, dict) or info.get("status") not in STATUSES:
         raise RunError(f"{path}: not an aecli run record")
     return info
@@ -205,6 +214,18 @@ class TrainedRun:
             apply_override(raw, override)
         return validate_config(raw).data
 
+    def test_split(self, force: bool) -> Dataset:
+        """The run's own test split, rebuilt from its data files: refused when a file changed
+        since training (unless `force`) or when the data no longer has the model's shape."""
+        check_unchanged(self.info.get("data", {}).get("fingerprints"), force)
+        dataset = load_dataset(self.config.data, seed=self.config.training.seed, test_only=True)
+        if dataset.sample_shape != self.sample_shape:
+            raise DataError(
+                f"data.source {self.config.data.source}: samples now have shape {dataset.sample_shape}, but the "
+                f"run's model was trained on {self.sample_shape}"
+            )
+        return dataset
+
 
 def open_trained_run(run_dir: Path, needs: Sequence[str] = ()) -> TrainedRun:
     """Check that `run_dir` is a completed run with all its artifacts (and the files in `needs`),
@@ -217,13 +238,24 @@ def open_trained_run(run_dir: Path, needs: Sequence[str] = ()) -> TrainedRun:
         raise RunError(f"run {run_dir} is incomplete: missing {', '.join(missing)}")
     try:
         config = load_config(run_dir / "config.yaml")
-        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        metrics = read_json(run_dir / "metrics.json", "metrics")
+        str(metrics["train_errors"]["default_threshold"])
         data = info["data"]
         scaling = Scaling.from_dict(data["scaling"])
         sample_shape = tuple(int(size) for size in data["sample_shape"])
-    except (AecliError, KeyError, TypeError, ValueError) as exc:
-        raise RunError(f"run {run_dir} has unreadable records ({exc})") from None
+        _check_scaling(scaling, sample_shape)
+    except (AecliError, KeyError, TypeError, ValueError, IndexError) as exc:
+        raise RunError(f"run {run_dir} has unreadable records ({clip(str(exc))})") from None
     return TrainedRun(run_dir, info, config, scaling, sample_shape, metrics)
+
+
+def _check_scaling(scaling: Scaling, sample_shape: tuple[int, ...]) -> None:
+    """A saved scaling is one number, or one per feature, finite, and never divides by zero."""
+    sizes = {1, math.prod(sample_shape)}
+    if scaling.offset.size not in sizes or scaling.scale.size not in sizes:
+        raise ValueError(f"data.scaling does not fit samples of shape {sample_shape}")
+    if not (np.isfinite(scaling.offset).all() and np.isfinite(scaling.scale).all() and (scaling.scale != 0).all()):
+        raise ValueError("data.scaling holds values that are not finite, or a zero scale")
 
 
 def load_model(path: Path, compile: bool = True) -> Any:
@@ -305,5 +337,5 @@ def read_resume_state(run_dir: Path) -> ResumeState | None:
     path = run_dir / "checkpoints" / STATE_FILE
     if not path.is_file() or not (run_dir / "checkpoints" / "last.keras").is_file():
         return None
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_json(path, "resume state")
     return ResumeState(int(data["epoch"]), list(data["history"]), data.get("best"))

@@ -97,7 +97,7 @@ def _open_manifest(root: Path) -> ShardSet:
         }
         label_files = {name: split.get("labels") for name, split in manifest["splits"].items()}
         label_names = manifest.get("label_names")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise DataError(f"{root / MANIFEST}: not an aecli shard manifest ({type(exc).__name__}: {exc})") from None
     if encoding not in ("npy", "tfrecord") or "train" not in entries or dtype.kind not in "biuf":
         raise DataError(

@@ -304,6 +304,17 @@ def nothing(run: Path) -> None:
     return None
 
 
+def _edit_json(path: Path, change: Callable[[Any], None]) -> None:
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))
+
+
+def _other_source(run: Path) -> None:
+    np.save(run.parent / "five.npy", np.random.default_rng(0).random((40, 5)))
+    text = (run / "config.yaml").read_text().replace("source: digits", f"source: {run.parent / 'five.npy'}")
+    (run / "config.yaml").write_text(text)
+
 RUN_CORPUS: dict[str, RunCase] = {
     "history.csv deleted": damaged(remove("history.csv")),
     "history.csv garbled": damaged(garble("history.csv", b"epoch,loss\n1,abc\n")),
@@ -339,7 +350,17 @@ RUN_CORPUS: dict[str, RunCase] = {
         "x.csv", raw(b"a,b\n1,2\n"), "{file}", "--set", "data.label_column=nope", command="reconstruct"
     ),
     "reconstruct --indices out of range": damaged(nothing, "--indices", "100000", command="reconstruct"),
+    "run.json nested 100,000 deep": damaged(garble("run.json", b"[" * 100_000 + b"]" * 100_000)),
+    "metrics.json without train_errors": damaged(garble("metrics.json", b"{}")),
+    "run.json scaling of another size": damaged(
+        lambda run: _edit_json(run / "run.json", lambda info: info["data"]["scaling"].update(offset=[0.0] * 7))
+    ),
+    "run.json zero scale": damaged(
+        lambda run: _edit_json(run / "run.json", lambda info: info["data"]["scaling"].update(scale=0.0))
+    ),
+    "config.yaml now names data of another shape": damaged(_other_source, "--indices", "0", command="reconstruct"),
 }
+
 
 
 def _png(path: Path, truncate_to: int | None = None) -> None:

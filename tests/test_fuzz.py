@@ -19,11 +19,15 @@ import io
 import json
 import math
 import os
+import pickle
+import resource
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -603,7 +607,10 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 def npz_bytes(compressed: bool, **arrays: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    (np.savez_compressed if compressed else np.savez)(buffer, **arrays)
+    if compressed:
+        np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
+    else:
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]
     return buffer.getvalue()
 
 
@@ -770,6 +777,44 @@ def test_damaged_data_files_load_or_fail_with_one_line(damaged: tuple[Seed, dict
             check_raw(raw)
 
 
+def in_child(check: Callable[[], None], memory: int = 4 << 30) -> None:
+    """Run `check` in a forked child allowed `memory` more bytes of address space, and re-raise what
+    it raised: a header that makes numpy allocate terabytes, or kill the interpreter with a signal,
+    fails this test instead of the machine or the whole pytest run."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report the outcome through the pipe, then leave without cleanup
+        os.close(read_end)
+        outcome: tuple[BaseException, str] | None = None
+        try:
+            in_use = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            resource.setrlimit(resource.RLIMIT_AS, (in_use + memory, in_use + memory))
+            check()
+        except BaseException as exc:
+            outcome = (exc, "".join(traceback.format_exception(exc))[-4000:])
+        try:
+            payload = pickle.dumps(outcome)
+        except Exception:  # an exception that does not pickle travels as text
+            failure, text = outcome or (RuntimeError("unknown"), "")
+            payload = pickle.dumps((RuntimeError(f"{type(failure).__name__}: {failure}"), text))
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(payload)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        payload = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        raise AssertionError(f"reading it killed the process with {signal.Signals(os.WTERMSIG(status)).name}")
+    try:
+        outcome = pickle.loads(payload)
+    except Exception as exc:
+        raise AssertionError(f"the child's outcome could not be read back: {exc}") from None
+    if outcome is not None:
+        note(f"in the child process:\n{outcome[1]}")
+        raise outcome[0]
+
+
 NPY_DESCRS = ["<f8", "<f4", "<f2", ">f8", "|u1", "|i1", "<i8", ">i4", "|b1", "<c8", "|O", "<U3", "|S2", "|V8", "<M8[s]"]
 NPY_DESCRS += ["<m8[D]", "V0", "<f16", "[('a', '<f4')]", "bogus", "0", "<f8)"]
 
@@ -793,12 +838,16 @@ def test_npy_headers_load_or_fail_with_one_line(
     prefix = 10 if version == b"\x01\x00" else 12
     header += b" " * (-(prefix + len(header) + 1) % 64) + b"\n"
     data = b"\x93NUMPY" + version + struct.pack(length_format, len(header)) + header + payload
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "h.npy"
-        path.write_bytes(data)
+
+    def check() -> None:
         raw = ok_or_error(DataError, lambda: read_source(str(path), mmap=mmap))
         if raw is not None:
             check_raw(raw)
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "h.npy"
+        path.write_bytes(data)
+        in_child(check)
 
 
 @budget(150)

@@ -201,7 +201,7 @@ def _open_sweep(request: CompareRequest, cells: list[Cell]) -> dict[str, Any]:
     try:
         sweep = json.loads(path.read_text(encoding="utf-8"))
         recorded = sweep["grid"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise RunError(f"--resume {request.resume}: unreadable {SWEEP_FILE} ({exc})") from None
     if (recorded["vary"], recorded["set"], recorded["repeats"]) != (grid["vary"], grid["set"], grid["repeats"]):
         raise RunError(

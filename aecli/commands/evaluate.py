@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from aecli.backend import select_backend
-from aecli.data import Samples, label_codes, load_dataset, load_for_model, present_labels
+from aecli.data import Samples, label_codes, load_for_model, present_labels
 from aecli.errors import DataError, EvaluationError
 from aecli.evaluation import (
     anomaly_report,
@@ -27,7 +27,6 @@ from aecli.evaluation import (
     reconstruction_report,
     resolve_threshold,
 )
-from aecli.fingerprints import check_unchanged
 from aecli.reporting import (
     plot_error_histogram,
     plot_latent,
@@ -167,8 +166,7 @@ def _evaluated_data(run: TrainedRun, request: EvaluateRequest) -> _Evaluated:
             "--set data.KEY=VALUE says how to read --data or --anomaly-data (the run's own test split is fixed)"
         )
     if request.data is None:
-        check_unchanged(run.info["data"].get("fingerprints"), request.force)
-        dataset = load_dataset(run.config.data, seed=run.config.training.seed, test_only=True)
+        dataset = run.test_split(request.force)
         origin = {"source_row": dataset.source_rows["test"]} if "test" in dataset.source_rows else {}
         if "test" in dataset.ids:
             origin["id"] = dataset.ids["test"]

@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 
 from aecli.backend import select_backend
-from aecli.data import load_dataset, load_for_model
+from aecli.data import load_for_model
 from aecli.errors import DataError, EvaluationError, clip
 from aecli.evaluation import PSNR_CAP_DB, is_unit_range, label_name, per_sample_errors, predict_batched
-from aecli.fingerprints import check_unchanged
 from aecli.noise import NoiseSpec, corrupt, parse_noise
 from aecli.reporting import plot_feature_rows, plot_image_rows
 from aecli.runs import (
@@ -130,8 +129,7 @@ def _load_inputs(run: TrainedRun, request: ReconstructRequest) -> _Inputs:
             _Inputs(samples.x, [f"{path.name}[{row}]" for row in rows], labels, [str(r) for r in samples.source_rows])
         )
     if request.indices is not None:
-        check_unchanged(run.info["data"].get("fingerprints"), request.force)
-        dataset = load_dataset(run.config.data, seed=run.config.training.seed, test_only=True)
+        dataset = run.test_split(request.force)
         bad = [i for i in request.indices if not 0 <= i < len(dataset.x_test)]
         if bad:
             raise EvaluationError(f"--indices {bad}: the run's test split has indices 0..{len(dataset.x_test) - 1}")

@@ -97,6 +97,18 @@ def _exit_interrupted(interrupt: KeyboardInterrupt, message: str) -> NoReturn:
     raise typer.Exit(143 if isinstance(interrupt, Terminated) else 130) from None
 
 
+T = TypeVar("T")
+
+
+def _interruptible(call: Callable[[], T], interrupted: str) -> T:
+    """`call()` with Ctrl-C and SIGTERM turned into an exit that prints `interrupted`."""
+    try:
+        with interrupts_as_exceptions():
+            return call()
+    except KeyboardInterrupt as interrupt:
+        _exit_interrupted(interrupt, interrupted)
+
+
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"aecli {__version__}")
@@ -298,11 +310,7 @@ def evaluate(
         backend=backend,
         force=force,
     )
-    try:
-        with interrupts_as_exceptions():
-            outcome = evaluate_run(request)
-    except KeyboardInterrupt as interrupt:
-        _exit_interrupted(interrupt, "interrupted: no evaluation folder written")
+    outcome = _interruptible(lambda: evaluate_run(request), "interrupted: no evaluation folder written")
     console = _console()
     _print_evaluation_summary(console, outcome.metrics)
     console.print(f"report: {outcome.report_html} (plots and metrics.json beside it)", soft_wrap=True)
@@ -374,11 +382,7 @@ def reconstruct(
         data_overrides=overrides or [],
         force=force,
     )
-    try:
-        with interrupts_as_exceptions():
-            outcome = reconstruct_inputs(request)
-    except KeyboardInterrupt as interrupt:
-        _exit_interrupted(interrupt, "interrupted: no reconstruction folder written")
+    outcome = _interruptible(lambda: reconstruct_inputs(request), "interrupted: no reconstruction folder written")
     for note in outcome.notes:
         typer.echo(f"note: {note}", err=True)
     console = _console()
@@ -475,11 +479,10 @@ def prepare(
             raise ConfigError(f"--set {override!r}: prepare takes {', '.join(PREPARE_KEYS)} (the source is SOURCE)")
         apply_override(raw, override)
     console = _console()
-    try:
-        with interrupts_as_exceptions():
-            outcome = prepare_shards(validate_config(raw).data, out_dir, shard_size, encoding, say=console.print)
-    except KeyboardInterrupt as interrupt:
-        _exit_interrupted(interrupt, f"interrupted: nothing written to {out_dir}")
+    outcome = _interruptible(
+        lambda: prepare_shards(validate_config(raw).data, out_dir, shard_size, encoding, say=console.print),
+        f"interrupted: nothing written to {out_dir}",
+    )
     console.print(
         f"wrote {outcome.shards} {encoding} shard(s), {outcome.bytes / 2**20:,.1f} MiB; "
         f"train on them with data.source: {outcome.out_dir}",

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 import aecli.commands.train as train_module
-from aecli.commands.compare import expand_grid, parse_vary
+from aecli.commands.compare import _plot_curves, expand_grid, parse_vary
 from aecli.errors import ConfigError
+from aecli.runs import create_run_dir
 
 
 def test_parse_vary_keeps_lists_whole() -> None:
@@ -92,6 +93,19 @@ def test_sweep_with_a_diverging_cell(cli, tiny_config, tmp_path: Path) -> None:
     assert rows[0].startswith("optimizer.learning_rate,loss_name,runs,status,final_loss,final_loss_std")
     assert len(rows) == 3
     assert (sweep / "curves.png").is_file() and (sweep / "curves_time.png").is_file()
+    assert "retracing" not in result.output  # TensorFlow's tf.function warnings are not the user's business
+
+
+def test_curve_legends_name_the_full_key(tmp_path: Path, monkeypatch) -> None:
+    drawn: list[list[str]] = []
+    monkeypatch.setattr("aecli.reporting.plot_series", lambda series, *args: drawn.append([s[0] for s in series]))
+    cells = expand_grid(["optimizer.name=sgd,adam"], repeats=1, base_seed=0)
+    results = {
+        cell.key: {"status": "completed", "curve": [0.5, 0.4], "elapsed": [1.0, 2.0], "test_mse": 0.1}
+        for cell in cells
+    }
+    _plot_curves(tmp_path, cells, results, log_scale=True)
+    assert drawn[0] == ["optimizer.name=sgd", "optimizer.name=adam"]
 
 
 def test_interrupted_sweep_keeps_finished_cells_and_resumes(cli, tiny_config, tmp_path: Path, monkeypatch) -> None:
@@ -101,7 +115,10 @@ def test_interrupted_sweep_keeps_finished_cells_and_resumes(cli, tiny_config, tm
 
     def interrupt_second(*args, **kwargs):
         calls.append(kwargs["name"])
-        if len(calls) == 2:
+        if len(calls) == 2:  # interrupted once its run folder exists: a resume must not leave it behind
+            started = create_run_dir(kwargs["runs_dir"], kwargs["name"])
+            (started / "run.json").write_text('{"status": "interrupted"}')
+            kwargs["on_run_dir"](started)
             raise KeyboardInterrupt
         return real_train_run(*args, **kwargs)
 

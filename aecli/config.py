@@ -27,7 +27,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from aecli.errors import ConfigError, clip, shorten
-from aecli.safe_yaml import MAX_DOCUMENT_BYTES, load_yaml
+from aecli.safe_yaml import CORE_RESOLVERS, MAX_DOCUMENT_BYTES, load_yaml
 
 Activation = Literal[
     "relu", "elu", "selu", "gelu", "silu", "swish", "leaky_relu", "tanh", "sigmoid", "softplus", "linear"
@@ -74,6 +74,17 @@ class _Section(BaseModel):
         if isinstance(value, bool) and info.field_name and _wants_number_not_bool(cls.model_fields[info.field_name]):
             raise PydanticCustomError("bool_as_number", "expected a number, not a boolean")
         return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _floats_fit_float32(cls, value: Any) -> Any:
+        """Every number is used as a float32 by Keras: 1e39 would silently become inf."""
+        if isinstance(value, float) and abs(value) > FLOAT32_MAX:
+            raise PydanticCustomError("float32_range", "expected a number within float32's range (about ±3.4e38)")
+        return value
+
+
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _wants_number_not_bool(field: FieldInfo) -> bool:
@@ -322,7 +333,7 @@ class DistributeConfig(_Section):
 class TrainingConfig(_Section):
     epochs: PositiveInt = Field(10, le=1_000_000)
     batch_size: PositiveInt = Field(32, description="ignored by optimizer gd, which uses the whole training set")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Keras and numpy seeds are 32-bit")
     shuffle: bool = True
     early_stopping: EarlyStoppingConfig | None = Field(None, description="off unless set; `true` = defaults")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
@@ -500,7 +511,7 @@ def validate_config(raw: dict[str, Any]) -> AecliConfig:
         raise ConfigError("; ".join(described) + (f"; and {more} more" if more > 0 else "")) from None
 
 
-MAX_REPORTED_ERRORS = 5  # one line stays readable; fixing these reveals the rest
+MAX_REPORTED_ERRORS = 3  # one line stays readable; fixing these reveals the rest
 
 
 def _error_path(err: Any) -> str:
@@ -552,7 +563,12 @@ def dump_config(config: AecliConfig) -> dict[str, Any]:
 
 
 class _ConfigDumper(yaml.SafeDumper):
-    """Block-style sections with short lists kept on one line: `encoder: [128, 64]`."""
+    """Block-style sections with short lists kept on one line: `encoder: [128, 64]`; strings that
+    the loader would read as numbers or booleans (`1e39`) are quoted, so a saved config reloads
+    to the same values."""
+
+
+_ConfigDumper.yaml_implicit_resolvers = CORE_RESOLVERS
 
 
 _ConfigDumper.add_representer(

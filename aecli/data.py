@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import gzip
 import math
+import os
 import struct
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from aecli.config import BUILTIN_SOURCES, DataConfig
 from aecli.errors import DataError, clip, shorten
@@ -89,7 +92,7 @@ class Scaling:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scaling:
-        return cls(data["kind"], np.asarray(data["offset"], np.float32), np.asarray(data["scale"], np.float32))
+        return cls(data["kind"], np.asarray(data["offset"], np.float64), np.asarray(data["scale"], np.float64))
 
 
 @dataclass
@@ -385,28 +388,42 @@ def _looks_like_idx(path: Path) -> bool:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Parse an IDX file (raw or gzip), checking the magic number and the promised size."""
+    """Parse an IDX file (raw or gzip), checking the magic number and the promised size.
+
+    The header is read first and the payload is read only up to what it promises (plus one
+    byte, to notice more), so neither a lying header nor a gzip bomb makes it read without bound."""
+    kind = "gzip" if path.name.lower().endswith(".gz") else "IDX"
     try:
-        opener = gzip.open if path.name.lower().endswith(".gz") else open
-        with opener(path, "rb") as handle:
-            data = handle.read()
+        with (gzip.open if kind == "gzip" else open)(path, "rb") as handle:
+            magic = handle.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in IDX_DTYPES or magic[3] == 0:
+                raise DataError(f"{path}: not an IDX file (bad magic number 0x{magic.hex() or 'empty'})")
+            ndim = magic[3]
+            raw_dims = handle.read(4 * ndim)
+            if len(raw_dims) < 4 * ndim:
+                raise DataError(f"{path}: corrupt IDX header ({ndim} dimensions, {4 + len(raw_dims)} bytes)")
+            dims = struct.unpack(f">{ndim}I", raw_dims)
+            dtype = np.dtype(IDX_DTYPES[magic[2]])
+            expected = math.prod(dims) * dtype.itemsize
+            if expected > memory_bytes() // 2:
+                raise DataError(
+                    f"{path}: its header promises shape {shorten(dims)} ({expected:,} bytes), more than half of this "
+                    "machine's memory; a corrupt header, or data for `aecli prepare` from .npy files"
+                )
+            data = handle.read(expected + 1)
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: cannot read it as {'gzip' if path.suffix == '.gz' else 'IDX'} ({exc})") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES:
-        raise DataError(f"{path}: not an IDX file (bad magic number 0x{data[:4].hex() or 'empty'})")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(data) < header:
-        raise DataError(f"{path}: corrupt IDX header ({ndim} dimensions, {len(data)} bytes)")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = np.dtype(IDX_DTYPES[data[2]])
-    expected = math.prod(dims) * dtype.itemsize
-    if len(data) - header != expected:
+        raise DataError(f"{path}: cannot read it as {kind} ({clip(str(exc))})") from None
+    if len(data) != expected:
         raise DataError(
-            f"{path}: truncated or corrupt IDX: its header promises shape {dims} ({expected} bytes), "
-            f"but {len(data) - header} bytes follow"
+            f"{path}: truncated or corrupt IDX: its header promises shape {shorten(dims)} ({expected:,} bytes), "
+            f"but {'more' if len(data) > expected else f'{len(data):,}'} bytes follow"
         )
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    return np.frombuffer(data, dtype=dtype).reshape(dims)
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _read_sibling_idx_labels(images: Path) -> np.ndarray | None:
@@ -436,25 +453,67 @@ def _read_idx_folder(folder: Path) -> RawData:
     return RawData(read_idx(only), _read_sibling_idx_labels(only), None, None)
 
 
+# What numpy's and zipfile's readers raise on damaged or hostile files (a header is parsed
+# with ast.literal_eval, hence the syntax errors).
+_ARRAY_FILE_ERRORS = (
+    OSError,
+    ValueError,
+    EOFError,
+    TypeError,
+    SyntaxError,
+    tokenize.TokenError,
+    RecursionError,
+    struct.error,
+    zipfile.BadZipFile,
+    zlib.error,
+)
+
+
 def _read_npz(path: Path) -> RawData:
     try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                if not member.filename.endswith(".npy"):
+                    raise DataError(f"{path}: holds {shorten(member.filename)}, which is not a .npy array")
+                with archive.open(member) as stream:
+                    _check_npy_header(stream, member.file_size, f"{path}: {member.filename}")
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DataError(f"{path}: cannot read it as .npz ({_first_line(exc)})") from None
+    except _ARRAY_FILE_ERRORS as exc:
+        raise DataError(f"{path}: cannot read it as .npz ({clip(_first_line(exc))})") from None
     if "x_train" in arrays:
         return RawData(arrays["x_train"], arrays.get("y_train"), arrays.get("x_test"), arrays.get("y_test"))
     if "x" in arrays:
         return RawData(arrays["x"], arrays.get("y"), None, None)
-    found = ", ".join(arrays) or "nothing"
+    found = clip(", ".join(arrays)) or "nothing"
     raise DataError(f"{path}: expected arrays x_train/y_train/x_test/y_test or x/y, found {found}")
 
 
 def _read_npy(path: Path, mmap: bool = False) -> np.ndarray:
     try:
+        with path.open("rb") as handle:
+            _check_npy_header(handle, path.stat().st_size, str(path))
         return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read it as .npy ({_first_line(exc)})") from None
+    except _ARRAY_FILE_ERRORS as exc:
+        raise DataError(f"{path}: cannot read it as .npy ({clip(_first_line(exc))})") from None
+
+
+def _check_npy_header(stream: Any, size: int, where: str) -> None:
+    """Check what a .npy header promises against the bytes that follow it, before numpy
+    allocates or maps it: a 10-byte file may claim a shape of 2^31 x 10^9."""
+    version = npy_format.read_magic(stream)
+    read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+    shape, _, dtype = read_header(stream)
+    if dtype.hasobject:
+        raise DataError(f"{where}: holds Python objects, which are refused (they load by unpickling code)")
+    if dtype.itemsize == 0 or any(not isinstance(n, int) or n < 0 for n in shape):
+        raise DataError(f"{where}: a corrupt .npy header (dtype {dtype}, shape {shorten(shape)})")
+    promised = math.prod(shape) * dtype.itemsize
+    if promised != size - stream.tell():
+        raise DataError(
+            f"{where}: truncated or corrupt .npy: its header promises shape {shorten(shape)} ({promised:,} bytes), "
+            f"but {size - stream.tell():,} bytes follow"
+        )
 
 
 def _read_labels(path: Path | None) -> np.ndarray | None:
@@ -479,6 +538,8 @@ def _read_csv(path: Path, label_column: str | int | None, id_column: str | int |
         raise DataError(f"{path}: the CSV file has a header but no data rows")
     first_line = 2 if header else 1
     width = len(body[0])
+    if header is not None and len(header) != width:
+        raise DataError(f"{path}: the header has {len(header)} columns, but line 2 has {width}")
     for number, row in enumerate(body, start=first_line):
         if len(row) != width:
             raise DataError(f"{path}: line {number} has {len(row)} columns, expected {width}")
@@ -616,18 +677,17 @@ def scaling_from_ranges(kind: str, low: np.ndarray, high: np.ndarray, dtype: np.
     if kind == "global":
         low_g, high_g = float(low.min()), float(high.max())
         span = high_g - low_g if high_g > low_g else 1.0
-        with np.errstate(over="ignore"):
-            return _finite_scaling(Scaling("global", np.asarray(low_g, np.float32), np.asarray(span, np.float32)))
+        return _finite_scaling(Scaling("global", np.asarray(low_g), np.asarray(span)))
     span_f = np.where(high > low, high - low, 1.0)
-    with np.errstate(over="ignore"):
-        return _finite_scaling(Scaling("minmax", low.astype(np.float32), span_f.astype(np.float32)))
+    return _finite_scaling(Scaling("minmax", low.astype(np.float64), span_f.astype(np.float64)))
 
 
 def _finite_scaling(scaling: Scaling) -> Scaling:
-    """Offsets and spans must be float32 numbers: ±3e38 in one column spans 6e38, which is not."""
-    with np.errstate(over="ignore"):
-        finite = np.isfinite(scaling.offset).all() and np.isfinite(scaling.scale).all()
-    if not finite:
+    """Offsets and spans are kept in float64, so that data of large magnitude (timestamps, ids:
+    1e12 + small changes) still scales exactly; they must fit float32 too, which streamed shards
+    scale in: ±3e38 in one column spans 6e38, which does not."""
+    limit = float(np.finfo(np.float32).max)
+    if not (np.abs(scaling.offset) <= limit).all() or not (np.abs(scaling.scale) <= limit).all():
         raise DataError(
             f"data.scaling {scaling.kind}: the training data spans more than float32 holds (about 3.4e38); "
             "rescale the data first"

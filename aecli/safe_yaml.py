@@ -30,6 +30,8 @@ class _StrictLoader(yaml.SafeLoader):
         return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if not isinstance(node, yaml.MappingNode):  # `!!set [a]`: not a mapping; the base class says so
+            return super().construct_mapping(node, deep=deep)
         seen: dict[Any, yaml.Node] = {}
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
@@ -72,7 +74,8 @@ def _core_schema_resolvers() -> dict[Any, list[tuple[str, re.Pattern[str]]]]:
     return resolvers
 
 
-_StrictLoader.yaml_implicit_resolvers = _core_schema_resolvers()
+CORE_RESOLVERS = _core_schema_resolvers()
+_StrictLoader.yaml_implicit_resolvers = CORE_RESOLVERS
 
 
 def _construct_core_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
@@ -130,5 +133,11 @@ def load_yaml(text: str, where: str) -> Any:
         raise ConfigError(f"{where}: {exc}") from None
     except RecursionError:
         raise ConfigError(f"{where}: nested too deeply to be a config") from None
-    except ValueError as exc:  # a scalar that matched a resolver but does not convert
-        raise ConfigError(f"invalid YAML in {where}: {clip(str(exc))}") from None
+    except (ValueError, KeyError, AttributeError, IndexError, TypeError, OverflowError) as exc:
+        # PyYAML's constructors fail this way on explicit tags they cannot apply (`!!bool mse`,
+        # `!!timestamp x`, `!!float` of nothing) or on a scalar that matched a resolver but
+        # does not convert
+        reason = clip(str(exc) or type(exc).__name__)
+        raise ConfigError(
+            f"invalid YAML in {where}: a value cannot be read as its tag or type says ({reason})"
+        ) from None

@@ -404,13 +404,16 @@ class Stream:
             buffer = max(BLOCK_ROWS, SHUFFLE_BUFFER_BYTES // data.shards.row_bytes)
             rows = rows.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
         features = math.prod(data.sample_shape)
-        offset = tf.constant(np.broadcast_to(data.scaling.offset, (features,)), tf.float32)
-        scale = tf.constant(np.broadcast_to(data.scaling.scale, (features,)), tf.float32)
+        # float32 arithmetic, unless the data's magnitude is beyond float32's exact integers
+        # (2^24): then (x - offset) is computed in float64, as the in-memory path does.
+        exact = tf.float64 if np.abs(data.scaling.offset).max() > 2**24 else tf.float32
+        offset = tf.constant(np.broadcast_to(data.scaling.offset, (features,)), exact)
+        scale = tf.constant(np.broadcast_to(data.scaling.scale, (features,)), exact)
         shape = (-1, *data.sample_shape)
 
         def scaled(batch: Any) -> Any:
-            flat = tf.reshape(tf.cast(batch, tf.float32), (-1, features))
-            return tf.reshape((flat - offset) / scale, shape)
+            flat = tf.reshape(tf.cast(batch, exact), (-1, features))
+            return tf.cast(tf.reshape((flat - offset) / scale, shape), tf.float32)
 
         batches = rows.batch(batch_size).map(scaled, num_parallel_calls=tf.data.AUTOTUNE)
         batches = batches.apply(tf.data.experimental.assert_cardinality(math.ceil(self.rows / batch_size)))

@@ -91,6 +91,21 @@ def csv_case(text: str, extra: str = "") -> Case:
     return data_file("d.csv", raw(text.encode()), extra)
 
 
+def _zip(path: Path, members: dict[str, bytes]) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def _npy_header(descr: str, shape: str) -> bytes:
+    """A version 1.0 .npy header with any text in it, and no data after it."""
+    text = f"{{'descr': {descr}, 'fortran_order': False, 'shape': {shape}}}"
+    text += " " * (-(len(text) + 11) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
+
+
 def special_file(kind: str) -> Case:
     """A config or data source that is not a regular file: a FIFO (reading it would block) or
     a link to an endless character device."""
@@ -151,6 +166,11 @@ CORPUS: dict[str, Case] = {
     "boolean as latent size": config("model: {latent_dim: false}\n"),
     "thousand-character unknown key": config("model: {" + "k" * 1000 + ": 1}\n"),
     "thousands of unknown keys": config("data: {" + ", ".join(f"k{i}: 1" for i in range(5000)) + "}\n"),
+    "yaml !!bool on a name": config("loss: {name: !!bool mse}\n"),
+    "yaml !!timestamp on a name": config("loss: {name: !!timestamp mse}\n"),
+    "yaml !!set as a section": config("model: !!set [a, 1]\n"),
+    "learning rate beyond float32": config("optimizer: {learning_rate: 1e39}\n"),
+    "seed beyond 32 bits": config("training: {seed: 19437725154}\n"),
     "config is a fifo": special_file("config-fifo"),
     "config links to /dev/zero": special_file("config-device"),
     "empty --set value": lambda folder: [*config("{}\n")(folder), "--set", "model.encoder="],
@@ -182,6 +202,13 @@ CORPUS: dict[str, Case] = {
     "npz holding pickled objects": data_file(
         "p.npz", lambda path: np.savez(path, x=np.array([{"a": 1}] * 4, dtype=object))
     ),
+    "npz member that is not an array": data_file("m.npz", lambda path: _zip(path, {"x.npy": b"hello"})),
+    "npz member that is not .npy": data_file("t.npz", lambda path: _zip(path, {"notes.txt": b"hello"})),
+    "npy header promising 2^31 rows": data_file("h.npy", raw(_npy_header("'<f8'", "(2147483648,)"))),
+    "npy header of zero-size items": data_file("v.npy", raw(_npy_header("'V0'", "(-1,)"))),
+    "npy header that is not a dict": data_file("b.npy", raw(_npy_header("'<f8'", "(2, 2), }("))),
+    "csv header shorter than its rows": csv_case("a,b\n1,2,x\n3,4,5\n"),
+    "idx with 255 dimensions": data_file("w-images-idx3-ubyte", raw(bytes([0, 0, 8, 255]) + b"\xff" * 1020)),
     "missing data file": data_file("absent.npy", lambda path: None),
     "empty npy file": data_file("e.npy", raw(b"")),
     "garbage npy": data_file("g.npy", raw(b"\x93NUMPY garbage" * 10)),
@@ -315,6 +342,7 @@ def _other_source(run: Path) -> None:
     text = (run / "config.yaml").read_text().replace("source: digits", f"source: {run.parent / 'five.npy'}")
     (run / "config.yaml").write_text(text)
 
+
 RUN_CORPUS: dict[str, RunCase] = {
     "history.csv deleted": damaged(remove("history.csv")),
     "history.csv garbled": damaged(garble("history.csv", b"epoch,loss\n1,abc\n")),
@@ -360,7 +388,6 @@ RUN_CORPUS: dict[str, RunCase] = {
     ),
     "config.yaml now names data of another shape": damaged(_other_source, "--indices", "0", command="reconstruct"),
 }
-
 
 
 def _png(path: Path, truncate_to: int | None = None) -> None:

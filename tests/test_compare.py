@@ -101,8 +101,7 @@ def test_curve_legends_name_the_full_key(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr("aecli.reporting.plot_series", lambda series, *args: drawn.append([s[0] for s in series]))
     cells = expand_grid(["optimizer.name=sgd,adam"], repeats=1, base_seed=0)
     results = {
-        cell.key: {"status": "completed", "curve": [0.5, 0.4], "elapsed": [1.0, 2.0], "test_mse": 0.1}
-        for cell in cells
+        cell.key: {"status": "completed", "curve": [0.5, 0.4], "elapsed": [1.0, 2.0], "test_mse": 0.1} for cell in cells
     }
     _plot_curves(tmp_path, cells, results, log_scale=True)
     assert drawn[0] == ["optimizer.name=sgd", "optimizer.name=adam"]

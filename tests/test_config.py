@@ -138,3 +138,13 @@ def test_json_schema_describes_every_section() -> None:
     json.dumps(schema)
     assert set(schema["properties"]) == {"data", "model", "optimizer", "loss", "training", "runtime"}
     assert schema["$defs"]["ModelConfig"]["additionalProperties"] is False
+
+
+def test_a_saved_config_reloads_to_the_same_values(tmp_path: Path) -> None:
+    """Strings that YAML 1.2 reads as numbers are quoted when saved (found by tests/test_fuzz.py)."""
+    from aecli.config import config_to_yaml
+
+    config = load_config(None, ["data.source='1e39'", "data.label_column='1E3'", "data.id_column='true'"])
+    (tmp_path / "saved.yaml").write_text(config_to_yaml(config))
+    again = load_config(tmp_path / "saved.yaml")
+    assert again == config and again.data.label_column == "1E3" and again.data.id_column == "true"

@@ -88,7 +88,7 @@ def test_idx_bad_magic(tmp_path: Path) -> None:
 def test_idx_truncated_payload_is_caught_before_allocating(tmp_path: Path) -> None:
     path = tmp_path / "x-images-idx3-ubyte"
     path.write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">3I", 1_000_000_000, 28, 28) + b"\x00" * 50)
-    with pytest.raises(DataError, match=r"truncated or corrupt IDX: its header promises shape \(1000000000, 28, 28\)"):
+    with pytest.raises(DataError, match=r"its header promises shape \(1000000000, 28, 28\)"):
         read_idx(path)
 
 
@@ -135,7 +135,7 @@ def test_npz_with_other_keys(tmp_path: Path) -> None:
 def test_npz_with_pickled_objects_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.npz"
     np.savez(path, x=np.array([{"a": 1}, None], dtype=object))
-    with pytest.raises(DataError, match="cannot read it as .npz"):
+    with pytest.raises(DataError, match="holds Python objects, which are refused"):
         read_source(str(path))
 
 

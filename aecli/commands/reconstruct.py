@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,7 @@ def _load_inputs(run: TrainedRun, request: ReconstructRequest) -> _Inputs:
 def _read_image(path: Path, sample_shape: tuple[int, ...]) -> tuple[np.ndarray, str | None]:
     """An image file as the model's input, in [0, 1] at its full bit depth (8 or 16 bits), with
     1 or 3 channels, resized to the model's height x width; the note says when it was resized."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if len(sample_shape) != 3:
         raise EvaluationError(
@@ -170,11 +171,15 @@ def _read_image(path: Path, sample_shape: tuple[int, ...]) -> tuple[np.ndarray, 
     if channels not in (1, 3):
         raise EvaluationError(f"{path.name}: the model expects {channels}-channel images, which image files lack")
     try:
-        with Image.open(path) as image:
-            image.load()
-            array, size = _pixels(image, channels)
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-        raise EvaluationError(f"{path}: cannot read it as an image ({clip(str(exc))})") from None
+        with warnings.catch_warnings():
+            # over 89 million pixels: refused (PIL only warns below twice that) rather than decoded
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                array, size = _pixels(image, channels)
+    except Exception as exc:  # PIL's decoders raise many types on damaged chunks (SyntaxError, IndexError...)
+        reason = clip(str(exc) or type(exc).__name__)
+        raise EvaluationError(f"{path}: cannot read it as an image ({reason})") from None
     note = None
     if size != (width, height):
         aspect = " (its aspect ratio changed)" if size[0] * height != size[1] * width else ""

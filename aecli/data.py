@@ -466,6 +466,8 @@ _ARRAY_FILE_ERRORS = (
     struct.error,
     zipfile.BadZipFile,
     zlib.error,
+    RuntimeError,  # zipfile: an encrypted member
+    NotImplementedError,  # zipfile: an unknown compression method
 )
 
 

@@ -284,7 +284,7 @@ def check_keras_archive(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError, RuntimeError, NotImplementedError) as exc:
         raise RunError(f"model file {path} is corrupt or truncated (not a complete .keras archive: {exc})") from None
     if damaged is not None:
         raise RunError(f"model file {path} is corrupt: {damaged} inside it fails its checksum")

@@ -407,7 +407,7 @@ def read_idx(path: Path) -> np.ndarray:
             expected = math.prod(dims) * dtype.itemsize
             if expected > memory_bytes() // 2:
                 raise DataError(
-                    f"{path}: its header promises shape {shorten(dims)} ({expected:,} bytes), more than half of this "
+                    f"{path}: its header promises shape {shorten(dims)} ({_bytes(expected)}), more than half of this "
                     "machine's memory; a corrupt header, or data for `aecli prepare` from .npy files"
                 )
             data = handle.read(expected + 1)
@@ -415,10 +415,15 @@ def read_idx(path: Path) -> np.ndarray:
         raise DataError(f"{path}: cannot read it as {kind} ({clip(str(exc))})") from None
     if len(data) != expected:
         raise DataError(
-            f"{path}: truncated or corrupt IDX: its header promises shape {shorten(dims)} ({expected:,} bytes), "
+            f"{path}: truncated or corrupt IDX: its header promises shape {shorten(dims)} ({_bytes(expected)}), "
             f"but {'more' if len(data) > expected else f'{len(data):,}'} bytes follow"
         )
     return np.frombuffer(data, dtype=dtype).reshape(dims)
+
+
+def _bytes(count: int) -> str:
+    """A byte count for a message: exact when readable, in scientific notation when absurd."""
+    return f"{count:,} bytes" if count < 10**15 else f"about 10^{len(str(count)) - 1} bytes"
 
 
 def memory_bytes() -> int:
@@ -513,7 +518,7 @@ def _check_npy_header(stream: Any, size: int, where: str) -> None:
     promised = math.prod(shape) * dtype.itemsize
     if promised != size - stream.tell():
         raise DataError(
-            f"{where}: truncated or corrupt .npy: its header promises shape {shorten(shape)} ({promised:,} bytes), "
+            f"{where}: truncated or corrupt .npy: its header promises shape {shorten(shape)} ({_bytes(promised)}), "
             f"but {size - stream.tell():,} bytes follow"
         )
 

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUNS ?= runs
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-torch demo test test-isolated fuzz lint typecheck check bench clean
+.PHONY: help install install-torch install-browser demo test test-isolated fuzz lint typecheck check bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -21,6 +21,12 @@ install: $(STAMP) ## create .venv and install aecli with its dev tools
 
 install-torch: $(STAMP) ## add the PyTorch backend (CI does; without it the torch tests skip)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[torch]'
+
+install-browser: ## Chromium for the report's browser test (Debian's package, as root; CI does this)
+	@command -v chromium >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y --no-install-recommends chromium >/dev/null || \
+		{ apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium >/dev/null; }; }
+	@chromium --version
 
 demo: $(STAMP) ## train on the bundled digits data, evaluate it, and print where the model and report are
 	@run=$$($(BIN)/aecli train configs/digits.yaml --runs-dir $(RUNS) --quiet | tee /dev/stderr | tail -n 1) && \

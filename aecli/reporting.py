@@ -130,24 +130,25 @@ def plot_loss_curves(history: list[dict[str, float]], path: Path) -> None:
     _save(fig, path)
 
 
-def plot_series(
-    series: list[tuple[str, list[float], list[float]]],
-    xlabel: str,
-    ylabel: str,
-    title: str,
-    path: Path,
-    log_scale: bool = True,
-) -> None:
-    """Several labelled curves on one set of axes (log y-axis when every value is positive)."""
+Series = list[tuple[str, list[float], list[float]]]  # (label, xs, ys) per curve
+
+
+def plot_series(panels: list[tuple[str, Series]], xlabel: str, title: str, path: Path, log_scale: bool = True) -> None:
+    """Labelled curves, one panel per (y-axis label, curves) side by side: values that do not
+    share a meaning (a BCE and an MSE loss) never share an axis. Log y-axes when every value
+    of a panel is positive."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, xs, ys in series:
-        ax.plot(xs, ys, marker="o", markersize=2.5, linewidth=1.4, label=label)
-    if log_scale and all(y > 0 for _, _, ys in series for y in ys):
-        ax.set_yscale("log")
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+    for ax, (ylabel, series) in zip(axes[0], panels, strict=True):
+        for label, xs, ys in series:
+            ax.plot(xs, ys, marker="o", markersize=2.5, linewidth=1.4, label=label)
+        if log_scale and all(y > 0 for _, _, ys in series for y in ys):
+            ax.set_yscale("log")
+        ax.set(xlabel=xlabel, ylabel=ylabel)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
     _save(fig, path)
 
 

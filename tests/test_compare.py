@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import aecli.commands.train as train_module
 from aecli.commands.compare import _plot_curves, expand_grid, parse_vary
 from aecli.errors import ConfigError
-from aecli.runs import create_run_dir
 
 
 def test_parse_vary_keeps_lists_whole() -> None:
@@ -96,48 +94,20 @@ def test_sweep_with_a_diverging_cell(cli, tiny_config, tmp_path: Path) -> None:
     assert "retracing" not in result.output  # TensorFlow's tf.function warnings are not the user's business
 
 
-def test_curve_legends_name_the_full_key(tmp_path: Path, monkeypatch) -> None:
-    drawn: list[list[str]] = []
-    monkeypatch.setattr("aecli.reporting.plot_series", lambda series, *args: drawn.append([s[0] for s in series]))
-    cells = expand_grid(["optimizer.name=sgd,adam"], repeats=1, base_seed=0)
+def test_curves_name_the_full_key_and_give_each_loss_its_own_axis(tmp_path: Path, monkeypatch) -> None:
+    drawn: list[list[tuple[str, list[str]]]] = []
+
+    def record(panels, *args) -> None:
+        drawn.append([(axis, [series[0] for series in curves]) for axis, curves in panels])
+
+    monkeypatch.setattr("aecli.reporting.plot_series", record)
+    cells = expand_grid(["optimizer.name=sgd,adam", "loss=mse,bce"], repeats=1, base_seed=0)
     results = {
-        cell.key: {"status": "completed", "curve": [0.5, 0.4], "elapsed": [1.0, 2.0], "test_mse": 0.1} for cell in cells
+        cell.key: {"status": "completed", "monitor": "val_loss", "curve": [0.5, 0.4], "elapsed": [1.0, 2.0]}
+        for cell in cells
     }
-    _plot_curves(tmp_path, cells, results, log_scale=True)
-    assert drawn[0] == ["optimizer.name=sgd", "optimizer.name=adam"]
-
-
-def test_interrupted_sweep_keeps_finished_cells_and_resumes(cli, tiny_config, tmp_path: Path, monkeypatch) -> None:
-    config = tiny_config({"training": {"epochs": 1}})
-    real_train_run = train_module.train_run
-    calls: list[str] = []
-
-    def interrupt_second(*args, **kwargs):
-        calls.append(kwargs["name"])
-        if len(calls) == 2:  # interrupted once its run folder exists: a resume must not leave it behind
-            started = create_run_dir(kwargs["runs_dir"], kwargs["name"])
-            (started / "run.json").write_text('{"status": "interrupted"}')
-            kwargs["on_run_dir"](started)
-            raise KeyboardInterrupt
-        return real_train_run(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_run", interrupt_second)
-    args = ["compare", config, "--vary", "loss=mse,bce", "--runs-dir", tmp_path / "runs"]
-    first = cli(*args)
-    assert first.exit_code == 130 and "--resume" in first.stderr
-    sweep = next((tmp_path / "runs").iterdir())
-    cells = json.loads((sweep / "sweep.json").read_text())["cells"]
-    assert cells["loss=mse,seed=0"]["status"] == "completed" and cells["loss=bce,seed=0"]["status"] == "interrupted"
-
-    monkeypatch.setattr(train_module, "train_run", real_train_run)
-    resumed = cli(*args, "--resume", sweep)
-    assert resumed.exit_code == 0, resumed.output
-    assert "loss=mse,seed=0: already completed, skipped" in resumed.stdout
-    cells = json.loads((sweep / "sweep.json").read_text())["cells"]
-    assert {cell["status"] for cell in cells.values()} == {"completed"}
-    assert len([p for p in sweep.iterdir() if p.is_dir()]) == 2
-
-    again = cli(*args, "--resume", sweep)
-    assert again.stdout.count("skipped") == 2
-    other = cli("compare", config, "--vary", "loss=mse,mae", "--runs-dir", tmp_path / "runs", "--resume", sweep)
-    assert other.exit_code == 2 and "repeat the same options to resume" in other.stderr
+    _plot_curves(tmp_path, cells, results, {cell.key: dict(cell.values)["loss"] for cell in cells}, log_scale=True)
+    assert drawn[0] == [
+        ("validation loss: mse", ["optimizer.name=sgd, loss=mse", "optimizer.name=adam, loss=mse"]),
+        ("validation loss: bce", ["optimizer.name=sgd, loss=bce", "optimizer.name=adam, loss=bce"]),
+    ]

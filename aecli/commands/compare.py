@@ -319,7 +319,7 @@ def _summarise(
     ranked = sorted((r for r in rows if r["test_mse"] is not None), key=lambda r: r["test_mse"])
     best = ranked[0]["group"] if ranked else None
     _write_tables(sweep_dir, rows, varied)
-    _plot_curves(sweep_dir, cells, results, log_scale)
+    _plot_curves(sweep_dir, cells, results, {cell.key: configs[cell].loss.name for cell in cells}, log_scale)
     return CompareOutcome(sweep_dir, rows, varied, best)
 
 
@@ -361,28 +361,37 @@ def _write_tables(sweep_dir: Path, rows: list[dict[str, Any]], varied: list[str]
     write_text_atomic(sweep_dir / "comparison.md", "\n".join(lines) + "\n\n" + note + "\n")
 
 
-def _plot_curves(sweep_dir: Path, cells: list[Cell], results: dict[str, dict[str, Any]], log_scale: bool) -> None:
-    from aecli.reporting import plot_series
+def _plot_curves(
+    sweep_dir: Path,
+    cells: list[Cell],
+    results: dict[str, dict[str, Any]],
+    loss_names: dict[str, str],
+    log_scale: bool,
+) -> None:
+    """curves.png and curves_time.png: each cell's monitored loss, one panel per loss function
+    (`loss_names`: cell key -> loss), since a BCE of 0.3 and an MSE of 0.03 are not comparable."""
+    from aecli.reporting import Series, plot_series
 
-    series_epochs, series_time = [], []
+    by_epoch: dict[str, Series] = {}
+    by_time: dict[str, Series] = {}
     for cell in cells:
         result = results[cell.key]
         if result["status"] != "completed":
             continue
         short = ", ".join(f"{key}={value}" for key, value in cell.values)
         label = short + (f" (seed {cell.seed})" if any(c.group == cell.group and c != cell for c in cells) else "")
+        split = "validation" if result["monitor"] == "val_loss" else "training"
+        panel = f"{split} loss: {loss_names[cell.key]}"
         epochs = [float(epoch) for epoch in range(1, len(result["curve"]) + 1)]
-        series_epochs.append((label, epochs, result["curve"]))
-        series_time.append((label, result["elapsed"], result["curve"]))
-    if not series_epochs:
+        by_epoch.setdefault(panel, []).append((label, epochs, result["curve"]))
+        by_time.setdefault(panel, []).append((label, result["elapsed"], result["curve"]))
+    if not by_epoch:
         return
-    ylabel = "validation loss (each cell's own loss)"
-    plot_series(series_epochs, "epoch", ylabel, "Validation loss per epoch", sweep_dir / "curves.png", log_scale)
+    plot_series(list(by_epoch.items()), "epoch", "Loss per epoch", sweep_dir / "curves.png", log_scale)
     plot_series(
-        series_time,
+        list(by_time.items()),
         "training seconds",
-        ylabel,
-        "Validation loss against wall-clock time",
+        "Loss against wall-clock time",
         sweep_dir / "curves_time.png",
         log_scale,
     )

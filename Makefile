@@ -26,7 +26,7 @@ install-browser: ## Chromium for the report's browser test (Debian's package, as
 	@command -v chromium >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
 		apt-get install -y --no-install-recommends chromium >/dev/null || \
 		{ apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium >/dev/null; }; }
-	@chromium --version
+	@chromium --version 2>/dev/null  # (Debian's wrapper script prints a harmless shell warning)
 
 demo: $(STAMP) ## train on the bundled digits data, evaluate it, and print where the model and report are
 	@run=$$($(BIN)/aecli train configs/digits.yaml --runs-dir $(RUNS) --quiet | tee /dev/stderr | tail -n 1) && \

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from aecli import __version__
 from aecli.config import config_json_schema, config_to_yaml, load_config
-from aecli.errors import AecliError, ConfigError, as_storage_error, clip
+from aecli.errors import AecliError, ConfigError, as_path_error, as_storage_error, clip
 from aecli.interrupts import Terminated, interrupts_as_exceptions
 
 app = typer.Typer(
@@ -75,10 +75,10 @@ def reports_errors(command: F) -> F:
         except AecliError as exc:
             _fail(exc)
         except OSError as exc:  # a full disk can surface from any write, deep inside Keras too
-            storage = as_storage_error(exc)
-            if storage is None:
+            problem = as_storage_error(exc) or as_path_error(exc)
+            if problem is None:
                 raise
-            _fail(storage)
+            _fail(problem)
 
     return wrapper  # type: ignore[return-value]
 
@@ -358,7 +358,7 @@ def reconstruct(
     save_latent: Annotated[
         bool, typer.Option("--save-latent", help="Also write the latent codes (latent.npy).")
     ] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the noise.")] = 0,
     overrides: Annotated[
         list[str] | None,
         typer.Option("--set", "-s", help="data.KEY=VALUE: how to read INPUT data files (default: as the run did)."),
@@ -498,4 +498,16 @@ def schema() -> None:
 
 
 def main() -> None:
-    app()
+    """The `aecli` entry point: usage errors (an unknown option, a missing argument) get the same
+    one-line `error: ...` and exit code 2 as every other bad input, instead of click's box."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except typer.TyperException as exc:  # click's UsageError, BadParameter... (Typer vendors click)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        typer.echo(f"error: {clip(exc.format_message(), MAX_MESSAGE_CHARS)}{hint}", err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)

@@ -125,6 +125,13 @@ class DataConfig(_Section):
         "(fitted on the training split)",
     )
 
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _no_boolean_classes(cls, value: Any) -> Any:
+        if isinstance(value, list) and any(isinstance(item, bool) for item in value):
+            raise PydanticCustomError("bool_as_label", "labels are numbers or names, not booleans")
+        return value
+
     @model_validator(mode="after")
     def _splits_leave_training_rows(self) -> DataConfig:
         if self.validation_split + self.test_split >= 1.0:

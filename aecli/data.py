@@ -597,8 +597,12 @@ def _column_index(path: Path, header: list[str] | None, width: int, column: str 
 
 
 def _encode_labels(cells: list[str]) -> tuple[np.ndarray, list[str] | None]:
+    """Integer labels stay numbers; anything else (names, or integers beyond int64 such as 1e20)
+    is kept as written, as names."""
     if all(_is_integer(cell) for cell in cells):
-        return np.array([int(float(cell)) for cell in cells], dtype=np.int64), None
+        values = [int(float(cell)) for cell in cells]
+        if all(-(2**62) < value < 2**62 for value in values):
+            return np.array(values, dtype=np.int64), None
     names, codes = np.unique(np.array(cells), return_inverse=True)
     return codes.astype(np.int64), [str(name) for name in names]
 

@@ -58,6 +58,20 @@ def as_storage_error(exc: BaseException) -> StorageError | None:
     return None
 
 
+# A path that cannot be used as given: permissions, a name too long, a symlink loop, a file
+# where a folder should be (or the reverse), a read-only file system.
+PATH_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EROFS}
+)
+
+
+def as_path_error(exc: OSError) -> AecliError | None:
+    """The one-line error for an OSError that is the user's path, not a bug."""
+    if exc.errno not in PATH_ERRNOS:
+        return None
+    return AecliError(f"{exc.strerror}: {clip(str(exc.filename or '?'), 300)}")
+
+
 class TrainingDivergedError(AecliError):
     """The loss became NaN or inf: the run is marked failed, with what was saved so far kept."""
 

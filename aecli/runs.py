@@ -7,6 +7,7 @@ crash leaves either the previous complete file or none, never half of one.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -217,7 +218,7 @@ class TrainedRun:
     def test_split(self, force: bool) -> Dataset:
         """The run's own test split, rebuilt from its data files: refused when a file changed
         since training (unless `force`) or when the data no longer has the model's shape."""
-        check_unchanged(self.info.get("data", {}).get("fingerprints"), force)
+        check_unchanged(recorded_fingerprints(self.info), force)
         dataset = load_dataset(self.config.data, seed=self.config.training.seed, test_only=True)
         if dataset.sample_shape != self.sample_shape:
             raise DataError(
@@ -338,4 +339,31 @@ def read_resume_state(run_dir: Path) -> ResumeState | None:
     if not path.is_file() or not (run_dir / "checkpoints" / "last.keras").is_file():
         return None
     data = read_json(path, "resume state")
-    return ResumeState(int(data["epoch"]), list(data["history"]), data.get("best"))
+    epoch, history, best = data["epoch"], data["history"], data.get("best")
+    rows_ok = isinstance(history, list) and all(
+        isinstance(row, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row.values())
+        for row in history
+    )
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0 or not rows_ok or len(history) != epoch:
+        raise ValueError("epoch must count the rows of history, each a mapping of numbers")
+    if best is not None and (not isinstance(best, (int, float)) or isinstance(best, bool)):
+        raise ValueError(f"best must be a number, got {shorten(best)}")
+    return ResumeState(epoch, history, best)
+
+
+def recorded_fingerprints(info: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """run.json's data.fingerprints, checked for shape (None for runs recorded before them)."""
+    data = info.get("data", {})
+    if not isinstance(data, dict):
+        raise RunError(f"run.json: damaged data record (expected a mapping, got {shorten(data)})")
+    prints = data.get("fingerprints")
+    if prints is None:
+        return None
+    if not isinstance(prints, dict) or not all(isinstance(p, dict) for p in prints.values()):
+        raise RunError("run.json: damaged data.fingerprints (expected a mapping of file -> {bytes, sha256})")
+    return prints
+
+
+def config_digest(path: Path) -> str:
+    """SHA-256 of a run's config.yaml as written: a resume refuses a config edited since."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -171,6 +171,7 @@ CORPUS: dict[str, Case] = {
     "yaml !!set as a section": config("model: !!set [a, 1]\n"),
     "learning rate beyond float32": config("optimizer: {learning_rate: 1e39}\n"),
     "seed beyond 32 bits": config("training: {seed: 19437725154}\n"),
+    "boolean as a class": config("data: {classes: [true]}\n"),
     "config is a fifo": special_file("config-fifo"),
     "config links to /dev/zero": special_file("config-device"),
     "empty --set value": lambda folder: [*config("{}\n")(folder), "--set", "model.encoder="],
@@ -331,6 +332,26 @@ def nothing(run: Path) -> None:
     return None
 
 
+def resumed(change: Callable[[Path], None]) -> RunCase:
+    """`train --resume` of an interrupted copy of the trained run, damaged by `change`."""
+
+    def make(folder: Path, trained: Path) -> list[str]:
+        copy = Path(shutil.copytree(trained, folder / "run", ignore=shutil.ignore_patterns("eval-*", "reconstruct-*")))
+        _edit_json(copy / "run.json", lambda info: info.update(status="interrupted"))
+        change(copy)
+        return ["train", str(copy), "--resume", str(copy)]
+
+    return make
+
+
+def _state(run: Path, **changes: Any) -> None:
+    _edit_json(run / "checkpoints" / "state.json", lambda state: state.update(changes))
+
+
+def _data_is_text(info: dict[str, Any]) -> None:
+    info["data"] = "x"
+
+
 def _edit_json(path: Path, change: Callable[[Any], None]) -> None:
     record = json.loads(path.read_text())
     change(record)
@@ -387,6 +408,20 @@ RUN_CORPUS: dict[str, RunCase] = {
         lambda run: _edit_json(run / "run.json", lambda info: info["data"]["scaling"].update(scale=0.0))
     ),
     "config.yaml now names data of another shape": damaged(_other_source, "--indices", "0", command="reconstruct"),
+    "run.json fingerprints of the wrong type": damaged(
+        lambda run: _edit_json(run / "run.json", lambda info: info["data"].update(fingerprints="x"))
+    ),
+    "--out name too long": damaged(nothing, "--out", "{run}/" + "e" * 300),
+    "resume: state.json history of the wrong type": resumed(lambda run: _state(run, history="abc")),
+    "resume: state.json best of the wrong type": resumed(lambda run: _state(run, best="low")),
+    "resume: state.json epoch beyond the configured ones": resumed(lambda run: _state(run, epoch=50)),
+    "resume: state.json negative epoch": resumed(lambda run: _state(run, epoch=-3)),
+    "resume: run.json data of the wrong type": resumed(lambda run: _edit_json(run / "run.json", _data_is_text)),
+    "resume: config.yaml edited since": resumed(
+        lambda run: (run / "config.yaml").write_text(
+            (run / "config.yaml").read_text().replace("kind: dense", "kind: vae")
+        )
+    ),
 }
 
 
@@ -404,11 +439,15 @@ def test_bad_input_to_a_trained_run(case: str, cli, trained_run: Path, tmp_path:
     before = {path: path.stat().st_mtime_ns for path in trained_run.rglob("*") if path.is_file()}
     args = [arg.replace("{run}", str(tmp_path / "run")) for arg in RUN_CORPUS[case](tmp_path, trained_run)]
     run = Path(args[1])
+    if args[2:3] == ["--resume"]:  # `train --resume RUN`: the run itself must be left as it was
+        args = ["train", "--resume", args[1]]
+        before = {**before, **{path: path.stat().st_mtime_ns for path in run.rglob("*") if path.is_file()}}
     existing = set(run.iterdir())
     result = cli(*args)
     assert result.exit_code == 2, result.output
     assert_one_line_error(result)
     assert set(run.iterdir()) == existing, "an output folder was left behind"
     assert not list(tmp_path.glob(".*partial*")) and not list(run.glob(".*partial*"))
-    after = {path: path.stat().st_mtime_ns for path in trained_run.rglob("*") if path.is_file()}
-    assert {p: t for p, t in after.items() if p in before} == before, "the trained run was modified"
+    after = {path: path.stat().st_mtime_ns for path in [*trained_run.rglob("*"), *run.rglob("*")] if path.is_file()}
+    kept = {p: t for p, t in after.items() if p in before and p.name != ".lock"}  # the lock records its holder
+    assert kept == {p: t for p, t in before.items() if p.name != ".lock"}, "a run was modified"

@@ -257,3 +257,27 @@ def test_tabular_reconstructions_are_a_labelled_grid(tmp_path: Path) -> None:
     plot_reconstruction_grid(x, x * 0.9, errors, False, tmp_path / "grid.png")
     width, height = Image.open(tmp_path / "grid.png").size
     assert height > width / 2  # three groups of three panels, not a one-row strip
+
+
+def test_usage_errors_are_one_line_too(tmp_path: Path) -> None:
+    """Click's usage errors (unknown option, missing argument, a value out of range) as every other error."""
+    for args in (["evaluate", "--bogus"], ["evaluate"], ["reconstruct", str(tmp_path), "--seed=-1"]):
+        done = subprocess.run([sys.executable, "-m", "aecli", *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
+    helped = subprocess.run([sys.executable, "-m", "aecli", "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "train" in helped.stdout
+
+
+def test_integer_labels_beyond_int64_are_kept_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "big.csv"
+    path.write_text("a,label\n" + "".join(f"{i},{'1e20' if i % 2 else 7}\n" for i in range(10)))
+    raw = read_source(str(path), label_column="label")
+    assert raw.label_names == ["1e20", "7"] and raw.y_train.tolist()[:2] == [1, 0]
+
+
+def test_a_float_tiff_keeps_its_values(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.full((8, 8), 0.5, np.float32), mode="F").save(tmp_path / "half.tif")
+    pixels, _ = _read_image(tmp_path / "half.tif", (8, 8, 1))
+    assert np.allclose(pixels, 0.5)

@@ -194,6 +194,8 @@ def _pixels(image: Any, channels: int) -> tuple[np.ndarray, tuple[int, int]]:
         raw = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or raw.max() > 255 else 255.0
         return np.clip(raw / top, 0, 1).astype(np.float32), image.size
+    if image.mode == "F" and channels == 1:  # float pixels (a TIFF): taken as they are, in [0, 1]
+        return np.clip(np.asarray(image, dtype=np.float32), 0, 1), image.size
     converted = image.convert("L" if channels == 1 else "RGB")
     return np.asarray(converted, dtype=np.float32) / 255.0, image.size
 

@@ -39,11 +39,13 @@ from aecli.reporting import write_errors_csv, write_history_csv, write_metrics_j
 from aecli.runs import (
     RUN_FILE,
     check_keras_archive,
+    config_digest,
     create_run_dir,
     load_model,
     now_iso,
     read_resume_state,
     read_run_info,
+    recorded_fingerprints,
     run_lock,
     save_atomic,
     update_run_info,
@@ -122,7 +124,7 @@ def _new_run_dir(parent: Path, name: str, config: AecliConfig, record: dict[str,
     run_dir = create_run_dir(parent, name)
     try:
         write_text_atomic(run_dir / "config.yaml", config_to_yaml(config))
-        update_run_info(run_dir, **record)
+        update_run_info(run_dir, **record, config_sha256=config_digest(run_dir / "config.yaml"))
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
@@ -169,9 +171,19 @@ def _resume_in(run_dir: Path, config: AecliConfig, strategy: Any, reporter: Any)
             raise RunError(f"run {run_dir}: unreadable checkpoints/state.json ({exc})") from None
         if state is not None:
             check_keras_archive(run_dir / "checkpoints" / "last.keras")
-        check_unchanged(read_run_info(run_dir).get("data", {}).get("fingerprints"), force=False)
-        dataset = _training_data(config)
         info = read_run_info(run_dir)
+        if state is not None and state.epoch > config.training.epochs:
+            raise RunError(
+                f"run {run_dir}: checkpoints/state.json says epoch {state.epoch} of {config.training.epochs}"
+            )
+        recorded_config = info.get("config_sha256")
+        if recorded_config is not None and recorded_config != config_digest(run_dir / "config.yaml"):
+            raise RunError(
+                f"run {run_dir}: config.yaml was edited after the run started, but a resume continues the saved "
+                "model and optimizer; restore it, or train a new run with the edited config"
+            )
+        check_unchanged(recorded_fingerprints(info), force=False)
+        dataset = _training_data(config)
         resumes = [*info.get("resumed", []), {"at": now_iso(), "from_epoch": 0 if state is None else state.epoch}]
         update_run_info(run_dir, status="running", finished=None, error=None, resumed=resumes)
         metrics = _run_guarded(config, dataset, run_dir, reporter, resume=True, strategy=strategy, previous_info=info)

@@ -242,10 +242,10 @@ def _parse_labels(text: str | None, option: str) -> list[int | str] | None:
     """Comma-separated label values as written in the data: integers stay integers, names stay names."""
     if text is None:
         return None
-    values: list[int | str] = [part.strip() for part in text.split(",") if part.strip()]
+    values = [part.strip() for part in text.split(",") if part.strip()]
     if not values:
         raise ConfigError(f"{option}: expected at least one label, e.g. 0,1 or cat,dog; got {text!r}")
-    return [int(value) if isinstance(value, str) and value.lstrip("-").isdigit() else value for value in values]
+    return [int(value) if value.lstrip("-").isdigit() else value for value in values]
 
 
 def _parse_int_list(text: str | None, option: str) -> list[int] | None:

@@ -115,6 +115,10 @@ class Dataset:
     source_rows: dict[str, np.ndarray] = field(default_factory=dict)
     ids: dict[str, np.ndarray] = field(default_factory=dict)
 
+    def origin(self, split: str) -> dict[str, np.ndarray]:
+        """Per-sample columns saying where each row of `split` came from: source_row, and id."""
+        return _origin_columns(self.source_rows.get(split), self.ids.get(split))
+
     def shapes(self) -> dict[str, Any]:
         return {
             "sample_shape": list(self.sample_shape),
@@ -218,6 +222,15 @@ class Samples:
     source_rows: np.ndarray  # position in the source's train set, then in its test set
     ids: np.ndarray | None
     limited: bool  # data.limit cut at least one of the source's sets
+
+    def origin(self) -> dict[str, np.ndarray]:
+        """Per-sample columns saying where each row came from: source_row, and id."""
+        return _origin_columns(self.source_rows, self.ids)
+
+
+def _origin_columns(source_rows: np.ndarray | None, ids: np.ndarray | None) -> dict[str, np.ndarray]:
+    columns = {} if source_rows is None else {"source_row": source_rows}
+    return columns if ids is None else {**columns, "id": ids}
 
 
 def load_for_model(cfg: DataConfig, sample_shape: tuple[int, ...], scaling: Scaling) -> Samples:
@@ -732,10 +745,15 @@ def label_codes(values: list[int | str], label_names: list[str] | None, what: st
     return codes
 
 
+def label_name(label: Any, label_names: list[str] | None) -> str:
+    """A label as written in the data: its name for string labels, else the number."""
+    return label_names[int(label)] if label_names else str(int(label))
+
+
 def present_labels(y: np.ndarray, label_names: list[str] | None, most: int = 20) -> str:
     """The labels in `y`, as written in the data, for messages."""
     values = np.unique(y)
-    shown = ", ".join(repr(label_names[v]) if label_names else str(v) for v in values[:most])
+    shown = ", ".join(repr(label_name(v, label_names)) if label_names else str(v) for v in values[:most])
     return shown + (f", ... ({len(values)} in all)" if len(values) > most else "")
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from aecli.data import label_name
 from aecli.errors import EvaluationError
 
 PSNR_CAP_DB = 100.0
@@ -152,10 +153,6 @@ def error_quantiles(values: np.ndarray) -> dict[str, float]:
 def error_statistics(values: np.ndarray) -> dict[str, float]:
     """Summary of training-set errors, saved with a run to set anomaly thresholds later."""
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), **error_quantiles(values)}
-
-
-def label_name(label: Any, label_names: list[str] | None) -> str:
-    return label_names[int(label)] if label_names else str(int(label))
 
 
 def finite_or_none(value: float) -> float | None:

@@ -13,11 +13,10 @@ from typing import Any
 import numpy as np
 
 from aecli.backend import select_backend
-from aecli.data import Samples, label_codes, load_for_model, present_labels
+from aecli.data import Samples, label_codes, label_name, load_for_model, present_labels
 from aecli.errors import DataError, EvaluationError
 from aecli.evaluation import (
     anomaly_report,
-    label_name,
     latent_report,
     mean_ssim,
     parse_threshold,
@@ -167,16 +166,17 @@ def _evaluated_data(run: TrainedRun, request: EvaluateRequest) -> _Evaluated:
         )
     if request.data is None:
         dataset = run.test_split(request.force)
-        origin = {"source_row": dataset.source_rows["test"]} if "test" in dataset.source_rows else {}
-        if "test" in dataset.ids:
-            origin["id"] = dataset.ids["test"]
         evaluated = _Evaluated(
-            dataset.x_test, dataset.y_test, dataset.label_names, f"test split of {run.config.data.source}", origin
+            dataset.x_test,
+            dataset.y_test,
+            dataset.label_names,
+            f"test split of {run.config.data.source}",
+            dataset.origin("test"),
         )
     else:
         samples = _load_option(run, request.data, request.data_overrides, "--data")
         evaluated = _Evaluated(
-            samples.x, samples.y, samples.label_names, _rows_read(request.data, samples), _origin(samples)
+            samples.x, samples.y, samples.label_names, _rows_read(request.data, samples), samples.origin()
         )
 
     normal_classes = request.normal_classes
@@ -203,10 +203,6 @@ def _rows_read(source: str, samples: Samples) -> str:
     return f"the first rows of {source} (data.limit)" if samples.limited else f"all rows of {source}"
 
 
-def _origin(samples: Samples) -> dict[str, np.ndarray]:
-    return {"source_row": samples.source_rows, **({"id": samples.ids} if samples.ids is not None else {})}
-
-
 def _add_anomalies(evaluated: _Evaluated, anomalies: Samples) -> None:
     """Append every row of an --anomaly-data source, labelled as such (its own label name)."""
     n = len(anomalies.x)
@@ -218,7 +214,7 @@ def _add_anomalies(evaluated: _Evaluated, anomalies: Samples) -> None:
         names = [label_name(value, evaluated.label_names) for value in values]
         evaluated.labels = np.r_[codes, np.full(n, len(names))].astype(np.int64)
         evaluated.label_names = [*names, ANOMALY_LABEL]
-    added = _origin(anomalies)
+    added = anomalies.origin()
     for column in list(evaluated.origin):
         values = added.get(column, np.full(n, "", object))
         evaluated.origin[column] = np.r_[evaluated.origin[column].astype(object), values.astype(object)]

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from aecli.backend import select_backend
-from aecli.data import load_for_model
+from aecli.data import label_name, load_for_model
 from aecli.errors import DataError, EvaluationError, clip
-from aecli.evaluation import PSNR_CAP_DB, is_unit_range, label_name, per_sample_errors, predict_batched
+from aecli.evaluation import PSNR_CAP_DB, is_unit_range, per_sample_errors, predict_batched
 from aecli.noise import NoiseSpec, corrupt, parse_noise
 from aecli.reporting import plot_feature_rows, plot_image_rows
 from aecli.runs import (

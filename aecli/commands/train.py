@@ -358,7 +358,7 @@ def _train_and_report(
         train_report, train_errors = reconstruction_report(
             dataset.x_train, predict_batched(model, dataset.x_train), None
         )
-        test_origin, train_origin = _origin(dataset, "test"), _origin(dataset, "train")
+        test_origin, train_origin = dataset.origin("test"), dataset.origin("train")
     write_errors_csv(run_dir / "errors.csv", errors, y_test, dataset.label_names, origin=test_origin)
     train_mse = train_errors["mse"]
     write_errors_csv(run_dir / "train_errors.csv", train_errors, y_train, dataset.label_names, origin=train_origin)
@@ -374,14 +374,6 @@ def _train_and_report(
     metrics["evaluation_seconds"] = time.perf_counter() - started
     write_metrics_json(run_dir / "metrics.json", metrics)
     return metrics
-
-
-def _origin(dataset: Dataset, split: str) -> dict[str, np.ndarray]:
-    """Per-sample columns saying where each row of `split` came from: source_row, and id."""
-    origin = {"source_row": dataset.source_rows[split]} if split in dataset.source_rows else {}
-    if split in dataset.ids:
-        origin["id"] = dataset.ids[split]
-    return origin
 
 
 def _training_summary(result: Any, epochs_configured: int, parameters: int, strategy: Any) -> dict[str, Any]:

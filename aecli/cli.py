@@ -23,6 +23,7 @@ from aecli import __version__
 from aecli.config import config_json_schema, config_to_yaml, load_config
 from aecli.errors import AecliError, ConfigError, as_path_error, as_storage_error, clip
 from aecli.interrupts import Terminated, interrupts_as_exceptions
+from aecli.progress import PlainProgress, RichProgress
 
 app = typer.Typer(
     name="aecli",
@@ -139,9 +140,6 @@ def train(
     backend: BackendOption = None,
 ) -> None:
     """Train an autoencoder and write a new run directory (its path is the last line printed)."""
-    from aecli.commands.train import resume_run, train_run
-    from aecli.progress import PlainProgress, RichProgress
-
     if (config is None) == (resume is None):
         raise ConfigError("give a CONFIG to train, or --resume RUN_DIR to continue a run (not both)")
     if resume is not None and (overrides or backend):
@@ -149,38 +147,15 @@ def train(
     console = _console()
     reporter = RichProgress(console) if console.is_terminal and not quiet else PlainProgress(console)
     started_dirs: list[Path] = [] if resume is None else [resume]
+    done: tuple[Path, dict[str, Any]] | None = None
     with interrupts_as_exceptions():
         try:
             if resume is not None:
-                resumed = resume_run(resume, reporter)
-                if resumed.metrics is None:
-                    console.print(f"run {resume} has already completed: nothing to resume")
-                    typer.echo(str(resume))
-                    return
-                console.print(f"resumed after epoch {resumed.from_epoch}")
-                if not resumed.written:
-                    console.print("worker finished: the chief worker writes the run directory")
-                    return
-                run_dir, metrics = resumed.run_dir, resumed.metrics
+                done = _resume_training(console, resume, reporter)
             elif config is not None:
                 backend_override = [f"runtime.backend={backend}"] if backend else []
-                settings = load_config(config, [*(overrides or []), *backend_override])
-                console.print(
-                    f"training {settings.model.kind} autoencoder on {settings.data.source} "
-                    f"({settings.optimizer.name}, {settings.loss.name}, {settings.training.epochs} epochs)"
-                )
-                outcome = train_run(
-                    settings,
-                    runs_dir=runs_dir,
-                    name=name or config.stem,
-                    command=shlex.join(["aecli", *sys.argv[1:]]),
-                    reporter=reporter,
-                    on_run_dir=started_dirs.append,
-                )
-                run_dir, metrics = outcome.run_dir, outcome.metrics
-                if not outcome.written:
-                    console.print("worker finished: the chief worker writes the run directory")
-                    return
+                run = (config, [*(overrides or []), *backend_override], runs_dir, name or config.stem)
+                done = _train_new(console, *run, reporter, started_dirs.append)
         except KeyboardInterrupt as interrupt:
             _exit_interrupted(
                 interrupt,
@@ -189,10 +164,54 @@ def train(
                 if started_dirs
                 else "interrupted before a run directory was created",
             )
+    if done is None:
+        return
+    run_dir, metrics = done
     _print_training_summary(console, metrics)
     console.print(f"model:  {run_dir / 'model.keras'} (+ encoder.keras, decoder.keras)")
     console.print(f"report: {run_dir / 'metrics.json'} (per sample: errors.csv, per epoch: history.csv)")
     typer.echo(str(run_dir))
+
+
+def _train_new(
+    console: Console,
+    config: Path,
+    overrides: list[str],
+    runs_dir: Path,
+    name: str,
+    reporter: Any,
+    on_run_dir: Callable[[Path], None],
+) -> tuple[Path, dict[str, Any]] | None:
+    """Train a new run; None on a worker that does not write the run."""
+    from aecli.commands.train import train_run
+
+    settings = load_config(config, overrides)
+    console.print(
+        f"training {settings.model.kind} autoencoder on {settings.data.source} "
+        f"({settings.optimizer.name}, {settings.loss.name}, {settings.training.epochs} epochs)"
+    )
+    command = shlex.join(["aecli", *sys.argv[1:]])
+    outcome = train_run(settings, runs_dir, name, command, reporter=reporter, on_run_dir=on_run_dir)
+    if not outcome.written:
+        console.print("worker finished: the chief worker writes the run directory")
+        return None
+    return outcome.run_dir, outcome.metrics
+
+
+def _resume_training(console: Console, run_dir: Path, reporter: Any) -> tuple[Path, dict[str, Any]] | None:
+    """Continue a run; None when there was nothing to do or this worker does not write the run."""
+    from aecli.commands.train import resume_run
+
+    resumed = resume_run(run_dir, reporter)
+    if resumed.metrics is None:
+        console.print(f"run {run_dir} has already completed: nothing to resume")
+        typer.echo(str(run_dir))
+        return None
+    console.print(f"resumed after epoch {resumed.from_epoch}")
+    if not resumed.written:
+        console.print("worker finished: the chief worker writes the run directory")
+        return None
+    return resumed.run_dir, resumed.metrics
 
 
 def _print_training_summary(console: Console, metrics: dict[str, Any]) -> None:
@@ -216,25 +235,22 @@ def _print_training_summary(console: Console, metrics: dict[str, Any]) -> None:
 @reports_errors
 def validate(config: ConfigArg, overrides: SetOption = None) -> None:
     """Check a config (and its data's shape) and print the resolved YAML and the model's layers."""
-    from aecli.data import peek_sample_shape
-    from aecli.models import check_model_fits_memory, count_parameters, plan_autoencoder
+    from aecli.commands.validate import validate_experiment
 
-    settings = load_config(config, overrides or [])
-    input_shape = peek_sample_shape(settings.data)
-    plan = plan_autoencoder(settings.model, input_shape)
+    checked = validate_experiment(config, overrides or [])
     console = _console()
-    console.print(config_to_yaml(settings), end="", markup=False)
-    table = Table(title=f"{settings.model.kind} autoencoder for input {input_shape}")
+    console.print(config_to_yaml(checked.config), end="", markup=False)
+    table = Table(title=f"{checked.config.model.kind} autoencoder for input {checked.input_shape}")
     for column in ("part", "layer", "type", "output shape", "activation"):
         table.add_column(column, no_wrap=True)
     table.add_column("params", justify="right")
-    for spec in plan:
+    for spec in checked.plan:
         table.add_row(
             spec.part, spec.name, spec.kind, str(spec.output_shape), spec.activation or "", f"{spec.parameters:,}"
         )
     console.print(table)
-    console.print(f"total parameters: {count_parameters(plan):,}")
-    check_model_fits_memory(plan)
+    console.print(f"total parameters: {checked.parameters:,}")
+    checked.check_fits_memory()
     console.print("config is valid")
 
 
@@ -414,7 +430,6 @@ def compare(
 ) -> None:
     """Train a grid of variations (optimizers, losses, ...) and compare them side by side."""
     from aecli.commands.compare import CompareRequest, column_titles, format_value, run_comparison
-    from aecli.progress import RichProgress
 
     console = _console()
     request = CompareRequest(
@@ -452,10 +467,6 @@ def compare(
     typer.echo(str(sweep))
 
 
-# What prepare reads; splits, classes and scaling are training's business (shards keep every row, raw).
-PREPARE_KEYS = ("data.labels_path", "data.label_column", "data.limit")
-
-
 @app.command()
 @reports_errors
 def prepare(
@@ -469,18 +480,12 @@ def prepare(
 ) -> None:
     """Write a data source as shards that training streams (data.source: OUT_DIR), for data
     larger than memory."""
-    from aecli.commands.prepare import prepare_shards
-    from aecli.config import apply_override, validate_config
+    from aecli.commands.prepare import prepare_data_config, prepare_shards
 
-    raw: dict[str, Any] = {"data": {"source": source}}
-    for override in overrides or []:
-        key = override.partition("=")[0].strip()
-        if key not in PREPARE_KEYS:
-            raise ConfigError(f"--set {override!r}: prepare takes {', '.join(PREPARE_KEYS)} (the source is SOURCE)")
-        apply_override(raw, override)
+    data = prepare_data_config(source, overrides or [])
     console = _console()
     outcome = _interruptible(
-        lambda: prepare_shards(validate_config(raw).data, out_dir, shard_size, encoding, say=console.print),
+        lambda: prepare_shards(data, out_dir, shard_size, encoding, say=console.print),
         f"interrupted: nothing written to {out_dir}",
     )
     console.print(

@@ -7,6 +7,7 @@ object that leaves `load_config` is never mutated again and is exactly what a ru
 
 from __future__ import annotations
 
+import copy
 import difflib
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,9 +19,11 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveInt,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic.fields import FieldInfo
@@ -68,6 +71,34 @@ class _Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
+    def _inapplicable(self) -> dict[str, str]:
+        """Knobs that do not apply to this section as configured (kind, name...), with why: they
+        are refused when set and left out when the config is saved."""
+        return {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        """`key: null` (or `--set key=null`) resets a key to its default."""
+        if not isinstance(data, dict):
+            return data
+        return {key: value for key, value in data.items() if value is not None or _accepts_none(cls, key)}
+
+    @model_validator(mode="after")
+    def _refuse_inapplicable(self) -> Any:
+        inapplicable = self._inapplicable()
+        for knob in type(self).model_fields:  # the first in the schema's order, as written
+            if knob in self.model_fields_set and knob in inapplicable:
+                raise ValueError(f"{knob}: {inapplicable[knob]}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _leave_out_inapplicable(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        for knob in self._inapplicable():
+            data.pop(knob, None)
+        return data
+
     @field_validator("*", mode="before")
     @classmethod
     def _no_booleans_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
@@ -85,6 +116,11 @@ class _Section(BaseModel):
 
 
 FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _accepts_none(section: type[BaseModel], key: str) -> bool:
+    field = section.model_fields.get(key)
+    return field is None or type(None) in get_args(field.annotation)
 
 
 def _wants_number_not_bool(field: FieldInfo) -> bool:
@@ -132,6 +168,19 @@ class DataConfig(_Section):
             raise PydanticCustomError("bool_as_label", "labels are numbers or names, not booleans")
         return value
 
+    @field_validator("source")
+    @classmethod
+    def _absolute_source(cls, source: str) -> str:
+        """Saved with absolute paths, so evaluate/reconstruct find a run's data from any folder."""
+        if source in BUILTIN_SOURCES or not source.strip():
+            return source
+        return str(_absolute_if_present(Path(source)))
+
+    @field_validator("labels_path")
+    @classmethod
+    def _absolute_labels(cls, path: Path | None) -> Path | None:
+        return None if path is None else _absolute_if_present(path)
+
     @model_validator(mode="after")
     def _splits_leave_training_rows(self) -> DataConfig:
         if self.validation_split + self.test_split >= 1.0:
@@ -139,6 +188,15 @@ class DataConfig(_Section):
                 f"validation_split + test_split must be below 1, got {self.validation_split} + {self.test_split}"
             )
         return self
+
+
+def _absolute_if_present(path: Path) -> Path:
+    """`path` made absolute when it names something here; otherwise as given, for the data
+    loader's "no such file" message (hostile names included: too long, NUL bytes)."""
+    try:
+        return path.resolve() if path.exists() else path
+    except (OSError, ValueError):
+        return path
 
 
 class SparsityConfig(_Section):
@@ -158,33 +216,32 @@ class RegularizationConfig(_Section):
         return _expand_switch(value)
 
 
-# Defaults of the knobs that only some model families use (the rest must stay unset).
-CONV_DEFAULTS: dict[str, Any] = {"filters": [32, 64], "kernel_size": 3, "downsample": "stride"}
+DENSE_ENCODER = (128, 64)  # the encoder's default widths for dense bodies
 
 
 class ModelConfig(_Section):
     kind: Literal["dense", "conv", "vae"] = Field("dense", description="dense, conv, or vae (variational)")
-    body: Literal["dense", "conv"] | None = Field(None, description="vae only: dense (default) or conv layers")
-    encoder: list[PositiveInt] | None = Field(
-        None,
+    body: Literal["dense", "conv"] = Field("dense", description="vae only: dense or conv layers")
+    encoder: list[PositiveInt] = Field(
+        default_factory=lambda: list(DENSE_ENCODER),
         description="dense hidden widths of the encoder, input side first (default: [128, 64] for dense "
         "bodies, none after conv blocks)",
     )
     latent_dim: PositiveInt = Field(32, description="size of the code")
-    decoder: list[PositiveInt] | None = Field(None, description="dense hidden widths of the decoder (default: mirror)")
-    filters: list[PositiveInt] | None = Field(
-        None, min_length=1, description="conv: filters per block (default [32, 64])"
+    decoder: list[PositiveInt] = Field(
+        default_factory=list, description="dense hidden widths of the decoder (default: the encoder's, mirrored)"
     )
-    kernel_size: PositiveInt | None = Field(None, description="conv: kernel size (default 3)")
-    downsample: Literal["stride", "maxpool"] | None = Field(
-        None, description="conv: halve the size per block by stride-2 convolutions (default) or 2x2 max pooling"
+    filters: list[PositiveInt] = Field([32, 64], min_length=1, description="conv: filters per block")
+    kernel_size: PositiveInt = Field(3, description="conv: kernel size")
+    downsample: Literal["stride", "maxpool"] = Field(
+        "stride", description="conv: halve the size per block by stride-2 convolutions or 2x2 max pooling"
     )
     activation: Activation = "relu"
     latent_activation: Activation = "linear"
-    output_activation: OutputActivation | None = Field(
-        None, description="default: sigmoid when data is scaled to [0,1], linear otherwise"
+    output_activation: OutputActivation = Field(
+        "sigmoid", description="default: sigmoid when data is scaled to [0,1] (data.scaling not none), else linear"
     )
-    beta: float | None = Field(None, ge=0.0, description="vae only: weight of the KL term (default 1)")
+    beta: float = Field(1.0, ge=0.0, description="vae only: weight of the KL term")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout rate after each hidden layer")
     batch_norm: bool = Field(False, description="batch normalization after each hidden layer")
     regularization: RegularizationConfig = Field(default_factory=RegularizationConfig)
@@ -193,24 +250,33 @@ class ModelConfig(_Section):
     def uses_conv(self) -> bool:
         return self.kind == "conv" or (self.kind == "vae" and self.body == "conv")
 
+    def _inapplicable(self) -> dict[str, str]:
+        knobs = {}
+        if self.kind != "vae":
+            knobs = dict.fromkeys(("body", "beta"), f"applies to model.kind vae only, not {self.kind!r}")
+        if not self.uses_conv:
+            reason = "applies to conv models only (kind conv, or vae with body conv)"
+            knobs.update(dict.fromkeys(("filters", "kernel_size", "downsample"), reason))
+        return knobs
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_widths(cls, data: Any) -> Any:
+        """No dense layers after conv blocks unless asked; the decoder mirrors the encoder."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        conv = data.get("kind") == "conv" or (data.get("kind") == "vae" and data.get("body") == "conv")
+        if data.get("encoder") is None:
+            data["encoder"] = [] if conv else list(DENSE_ENCODER)
+        if data.get("decoder") is None and isinstance(data["encoder"], list):
+            data["decoder"] = list(reversed(data["encoder"]))
+        return data
+
     @model_validator(mode="after")
-    def _resolve_family(self) -> ModelConfig:
-        if self.kind == "vae":
-            self._fill("body", "dense")
-            self._fill("beta", 1.0)
-            if self.regularization.sparsity is not None or self.regularization.activity_l1:
-                raise ValueError("regularization: sparsity and activity_l1 apply to dense and conv codes, not vae")
-        else:
-            for knob in ("body", "beta"):
-                if getattr(self, knob) is not None:
-                    raise ValueError(f"{knob}: applies to model.kind vae only, not {self.kind!r}")
-        for knob, default in CONV_DEFAULTS.items():
-            if self.uses_conv:
-                self._fill(knob, default)
-            elif getattr(self, knob) is not None:
-                raise ValueError(f"{knob}: applies to conv models only (kind conv, or vae with body conv)")
-        self._fill("encoder", [] if self.uses_conv else [128, 64])
-        self._fill("decoder", list(reversed(self.encoder or [])))
+    def _check_family(self) -> ModelConfig:
+        if self.kind == "vae" and (self.regularization.sparsity is not None or self.regularization.activity_l1):
+            raise ValueError("regularization: sparsity and activity_l1 apply to dense and conv codes, not vae")
         if self.regularization.sparsity is not None and self.latent_activation != "sigmoid":
             raise ValueError(
                 "regularization.sparsity: needs latent_activation sigmoid (mean activations must lie in (0, 1)), "
@@ -218,14 +284,17 @@ class ModelConfig(_Section):
             )
         return self
 
-    def _fill(self, knob: str, value: Any) -> None:
-        if getattr(self, knob) is None:
-            object.__setattr__(self, knob, value)
+
+def _learning_rate_is_optional(schema: dict[str, Any]) -> None:
+    """Left out, the learning rate is the optimizer's default (filled in by validation)."""
+    schema.pop("required", None)
 
 
 class OptimizerConfig(_Section):
+    model_config = ConfigDict(json_schema_extra=_learning_rate_is_optional)
+
     name: OptimizerName = Field("adam", description="gd is full-batch gradient descent: one step per epoch")
-    learning_rate: float | None = Field(None, gt=0.0, description="default: Keras's default for the optimizer")
+    learning_rate: float = Field(gt=0.0, description="default: Keras's default for the optimizer")
     momentum: float | None = Field(None, ge=0.0, lt=1.0)
     beta_1: float | None = Field(None, ge=0.0, lt=1.0)
     beta_2: float | None = Field(None, ge=0.0, lt=1.0)
@@ -237,33 +306,29 @@ class OptimizerConfig(_Section):
     weight_decay: float | None = Field(None, ge=0.0)
     clipnorm: float | None = Field(None, gt=0.0)
 
-    @model_validator(mode="after")
-    def _resolve_knobs(self) -> OptimizerConfig:
-        defaults = OPTIMIZER_DEFAULTS[self.name]
-        allowed = set(defaults) | set(COMMON_OPTIMIZER_KNOBS)
-        for knob in type(self).model_fields:
-            if knob == "name":
-                continue
-            value = getattr(self, knob)
-            if value is not None and knob not in allowed:
-                usable = ", ".join(sorted(allowed))
-                raise ValueError(f"{knob}: does not apply to optimizer {self.name!r} (its knobs: {usable})")
-            if value is None and knob in defaults:
-                object.__setattr__(self, knob, defaults[knob])
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _optimizer_defaults(cls, data: Any) -> Any:
+        """The knobs this optimizer uses, with their defaults where the YAML leaves them out."""
+        if not isinstance(data, dict):
+            return data
+        name = data.get("name") or "adam"
+        defaults = OPTIMIZER_DEFAULTS.get(name) if isinstance(name, str) else None
+        return {**(defaults or OPTIMIZER_DEFAULTS["adam"]), **{k: v for k, v in data.items() if v is not None}}
+
+    def _inapplicable(self) -> dict[str, str]:
+        allowed = set(OPTIMIZER_DEFAULTS[self.name]) | set(COMMON_OPTIMIZER_KNOBS)
+        usable = ", ".join(sorted(allowed))
+        reason = f"does not apply to optimizer {self.name!r} (its knobs: {usable})"
+        return {knob: reason for knob in type(self).model_fields if knob != "name" and knob not in allowed}
 
 
 class LossConfig(_Section):
     name: LossName = Field("mse", description="mse, bce (binary cross-entropy, needs [0,1] data), mae, huber")
-    delta: float | None = Field(None, gt=0.0, description="huber only: where the loss turns linear")
+    delta: float = Field(1.0, gt=0.0, description="huber only: where the loss turns linear")
 
-    @model_validator(mode="after")
-    def _resolve_delta(self) -> LossConfig:
-        if self.name == "huber" and self.delta is None:
-            object.__setattr__(self, "delta", 1.0)
-        elif self.name != "huber" and self.delta is not None:
-            raise ValueError(f"delta: applies to the huber loss only, not {self.name!r}")
-        return self
+    def _inapplicable(self) -> dict[str, str]:
+        return {} if self.name == "huber" else {"delta": f"applies to the huber loss only, not {self.name!r}"}
 
 
 class EarlyStoppingConfig(_Section):
@@ -291,33 +356,28 @@ class NoiseConfig(_Section):
         return self
 
 
-# Knobs of each learning-rate schedule with their defaults; any other knob is an error.
-SCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "constant": {},
-    "exponential": {"decay_rate": 0.9},
-    "cosine": {"alpha": 0.0},
-    "reduce_on_plateau": {"factor": 0.5, "patience": 3, "min_lr": 0.0},
+# The knobs of each learning-rate schedule; any other knob is an error.
+SCHEDULE_KNOBS: dict[str, tuple[str, ...]] = {
+    "constant": (),
+    "exponential": ("decay_rate",),
+    "cosine": ("alpha",),
+    "reduce_on_plateau": ("factor", "patience", "min_lr"),
 }
 
 
 class LRScheduleConfig(_Section):
     kind: Literal["constant", "exponential", "cosine", "reduce_on_plateau"] = "constant"
-    decay_rate: float | None = Field(None, gt=0.0, le=1.0, description="exponential: factor per epoch")
-    alpha: float | None = Field(None, ge=0.0, le=1.0, description="cosine: final rate as a fraction of the first")
-    factor: float | None = Field(None, gt=0.0, lt=1.0, description="reduce_on_plateau: multiply the rate by this")
-    patience: PositiveInt | None = Field(None, description="reduce_on_plateau: epochs without improvement")
-    min_lr: float | None = Field(None, ge=0.0, description="reduce_on_plateau: lower bound")
+    decay_rate: float = Field(0.9, gt=0.0, le=1.0, description="exponential: factor per epoch")
+    alpha: float = Field(0.0, ge=0.0, le=1.0, description="cosine: final rate as a fraction of the first")
+    factor: float = Field(0.5, gt=0.0, lt=1.0, description="reduce_on_plateau: multiply the rate by this")
+    patience: PositiveInt = Field(3, description="reduce_on_plateau: epochs without improvement")
+    min_lr: float = Field(0.0, ge=0.0, description="reduce_on_plateau: lower bound")
 
-    @model_validator(mode="after")
-    def _resolve_knobs(self) -> LRScheduleConfig:
-        defaults = SCHEDULE_DEFAULTS[self.kind]
-        for knob in ("decay_rate", "alpha", "factor", "patience", "min_lr"):
-            if getattr(self, knob) is not None and knob not in defaults:
-                usable = ", ".join(defaults) or "none"
-                raise ValueError(f"{knob}: does not apply to schedule {self.kind!r} (its knobs: {usable})")
-            if getattr(self, knob) is None and knob in defaults:
-                object.__setattr__(self, knob, defaults[knob])
-        return self
+    def _inapplicable(self) -> dict[str, str]:
+        usable = ", ".join(SCHEDULE_KNOBS[self.kind]) or "none"
+        reason = f"does not apply to schedule {self.kind!r} (its knobs: {usable})"
+        knobs = (knob for knobs in SCHEDULE_KNOBS.values() for knob in knobs)
+        return {knob: reason for knob in knobs if knob not in SCHEDULE_KNOBS[self.kind]}
 
 
 class DistributeConfig(_Section):
@@ -390,7 +450,7 @@ class RuntimeConfig(_Section):
 class AecliConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig.model_validate({}))
     loss: LossConfig = Field(default_factory=LossConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
@@ -400,11 +460,21 @@ class AecliConfig(_Section):
     def _loss_shorthand(cls, value: Any) -> Any:
         return _expand_shorthand("loss", value)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _output_activation_follows_scaling(cls, data: Any) -> Any:
+        """The one default that depends on another section, filled in before either is validated:
+        sigmoid when the data is scaled into [0, 1], linear when data.scaling is none."""
+        if not isinstance(data, dict):
+            return data
+        model, section = data.get("model") or {}, data.get("data") or {}
+        if not isinstance(model, dict) or model.get("output_activation") is not None:
+            return data
+        unscaled = isinstance(section, dict) and section.get("scaling") == "none"
+        return {**data, "model": {**model, "output_activation": "linear" if unscaled else "sigmoid"}}
+
     @model_validator(mode="after")
-    def _resolve_cross_section(self) -> AecliConfig:
-        if self.model.output_activation is None:
-            bounded = self.data.scaling != "none"
-            object.__setattr__(self.model, "output_activation", "sigmoid" if bounded else "linear")
+    def _check_cross_section(self) -> AecliConfig:
         if self.loss.name == "bce" and self.model.output_activation not in ("sigmoid",):
             raise ValueError(
                 f"loss.name: bce needs outputs in [0,1], but model.output_activation is "
@@ -450,10 +520,33 @@ def _expand_switch(value: Any) -> Any:
 
 def load_config(path: Path | str | None, overrides: Sequence[str] = ()) -> AecliConfig:
     """Read a YAML file (or start from the defaults when `path` is None), apply `--set` overrides, validate."""
-    raw: dict[str, Any] = {} if path is None else read_yaml_mapping(Path(path))
+    return build_config(path, overrides)
+
+
+def build_config(
+    path: Path | str | None = None,
+    overrides: Sequence[str] = (),
+    base: dict[str, Any] | None = None,
+    allowed: Sequence[str] | None = None,
+    command: str = "this command",
+    hint: str = "",
+) -> AecliConfig:
+    """The one way every command makes its config: a YAML file, or `base` (a mapping built from
+    the command's options), then `--set` overrides (only keys under `allowed` when given), then
+    one validation pass whose every message goes through the same formatter."""
+    raw: dict[str, Any] = read_yaml_mapping(Path(path)) if path is not None else copy.deepcopy(base or {})
     for override in overrides:
+        key = override.partition("=")[0].strip()
+        if allowed is not None and not any(_within(key, prefix) for prefix in allowed):
+            keys = ", ".join(prefix if "." in prefix else f"{prefix}.KEY=VALUE" for prefix in allowed)
+            raise ConfigError(f"--set {shorten(override)}: {command} takes {keys} overrides only{hint}")
         apply_override(raw, override)
     return validate_config(raw)
+
+
+def _within(key: str, allowed: str) -> bool:
+    """`allowed` is a dotted key (data.limit: that key only) or a section (data: any key in it)."""
+    return key == allowed if "." in allowed else key.startswith(f"{allowed}.")
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:

@@ -1,21 +1,24 @@
-"""`training.distribute` and `training.mixed_precision`: tf.distribute strategies and dtype policies.
+"""`training.distribute` and `training.mixed_precision`: tf.distribute strategies, the placement
+record, and whether mixed precision makes sense on this machine.
 
 TensorFlow does the distributed work; this module only creates the strategy at the right
 moment and answers the questions the rest of aecli asks: which process writes the run, and
 whether mixed precision makes sense on this machine.
 
 MultiWorkerMirroredStrategy must exist before TensorFlow's runtime starts (it configures
-collective ops at start-up), so `start_strategy` runs before anything else touches TensorFlow,
+collective ops at start-up), so `place` runs before anything else touches TensorFlow,
 and `backend.import_tensorflow` skips its device query when TF_CONFIG is set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
+from aecli.backend import import_tensorflow
 from aecli.config import DistributeConfig
 from aecli.errors import ConfigError
 
@@ -71,21 +74,38 @@ def _addresses(job: str, addresses: Any) -> list[str]:
     return addresses
 
 
-def writes_run(cfg: DistributeConfig) -> bool:
-    """Whether this process writes the run directory (always, except on non-chief workers)."""
-    return cfg.strategy != "multi_worker" or read_cluster_task().is_chief
+@dataclass(frozen=True)
+class Placement:
+    """Where this process trains, decided once from `training.distribute` (and TF_CONFIG): the
+    tf.distribute strategy (None: one device), whether this process writes the run directory,
+    and how many workers train together."""
+
+    strategy: Any = None
+    chief: bool = True
+    workers: int = 1
+    multi_worker: bool = False  # batches carry no targets (see layers.MultiWorkerTrainer)
+
+    @property
+    def distributed(self) -> bool:
+        return self.strategy is not None
+
+    @property
+    def replicas(self) -> int:
+        return 1 if self.strategy is None else int(self.strategy.num_replicas_in_sync)
+
+    def scope(self) -> Any:
+        """The strategy's scope, in which models and optimizers are created (a no-op without one)."""
+        return contextlib.nullcontext() if self.strategy is None else self.strategy.scope()
 
 
-def start_strategy(cfg: DistributeConfig) -> Any:
-    """The tf.distribute strategy for `cfg`, or None; call before any other TensorFlow work."""
+def place(cfg: DistributeConfig) -> Placement:
+    """The placement for `cfg`; call before any other TensorFlow work (see the module's docstring)."""
     if cfg.strategy == "none":
-        return None
-    from aecli.backend import import_tensorflow
-
+        return Placement()
     if cfg.strategy == "multi_worker":
-        read_cluster_task()  # a clear error before TensorFlow tries to reach the cluster
+        task = read_cluster_task()  # a clear error before TensorFlow tries to reach the cluster
         tf = import_tensorflow()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return Placement(tf.distribute.MultiWorkerMirroredStrategy(), task.is_chief, task.workers, multi_worker=True)
     tf = import_tensorflow()
     if cfg.devices is not None:
         known = {device.name.lower() for device in tf.config.list_logical_devices()}
@@ -95,7 +115,7 @@ def start_strategy(cfg: DistributeConfig) -> Any:
                 f"training.distribute.devices: no device {', '.join(missing)} here "
                 f"(available: {', '.join(sorted(known))})"
             )
-    return tf.distribute.MirroredStrategy(devices=cfg.devices)
+    return Placement(tf.distribute.MirroredStrategy(devices=cfg.devices))
 
 
 def _canonical(device: str) -> str:
@@ -104,14 +124,8 @@ def _canonical(device: str) -> str:
     return f"/device:{short}"
 
 
-def replicas(strategy: Any) -> int:
-    return 1 if strategy is None else int(strategy.num_replicas_in_sync)
-
-
 def gpu_available(backend: str) -> bool:
     if backend == "tensorflow":
-        from aecli.backend import import_tensorflow
-
         return bool(import_tensorflow().config.list_physical_devices("GPU"))
     if backend == "jax":
         import jax
@@ -129,8 +143,3 @@ def check_mixed_precision(setting: bool | str, backend: str) -> None:
             "training.mixed_precision: no GPU here, and float16 on a CPU is slower than float32; "
             "use mixed_precision: force to run it anyway"
         )
-
-
-def mixed_precision_policy(setting: bool | str) -> str:
-    """The Keras dtype policy that the model is built under."""
-    return "mixed_float16" if setting else "float32"

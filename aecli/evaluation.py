@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from aecli.data import label_name
+from aecli.backend import import_tensorflow
+from aecli.data.labels import label_name
 from aecli.errors import EvaluationError
 
 PSNR_CAP_DB = 100.0
@@ -194,6 +195,10 @@ def parse_threshold(spec: str) -> ThresholdSpec:
     return ThresholdSpec(kind, parameter)
 
 
+# The anomaly threshold a run records, and evaluate uses unless told otherwise.
+DEFAULT_THRESHOLD = parse_threshold("percentile:95")
+
+
 def resolve_threshold(spec: ThresholdSpec, train_scores: np.ndarray, scores: np.ndarray) -> float:
     """Percentile and mean_std use the training errors; contamination flags that share of `scores`."""
     if spec.kind == "percentile":
@@ -258,8 +263,6 @@ def latent_report(codes: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[
 
 def mean_ssim(x: np.ndarray, x_hat: np.ndarray) -> float:
     """Mean SSIM of images in [0, 1] (TensorFlow's tf.image.ssim; window shrunk for small images)."""
-    from aecli.backend import import_tensorflow
-
     tf = import_tensorflow()
     window = min(11, x.shape[1], x.shape[2])
     values = tf.image.ssim(

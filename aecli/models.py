@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -82,7 +84,7 @@ class _Planner:
         hidden: bool = True,
     ) -> None:
         height, width, channels = self.shape
-        k = self.cfg.kernel_size or 3
+        k = self.cfg.kernel_size
         if transpose:
             shape = (height * strides, width * strides, filters)
         else:
@@ -112,11 +114,10 @@ class _Planner:
 
 def plan_autoencoder(cfg: ModelConfig, input_shape: tuple[int, ...]) -> list[LayerSpec]:
     """The layers of the encoder then the decoder, with output shapes and parameter counts."""
-    assert cfg.encoder is not None and cfg.decoder is not None and cfg.output_activation is not None
     planner = _Planner(cfg, input_shape)
     if cfg.uses_conv:
         _check_conv_input(cfg, input_shape)
-        for filters in cfg.filters or []:
+        for filters in cfg.filters:
             if cfg.downsample == "maxpool":
                 planner.conv(filters, strides=1)
                 h, w, c = planner.shape
@@ -144,7 +145,7 @@ def plan_autoencoder(cfg: ModelConfig, input_shape: tuple[int, ...]) -> list[Lay
     if cfg.uses_conv:
         planner.dense(math.prod(conv_shape), cfg.activation)
         planner.add("Reshape", conv_shape, target_shape=conv_shape)
-        for filters in reversed(cfg.filters or []):
+        for filters in reversed(cfg.filters):
             planner.conv(filters, strides=2, transpose=True)
         planner.conv(input_shape[-1], strides=1, activation=cfg.output_activation, name="reconstruction", hidden=False)
     else:
@@ -160,7 +161,7 @@ def _check_conv_input(cfg: ModelConfig, input_shape: tuple[int, ...]) -> None:
             f"model.kind: {cfg.kind} with conv layers needs image data (height, width, channels), but this data "
             f"is tabular with {input_shape[0]} features; use model.kind dense"
         )
-    blocks = len(cfg.filters or [])
+    blocks = len(cfg.filters)
     step = 2**blocks
     height, width, _ = input_shape
     if height % step or width % step:
@@ -186,12 +187,40 @@ def check_model_fits_memory(plan: list[LayerSpec]) -> None:
         )
 
 
-def build_autoencoder(cfg: ModelConfig, input_shape: tuple[int, ...], reconstruction_loss: str = "mse") -> Autoencoder:
-    """Build encoder, decoder and the end-to-end model (functional API; a VAE is a Model subclass
-    whose own loss uses `reconstruction_loss`, mse or bce)."""
+def build_autoencoder(
+    cfg: ModelConfig,
+    input_shape: tuple[int, ...],
+    reconstruction_loss: str = "mse",
+    mixed_precision: bool = False,
+    plan: list[LayerSpec] | None = None,
+) -> Autoencoder:
+    """Build encoder, decoder and the end-to-end model from `plan` (by default planned here) with
+    the functional API; a VAE is a Model subclass whose own loss uses `reconstruction_loss`, mse
+    or bce. `mixed_precision`: float16 compute with float32 weights, statistics and output."""
+    with dtype_policy(mixed_precision):
+        return _build(cfg, input_shape, reconstruction_loss, plan or plan_autoencoder(cfg, input_shape))
+
+
+@contextmanager
+def dtype_policy(mixed_precision: bool) -> Iterator[None]:
+    """Keras takes a model's dtype policy (and from it, loss scaling at compile) from the global
+    setting while layers and models are created or loaded; it is restored afterwards for
+    whatever this process builds next (a comparison's next cell)."""
     import keras
 
-    plan = plan_autoencoder(cfg, input_shape)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16" if mixed_precision else "float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _build(
+    cfg: ModelConfig, input_shape: tuple[int, ...], reconstruction_loss: str, plan: list[LayerSpec]
+) -> Autoencoder:
+    import keras
+
     encoder_input = keras.Input(shape=input_shape, name="input")
     encoded = _apply(encoder_input, [spec for spec in plan if spec.part == "encoder"], cfg)
     encoder = keras.Model(encoder_input, encoded, name="encoder")
@@ -203,9 +232,7 @@ def build_autoencoder(cfg: ModelConfig, input_shape: tuple[int, ...], reconstruc
     if cfg.kind == "vae":
         from aecli.layers import VariationalAutoencoder
 
-        vae = VariationalAutoencoder(
-            encoder, decoder, beta=cfg.beta or 0.0, reconstruction=reconstruction_loss, name="vae"
-        )
+        vae = VariationalAutoencoder(encoder, decoder, beta=cfg.beta, reconstruction=reconstruction_loss, name="vae")
         vae(keras.ops.zeros((1, *input_shape)))  # build the weights now, so they can be counted and saved
         return Autoencoder(vae, encoder, decoder)
     model = keras.Model(encoder_input, decoder(encoder(encoder_input)), name="autoencoder")

@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from aecli.errors import AecliError
+from aecli.backend import import_tensorflow
+from aecli.config import NoiseConfig
+from aecli.errors import ConfigError
 
 NOISE_FORMS = "gaussian:STD, salt_pepper:FRACTION or mask:FRACTION"
 
@@ -22,18 +24,23 @@ class NoiseSpec:
         return f"{self.kind}:{self.amount:g}"
 
 
+def noise_spec(cfg: NoiseConfig | None) -> NoiseSpec | None:
+    """`training.noise` as the spec that training's feeds and compiled steps use."""
+    return None if cfg is None else NoiseSpec(cfg.kind, cfg.amount)
+
+
 def parse_noise(spec: str, option: str = "--noise") -> NoiseSpec:
     kind, sep, text = spec.partition(":")
     try:
         amount = float(text)
     except ValueError:
-        raise AecliError(f"{option} {spec!r}: expected {NOISE_FORMS}") from None
+        raise ConfigError(f"{option} {spec!r}: expected {NOISE_FORMS}") from None
     if not sep or kind not in ("gaussian", "salt_pepper", "mask"):
-        raise AecliError(f"{option} {spec!r}: expected {NOISE_FORMS}")
+        raise ConfigError(f"{option} {spec!r}: expected {NOISE_FORMS}")
     if kind == "gaussian" and not (amount > 0 and math.isfinite(amount)):
-        raise AecliError(f"{option} {spec!r}: the gaussian standard deviation must be above 0")
+        raise ConfigError(f"{option} {spec!r}: the gaussian standard deviation must be above 0")
     if kind != "gaussian" and not 0 < amount <= 1:
-        raise AecliError(f"{option} {spec!r}: the {kind} fraction must be in (0, 1]")
+        raise ConfigError(f"{option} {spec!r}: the {kind} fraction must be in (0, 1]")
     return NoiseSpec(kind, amount)
 
 
@@ -53,8 +60,6 @@ def corrupt(x: np.ndarray, noise: NoiseSpec, rng: np.random.Generator) -> np.nda
 def corrupt_tensor(x: Any, noise: NoiseSpec, seed: Any) -> Any:
     """`corrupt` with TensorFlow's stateless random ops, for use inside a compiled training step:
     `seed` (two integers) picks the draw, so each step's noise is fresh and reproducible."""
-    from aecli.backend import import_tensorflow
-
     tf = import_tensorflow()
     shape = tf.shape(x)
     first, second = tf.unstack(tf.random.experimental.stateless_split(seed, 2))

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from aecli.data import label_name
+from aecli.atomic import atomic_path, write_json_atomic, write_text_atomic
+from aecli.data.labels import label_name
 from aecli.errors import RunError, clip
-from aecli.runs import atomic_path, write_json_atomic, write_text_atomic
 
 HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "learning_rate", "seconds")
 

@@ -1,49 +1,31 @@
-"""The run directory: unique naming, atomic writes and the `run.json` status record.
-
-Every file is written to a temporary name in the same folder and renamed into place, so a
-crash leaves either the previous complete file or none, never half of one.
-"""
+"""The run directory: unique naming, the `run.json` status record, the lock held while training,
+the resume state beside the last checkpoint, and output folders that appear complete or not at
+all. Every file goes through atomic.py's writers."""
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
 import socket
 import tempfile
 import time
-import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from aecli.config import AecliConfig, DataConfig, apply_override, load_config, validate_config
-from aecli.data import Dataset, Scaling, load_dataset
-from aecli.errors import AecliError, ConfigError, DataError, RunError, clip, shorten
-from aecli.fingerprints import check_unchanged
+from aecli.atomic import current_umask, read_json, write_json_atomic
+from aecli.errors import RunError, shorten
 
 RUN_FILE = "run.json"
 REQUIRED_ARTIFACTS = ("config.yaml", "model.keras", "encoder.keras", "decoder.keras", RUN_FILE)
 STATUSES = ("running", "completed", "failed", "interrupted")
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# mkstemp creates owner-only files; artifacts get the permissions a plain open() would give.
-FILE_MODE = 0o666 & ~_current_umask()
 
 
 def create_run_dir(runs_dir: Path, name: str) -> Path:
@@ -68,35 +50,6 @@ def create_run_dir(runs_dir: Path, name: str) -> Path:
             raise RunError(f"cannot create run folder {candidate}: {exc.strerror}") from None
         return candidate
     raise RunError(f"could not find a free run folder name under {runs_dir}")
-
-
-@contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `target` (same suffix); rename it over `target` on success."""
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=f".tmp{target.suffix}", dir=target.parent)
-    os.close(handle)
-    temp = Path(temp_name)
-    try:
-        yield temp
-        os.chmod(temp, FILE_MODE)
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
-def write_text_atomic(target: Path, text: str) -> None:
-    with atomic_path(target) as temp:
-        temp.write_text(text, encoding="utf-8")
-
-
-def write_json_atomic(target: Path, data: Any) -> None:
-    write_text_atomic(target, json.dumps(data, indent=2, allow_nan=False) + "\n")
-
-
-def save_atomic(target: Path, save: Callable[[Path], None]) -> None:
-    """Run a saver such as `model.save` on a temporary path, then rename it into place."""
-    with atomic_path(target) as temp:
-        save(temp)
 
 
 def check_new_output_dir(out: Path | None) -> Path | None:
@@ -135,7 +88,7 @@ class StagedOutputDir:
             return
         try:
             if kind is None:
-                os.chmod(self._staging, 0o777 & ~_current_umask())
+                os.chmod(self._staging, 0o777 & ~current_umask())
                 final = self.out if self.out is not None else _free_name(self.parent, self.prefix)
                 try:
                     os.replace(self._staging, final)  # an empty --out is replaced; a non-empty one refuses
@@ -159,14 +112,6 @@ def now_iso() -> str:
     return datetime.now(UTC).astimezone().isoformat(timespec="seconds")
 
 
-def read_json(path: Path, what: str) -> Any:
-    """A JSON file aecli wrote; a damaged one (garbage, truncated, absurdly nested) is a RunError."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise RunError(f"{path}: unreadable {what} ({clip(str(exc) or type(exc).__name__)})") from None
-
-
 def read_run_info(run_dir: Path) -> dict[str, Any]:
     path = run_dir / RUN_FILE
     if not run_dir.is_dir():
@@ -186,109 +131,6 @@ def update_run_info(run_dir: Path, **changes: Any) -> dict[str, Any]:
     info.update(changes)
     write_json_atomic(path, info)
     return info
-
-
-@dataclass(frozen=True)
-class TrainedRun:
-    """A completed run, read back: what evaluate and reconstruct need to use its model."""
-
-    path: Path
-    info: dict[str, Any]
-    config: AecliConfig
-    scaling: Scaling
-    sample_shape: tuple[int, ...]
-    metrics: dict[str, Any]
-
-    def data_config_for(self, source: str, overrides: Sequence[str], option: str) -> DataConfig:
-        """How to read another source the way this run read its data: a CSV keeps the run's label
-        and id columns; nothing that selects rows (limit, classes) carries over, so every row is
-        read unless a `--set data.KEY=VALUE` override says otherwise."""
-        data: dict[str, Any] = {"source": source}
-        if source.lower().endswith(".csv"):
-            for key in ("label_column", "id_column"):
-                if getattr(self.config.data, key) is not None:
-                    data[key] = getattr(self.config.data, key)
-        raw: dict[str, Any] = {"data": data}
-        for override in overrides:
-            if not override.strip().startswith("data."):
-                raise ConfigError(f"--set {shorten(override)}: {option} takes data.KEY=VALUE overrides only")
-            apply_override(raw, override)
-        return validate_config(raw).data
-
-    def test_split(self, force: bool) -> Dataset:
-        """The run's own test split, rebuilt from its data files: refused when a file changed
-        since training (unless `force`) or when the data no longer has the model's shape."""
-        check_unchanged(recorded_fingerprints(self.info), force)
-        dataset = load_dataset(self.config.data, seed=self.config.training.seed, test_only=True)
-        if dataset.sample_shape != self.sample_shape:
-            raise DataError(
-                f"data.source {self.config.data.source}: samples now have shape {dataset.sample_shape}, but the "
-                f"run's model was trained on {self.sample_shape}"
-            )
-        return dataset
-
-
-def open_trained_run(run_dir: Path, needs: Sequence[str] = ()) -> TrainedRun:
-    """Check that `run_dir` is a completed run with all its artifacts (and the files in `needs`),
-    and read its records."""
-    info = read_run_info(run_dir)
-    if info["status"] != "completed":
-        raise RunError(f"run {run_dir} is {info['status']}, not completed; train it again (or resume it)")
-    missing = [name for name in (*REQUIRED_ARTIFACTS, "metrics.json", *needs) if not (run_dir / name).is_file()]
-    if missing:
-        raise RunError(f"run {run_dir} is incomplete: missing {', '.join(missing)}")
-    try:
-        config = load_config(run_dir / "config.yaml")
-        metrics = read_json(run_dir / "metrics.json", "metrics")
-        str(metrics["train_errors"]["default_threshold"])
-        data = info["data"]
-        scaling = Scaling.from_dict(data["scaling"])
-        sample_shape = tuple(int(size) for size in data["sample_shape"])
-        _check_scaling(scaling, sample_shape)
-    except (AecliError, KeyError, TypeError, ValueError, IndexError) as exc:
-        raise RunError(f"run {run_dir} has unreadable records ({clip(str(exc))})") from None
-    return TrainedRun(run_dir, info, config, scaling, sample_shape, metrics)
-
-
-def _check_scaling(scaling: Scaling, sample_shape: tuple[int, ...]) -> None:
-    """A saved scaling is one number, or one per feature, finite, and never divides by zero."""
-    sizes = {1, math.prod(sample_shape)}
-    if scaling.offset.size not in sizes or scaling.scale.size not in sizes:
-        raise ValueError(f"data.scaling does not fit samples of shape {sample_shape}")
-    if not (np.isfinite(scaling.offset).all() and np.isfinite(scaling.scale).all() and (scaling.scale != 0).all()):
-        raise ValueError("data.scaling holds values that are not finite, or a zero scale")
-
-
-def load_model(path: Path, compile: bool = True) -> Any:
-    """Load a `.keras` file with safe mode on: a file carrying code (a Lambda layer) is refused.
-
-    `compile=False` skips the optimizer state: what inference (evaluate, reconstruct) loads."""
-    from aecli.backend import import_tensorflow
-
-    import_tensorflow()
-    import keras
-
-    import aecli.layers  # noqa: F401  (registers aecli's custom objects for VAE and sparse models)
-
-    check_keras_archive(path)
-    try:
-        return keras.saving.load_model(path, safe_mode=True, compile=compile)
-    except Exception as exc:  # Keras raises many types for corrupt, foreign or unsafe files
-        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise RunError(f"model file {path} failed to load: {reason}") from None
-
-
-def check_keras_archive(path: Path) -> None:
-    """A `.keras` file is a zip archive; Keras reports a damaged one as "File not found"."""
-    if not path.is_file():
-        raise RunError(f"model file {path} is missing")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError, RuntimeError, NotImplementedError) as exc:
-        raise RunError(f"model file {path} is corrupt or truncated (not a complete .keras archive: {exc})") from None
-    if damaged is not None:
-        raise RunError(f"model file {path} is corrupt: {damaged} inside it fails its checksum")
 
 
 @contextmanager
@@ -331,6 +173,12 @@ class ResumeState:
 
 
 STATE_FILE = "state.json"
+
+
+def write_resume_state(folder: Path, state: ResumeState, monitor: str) -> None:
+    """checkpoints/state.json, written with checkpoints/last.keras after every epoch."""
+    record = {"epoch": state.epoch, "history": state.history, "best": state.best, "monitor": monitor}
+    write_json_atomic(folder / STATE_FILE, record)
 
 
 def read_resume_state(run_dir: Path) -> ResumeState | None:

@@ -38,7 +38,7 @@ WIDTHS = (128, 64, 32, 64, 128)  # the reference model: Dense 784-128-64-32-64-1
 
 def load_data() -> tuple[np.ndarray, np.ndarray, str]:
     sys.path.insert(0, str(ROOT))
-    from aecli.data import read_idx
+    from aecli.data.files import read_idx
 
     if MNIST.exists():
         images = read_idx(MNIST).reshape(-1, 784).astype(np.float32) / 255.0

@@ -34,7 +34,7 @@ SHARD_ROWS = 100_000  # ~300 MB per float32 shard
 
 def source_rows() -> tuple[np.ndarray, str]:
     sys.path.insert(0, str(ROOT))
-    from aecli.data import read_idx
+    from aecli.data.files import read_idx
 
     if MNIST.exists():
         return read_idx(MNIST).reshape(-1, 784).astype(np.float32) / 255.0, "MNIST test images (../shared/data/mnist)"

@@ -148,3 +148,35 @@ def test_a_saved_config_reloads_to_the_same_values(tmp_path: Path) -> None:
     (tmp_path / "saved.yaml").write_text(config_to_yaml(config))
     again = load_config(tmp_path / "saved.yaml")
     assert again == config and again.data.label_column == "1E3" and again.data.id_column == "true"
+
+
+def test_null_resets_a_key_to_its_default_and_the_decoder_mirrors_the_encoder() -> None:
+    assert validate_config({"model": {"encoder": None}}).model.decoder == [64, 128]
+    assert validate_config({"model": {"encoder": [40, 20]}}).model.decoder == [20, 40]
+    conv = validate_config({"model": {"kind": "conv", "kernel_size": None, "encoder": None}}).model
+    assert (conv.kernel_size, conv.encoder, conv.decoder) == (3, [], [])
+    assert validate_config({"optimizer": {"name": "sgd", "learning_rate": None}}).optimizer.learning_rate == 0.01
+
+
+def test_knobs_of_another_kind_are_refused_when_set_and_left_out_when_saved() -> None:
+    from aecli.config import dump_config
+
+    saved = dump_config(validate_config({"model": {"kind": "dense"}, "loss": "mse"}))
+    assert not {"filters", "kernel_size", "downsample", "body", "beta"} & set(saved["model"])
+    assert "delta" not in saved["loss"] and set(saved["training"]["lr_schedule"]) == {"kind"}
+    vae = dump_config(validate_config({"model": {"kind": "vae", "body": "conv"}}))["model"]
+    assert (vae["beta"], vae["kernel_size"], vae["filters"]) == (1.0, 3, [32, 64])
+    with pytest.raises(ConfigError, match=r"model\.body: applies to model\.kind vae only"):
+        validate_config({"model": {"kind": "conv", "body": "dense", "beta": 2}})  # the first as written
+
+
+def test_commands_that_take_some_keys_refuse_the_others() -> None:
+    from aecli.config import build_config
+
+    base = {"data": {"source": "digits"}}
+    assert build_config(base=base, overrides=["data.limit=5"], allowed=("data",)).data.limit == 5
+    for override in ("data=null", "model.latent_dim=2"):
+        with pytest.raises(ConfigError, match=r"--data takes data\.KEY=VALUE overrides only"):
+            build_config(base=base, overrides=[override], allowed=("data",), command="--data")
+    with pytest.raises(ConfigError, match="prepare takes data.limit overrides only"):
+        build_config(base=base, overrides=["data.limit.x=1"], allowed=("data.limit",), command="prepare")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from aecli.config import DataConfig
-from aecli.data import fit_scaling, load_dataset, peek_sample_shape, read_idx, read_source
+from aecli.data import fit_scaling, load_dataset, peek_sample_shape, read_source
+from aecli.data.files import read_idx
 from aecli.errors import DataError
 
 

@@ -153,6 +153,37 @@ def test_mixed_precision_is_refused_without_a_gpu(cli, tiny_config, tmp_path: Pa
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_resumed_mixed_precision_run_keeps_its_loss_scaled_optimizer_state(cli, tiny_config, tmp_path: Path) -> None:
+    import json
+
+    import keras
+
+    from aecli.models import dtype_policy
+    from aecli.trained_run import load_model
+
+    config = tiny_config({"training": {"mixed_precision": "force", "epochs": 2}})
+    result = cli("train", config, "--runs-dir", tmp_path / "runs", "--quiet")
+    assert result.exit_code == 0, result.output
+    run = last_line(result.stdout)
+
+    def optimizer_steps() -> tuple[str, int]:
+        with dtype_policy(True):
+            optimizer = load_model(run / "checkpoints" / "last.keras").optimizer
+        return type(optimizer).__name__, int(keras.ops.convert_to_numpy(optimizer.iterations))
+
+    kind, after_two = optimizer_steps()
+    assert kind == "LossScaleOptimizer" and after_two > 0
+    # As if killed after epoch 1 (with epoch 2's weights on disk): the resume trains one more epoch.
+    state_path = run / "checkpoints" / "state.json"
+    state = json.loads(state_path.read_text())
+    state_path.write_text(json.dumps({**state, "epoch": 1, "history": state["history"][:1]}))
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "status": "interrupted"}))
+    resumed = cli("train", "--resume", run, "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+    assert optimizer_steps() == ("LossScaleOptimizer", after_two + after_two // 2)  # continued, not restarted
+
+
 @pytest.mark.parametrize("kind", ["dense", "vae"])
 def test_forced_mixed_precision_computes_in_float16_with_float32_outputs(
     kind: str, cli, tiny_config, tmp_path: Path

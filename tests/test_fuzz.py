@@ -761,7 +761,7 @@ def mutated_file(draw: st.DrawFn, name: str, data: bytes) -> bytes:
 
 
 def check_raw(raw: RawData) -> None:
-    """What read_source promises about what it returns (aecli.data._validate)."""
+    """What read_source promises about what it returns (aecli.data.arrays.check_raw)."""
     assert isinstance(raw, RawData)
     for split, x, y in (("train", raw.x_train, raw.y_train), ("test", raw.x_test, raw.y_test)):
         if x is None:
@@ -954,7 +954,7 @@ def keras_file() -> bytes:
 
 
 def test_the_keras_seed_loads() -> None:
-    from aecli.runs import load_model
+    from aecli.trained_run import load_model
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "m.keras"
@@ -965,7 +965,7 @@ def test_the_keras_seed_loads() -> None:
 @budget(60, share=0.1)
 @given(data=st.data(), compile=st.booleans())
 def test_damaged_keras_files_load_or_fail_with_one_line(data: st.DataObject, compile: bool) -> None:
-    from aecli.runs import load_model
+    from aecli.trained_run import load_model
 
     damaged = data.draw(mutated_file("m.keras", keras_file()))
     with tempfile.TemporaryDirectory() as folder:

@@ -14,9 +14,10 @@ import pytest
 from aecli.config import validate_config
 from aecli.data import load_dataset
 from aecli.errors import ConfigError
+from aecli.feeds import NoisyBatches
 from aecli.models import build_autoencoder, count_parameters, plan_autoencoder
 from aecli.noise import NoiseSpec, corrupt, corrupt_tensor
-from aecli.training import NoisyBatches, fit_autoencoder, seed_everything
+from aecli.training import fit_autoencoder, seed_everything
 
 BASE = {"data": {"limit": 300}, "training": {"epochs": 5, "batch_size": 32}, "optimizer": {"learning_rate": 0.005}}
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from aecli.atomic import atomic_path, write_json_atomic
 from aecli.errors import RunError
-from aecli.runs import atomic_path, create_run_dir, read_run_info, update_run_info, write_json_atomic
+from aecli.runs import create_run_dir, read_run_info, update_run_info
 
 
 def test_run_dirs_created_in_the_same_second_are_distinct(tmp_path: Path) -> None:

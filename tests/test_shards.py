@@ -11,8 +11,8 @@ import pytest
 from aecli.commands.prepare import prepare_shards
 from aecli.config import DataConfig
 from aecli.data import fit_scaling, load_dataset, peek_sample_shape
+from aecli.data.shards import hash_position, open_sharded, read_shards_into_memory
 from aecli.errors import ConfigError, DataError, RunError
-from aecli.shards import hash_position, open_sharded, read_shards_into_memory
 
 
 def numbered_rows(folder: Path, rows: int = 1000, features: int = 6, dtype: str = "float32") -> Path:
@@ -96,7 +96,9 @@ def test_streaming_scaling_equals_the_in_memory_fit(tmp_path: Path) -> None:
 
 def test_an_epoch_streams_every_training_row_once_in_a_new_order(tmp_path: Path) -> None:
     data = open_sharded(DataConfig(source=str(prepared(tmp_path, "npy")), scaling="none"), seed=0)
-    pipeline = data.stream("train").dataset(batch_size=64, shuffle=True, seed=0)
+    from aecli.feeds import Stream
+
+    pipeline = Stream(data, "train").dataset(batch_size=64, shuffle=True, seed=0)
     epochs = [np.concatenate([inputs.numpy()[:, 0] for inputs, _ in pipeline]) for _ in range(2)]
     expected = sorted(np.concatenate([rows[:, 0] for rows, _ in data.blocks("train")]))
     for order in epochs:

@@ -123,7 +123,7 @@ def test_input_pipelines_agree(digits: tuple, tmp_path: Path) -> None:
 
 def test_the_fast_pipeline_shares_the_training_array_instead_of_copying_it() -> None:
     from aecli.data import TENSOR_ALIGNMENT, Scaling
-    from aecli.training import tensor_view
+    from aecli.feeds import tensor_view
 
     scaled = Scaling("none", np.zeros((), np.float32), np.ones((), np.float32)).apply(np.ones((5, 3), np.uint8))
     assert scaled.dtype == np.float32 and scaled.ctypes.data % TENSOR_ALIGNMENT == 0
@@ -141,7 +141,7 @@ def test_the_fast_pipeline_shares_the_training_array_instead_of_copying_it() -> 
 def test_iterating_the_fast_pipeline_does_not_copy_the_training_array() -> None:
     """tf.data's default graph rewrites would serialize the pipeline with the captured array in it."""
     from aecli.data import aligned_empty
-    from aecli.training import reconstruction_pipeline
+    from aecli.feeds import reconstruction_pipeline
 
     def resident_mib() -> float:
         line = next(row for row in Path("/proc/self/status").read_text().splitlines() if row.startswith("VmRSS"))
@@ -157,7 +157,7 @@ def test_iterating_the_fast_pipeline_does_not_copy_the_training_array() -> None:
 
 
 def test_step_blocks_cover_every_row_once_per_epoch_in_padded_blocks() -> None:
-    from aecli.training import step_blocks
+    from aecli.feeds import step_blocks
 
     ordered = [(block.numpy().tolist(), int(steps)) for block, steps in step_blocks(10, 3, 2, False, 0)]
     assert ordered == [([[0, 1, 2], [3, 4, 5]], 2), ([[6, 7, 8], [0, 0, 0]], 1), ([[9]], 1)]
@@ -215,7 +215,7 @@ def test_fused_blocks_train_like_kerass_own_loop(tmp_path: Path) -> None:
 def test_fused_blocks_cut_into_short_calls_train_the_same_steps(tmp_path: Path, monkeypatch) -> None:
     """A block whose steps are slow runs as several calls (each checks for a pending interrupt
     between them), taking exactly the steps one call would."""
-    import aecli.training
+    import aecli.execution
 
     rows = np.random.default_rng(0).random((1000, 20)).astype(np.float32)
     config = validate_config(
@@ -226,7 +226,7 @@ def test_fused_blocks_cut_into_short_calls_train_the_same_steps(tmp_path: Path, 
     )
     losses = {}
     for seconds in (60.0, 0.0):  # 0: every call takes a single step
-        monkeypatch.setattr(aecli.training, "SECONDS_PER_CALL", seconds)
+        monkeypatch.setattr(aecli.execution, "SECONDS_PER_CALL", seconds)
         seed_everything(0)
         model = build_autoencoder(config.model, (20,)).model
         run_dir = tmp_path / str(seconds)
@@ -238,16 +238,16 @@ def test_fused_blocks_cut_into_short_calls_train_the_same_steps(tmp_path: Path, 
 
 
 def test_an_interrupt_stops_a_fused_block_between_its_calls(tmp_path: Path, monkeypatch) -> None:
-    import aecli.training
+    import aecli.execution
 
-    monkeypatch.setattr(aecli.training, "SECONDS_PER_CALL", 0.0)
+    monkeypatch.setattr(aecli.execution, "SECONDS_PER_CALL", 0.0)
     checks = []
 
     def interrupt_on_third_check() -> type[KeyboardInterrupt] | None:
         checks.append(1)
         return KeyboardInterrupt if len(checks) >= 3 else None
 
-    monkeypatch.setattr(aecli.training, "pending_interrupt", interrupt_on_third_check)
+    monkeypatch.setattr(aecli.execution, "pending_interrupt", interrupt_on_third_check)
     rows = np.random.default_rng(0).random((500, 20)).astype(np.float32)
     config = validate_config(
         {"model": {"encoder": [8], "latent_dim": 4}, "training": {"batch_size": 10, "steps_per_execution": 50}}

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aecli import reporting
+from aecli.atomic import write_json_atomic, write_text_atomic
 from aecli.backend import select_backend
 from aecli.config import AecliConfig, load_config
 from aecli.errors import AecliError, ConfigError, RunError, TrainingDivergedError
-from aecli.reporting import read_history_csv, write_text_atomic
-from aecli.runs import create_run_dir, now_iso, write_json_atomic
+from aecli.reporting import Series, read_history_csv
+from aecli.runs import create_run_dir, now_iso
 
 SWEEP_FILE = "sweep.json"
 WITHIN_BEST = 0.05  # "epochs to reach within 5% of the best loss found by any cell"
@@ -370,8 +372,6 @@ def _plot_curves(
 ) -> None:
     """curves.png and curves_time.png: each cell's monitored loss, one panel per loss function
     (`loss_names`: cell key -> loss), since a BCE of 0.3 and an MSE of 0.03 are not comparable."""
-    from aecli.reporting import Series, plot_series
-
     by_epoch: dict[str, Series] = {}
     by_time: dict[str, Series] = {}
     for cell in cells:
@@ -387,8 +387,8 @@ def _plot_curves(
         by_time.setdefault(panel, []).append((label, result["elapsed"], result["curve"]))
     if not by_epoch:
         return
-    plot_series(list(by_epoch.items()), "epoch", "Loss per epoch", sweep_dir / "curves.png", log_scale)
-    plot_series(
+    reporting.plot_series(list(by_epoch.items()), "epoch", "Loss per epoch", sweep_dir / "curves.png", log_scale)
+    reporting.plot_series(
         list(by_time.items()),
         "training seconds",
         "Loss against wall-clock time",

@@ -16,6 +16,7 @@ from aecli.backend import select_backend
 from aecli.data import Samples, label_codes, label_name, load_for_model, present_labels
 from aecli.errors import DataError, EvaluationError
 from aecli.evaluation import (
+    ThresholdSpec,
     anomaly_report,
     latent_report,
     mean_ssim,
@@ -37,7 +38,8 @@ from aecli.reporting import (
     write_metrics_json,
     write_report,
 )
-from aecli.runs import StagedOutputDir, TrainedRun, check_new_output_dir, load_model, now_iso, open_trained_run
+from aecli.runs import StagedOutputDir, check_new_output_dir, now_iso
+from aecli.trained_run import TrainedRun, load_model, open_trained_run
 
 SCORES = ("mse", "mae", "bce")
 
@@ -111,18 +113,9 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
             metrics["latent"] = latent
 
     scores = errors[request.score]
-    threshold = None
-    flags: dict[str, np.ndarray] = {}
-    if evaluated.is_anomaly is not None:
-        train_scores = _training_scores(run, request.score)
-        threshold = resolve_threshold(threshold_spec, train_scores, scores)
-        metrics["anomaly"] = {
-            "score": request.score,
-            "threshold_spec": str(threshold_spec),
-            **({"normal_classes": evaluated.normal_classes} if evaluated.normal_classes is not None else {}),
-            **anomaly_report(scores, evaluated.is_anomaly, threshold),
-        }
-        flags = {"is_anomaly": evaluated.is_anomaly, "flagged": scores > threshold}
+    anomaly, threshold, flags = _anomaly_metrics(run, request, evaluated, scores, threshold_spec)
+    if anomaly is not None:
+        metrics["anomaly"] = anomaly
     metrics = {"run": str(run.path), "data": evaluated.description, "evaluated": now_iso(), **metrics}
     points, method = project_2d(codes, "tsne" if request.tsne else "pca", seed=run.config.training.seed)
 
@@ -141,6 +134,24 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
         write_report(out_dir, f"aecli evaluation of {run.path.name}", _report_blocks(run, metrics))
     final = staged.final or out_dir
     return EvaluateOutcome(final, metrics, final / "report.html")
+
+
+def _anomaly_metrics(
+    run: TrainedRun, request: EvaluateRequest, evaluated: _Evaluated, scores: np.ndarray, threshold_spec: ThresholdSpec
+) -> tuple[dict[str, Any] | None, float | None, dict[str, np.ndarray]]:
+    """When the evaluated samples are labelled normal or anomalous: the anomaly report, the
+    threshold, and the per-sample columns (is_anomaly, flagged) for errors.csv."""
+    if evaluated.is_anomaly is None:
+        return None, None, {}
+    train_scores = _training_scores(run, request.score)
+    threshold = resolve_threshold(threshold_spec, train_scores, scores)
+    report = {
+        "score": request.score,
+        "threshold_spec": str(threshold_spec),
+        **({"normal_classes": evaluated.normal_classes} if evaluated.normal_classes is not None else {}),
+        **anomaly_report(scores, evaluated.is_anomaly, threshold),
+    }
+    return report, threshold, {"is_anomaly": evaluated.is_anomaly, "flagged": scores > threshold}
 
 
 def _reconstruction_metrics(

@@ -9,18 +9,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from aecli.config import DataConfig
+from aecli.backend import import_tensorflow
+from aecli.config import DataConfig, build_config
 from aecli.data import read_source
-from aecli.errors import RunError
-from aecli.shards import FORMAT, LABELS_SUFFIX, MANIFEST
+from aecli.data.shards import FORMAT, LABELS_SUFFIX, MANIFEST
+from aecli.errors import ConfigError, RunError
 
 ENCODINGS = ("tfrecord", "npy")
+# What prepare reads; splits, classes and scaling are training's business (shards keep every row, raw).
+PREPARE_KEYS = ("data.labels_path", "data.label_column", "data.limit")
 
 
 @dataclass
@@ -31,14 +34,25 @@ class PrepareOutcome:
     bytes: int
 
 
+def prepare_data_config(source: str, overrides: Sequence[str]) -> DataConfig:
+    """The data section for SOURCE and prepare's `--set` overrides (only the keys it reads)."""
+    return build_config(
+        base={"data": {"source": source}},
+        overrides=overrides,
+        allowed=PREPARE_KEYS,
+        command="prepare",
+        hint=" (the source is SOURCE)",
+    ).data
+
+
 def prepare_shards(
     cfg: DataConfig, out_dir: Path, shard_size: int, encoding: str, say: Callable[[str], None] = print
 ) -> PrepareOutcome:
     """Write `cfg.source` (its train and test sets, each capped at cfg.limit) to `out_dir`."""
     if encoding not in ENCODINGS:
-        raise RunError(f"--format {encoding!r}: expected one of {', '.join(ENCODINGS)}")
+        raise ConfigError(f"--format {encoding!r}: expected one of {', '.join(ENCODINGS)}")
     if shard_size < 1:
-        raise RunError(f"--shard-size {shard_size}: expected a positive number of rows")
+        raise ConfigError(f"--shard-size {shard_size}: expected a positive number of rows")
     if out_dir.exists():
         raise RunError(f"{out_dir}: already exists; prepare writes a new folder (choose another name)")
     raw = read_source(cfg.source, labels_path=cfg.labels_path, label_column=cfg.label_column, mmap=True)
@@ -121,8 +135,6 @@ def _write_split(
 
 def _write_tfrecord(path: Path, rows: np.ndarray) -> None:
     """One tf.train.Example per row, its raw bytes under "x" (shape and dtype are in the manifest)."""
-    from aecli.backend import import_tensorflow
-
     tf = import_tensorflow()
     with tf.io.TFRecordWriter(str(path)) as writer:
         for row in rows:

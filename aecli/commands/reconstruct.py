@@ -17,21 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from aecli.atomic import save_atomic, write_text_atomic
 from aecli.backend import select_backend
 from aecli.data import label_name, load_for_model
 from aecli.errors import DataError, EvaluationError, clip
 from aecli.evaluation import PSNR_CAP_DB, is_unit_range, per_sample_errors, predict_batched
 from aecli.noise import NoiseSpec, corrupt, parse_noise
 from aecli.reporting import plot_feature_rows, plot_image_rows
-from aecli.runs import (
-    StagedOutputDir,
-    TrainedRun,
-    check_new_output_dir,
-    load_model,
-    open_trained_run,
-    save_atomic,
-    write_text_atomic,
-)
+from aecli.runs import StagedOutputDir, check_new_output_dir
+from aecli.trained_run import TrainedRun, load_model, open_trained_run
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 GRID_COLUMNS = 16  # the side-by-side grid shows the first inputs only; every file is still written

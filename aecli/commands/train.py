@@ -19,42 +19,46 @@ from typing import Any
 import numpy as np
 
 import aecli
+from aecli.atomic import save_atomic, write_json_atomic, write_text_atomic
 from aecli.backend import import_tensorflow, select_backend
 from aecli.config import AecliConfig, config_to_yaml, load_config
-from aecli.data import Dataset, is_shard_source, load_dataset, with_absolute_paths
-from aecli.distribute import check_mixed_precision, mixed_precision_policy, replicas, start_strategy, writes_run
+from aecli.data import ShardedData, TrainingData, is_streamed, open_training_data
+from aecli.data.shards import check_streamable
+from aecli.distribute import Placement, check_mixed_precision, place
 from aecli.errors import ConfigError, DataError, RunError, TrainingDivergedError, as_storage_error
 from aecli.evaluation import (
+    DEFAULT_THRESHOLD,
     PREDICT_BATCH_SIZE,
     error_statistics,
-    parse_threshold,
     predict_batched,
     reconstruction_report,
     resolve_threshold,
     streamed_reconstruction_report,
 )
 from aecli.fingerprints import check_unchanged, fingerprint
-from aecli.models import check_model_fits_memory, count_parameters, plan_autoencoder
+from aecli.models import (
+    Autoencoder,
+    LayerSpec,
+    build_autoencoder,
+    check_model_fits_memory,
+    count_parameters,
+    dtype_policy,
+    plan_autoencoder,
+)
 from aecli.reporting import write_errors_csv, write_history_csv, write_metrics_json
 from aecli.runs import (
     RUN_FILE,
-    check_keras_archive,
+    ResumeState,
     config_digest,
     create_run_dir,
-    load_model,
     now_iso,
     read_resume_state,
     read_run_info,
     recorded_fingerprints,
     run_lock,
-    save_atomic,
     update_run_info,
-    write_json_atomic,
-    write_text_atomic,
 )
-from aecli.shards import ShardedData, check_streamable, open_sharded
-
-DEFAULT_THRESHOLD = parse_threshold("percentile:95")
+from aecli.trained_run import check_keras_archive, load_model
 
 
 @dataclass
@@ -78,10 +82,7 @@ def train_run(
     scratch folder that is removed at the end.
     """
     select_backend(config.runtime.backend)
-    strategy = start_strategy(config.training.distribute)  # before anything else touches TensorFlow
-    chief = writes_run(config.training.distribute)
-    # Saved with absolute paths, so evaluate/reconstruct find the data from any folder.
-    config = config.model_copy(update={"data": with_absolute_paths(config.data)})
+    placement = place(config.training.distribute)  # before anything else touches TensorFlow
     dataset = _training_data(config)
     _check_loss_matches_data(config, dataset)
     plan = plan_autoencoder(config.model, dataset.sample_shape)
@@ -104,19 +105,20 @@ def train_run(
         },
         "model": {"kind": config.model.kind, "parameters": count_parameters(plan)},
         "backend": config.runtime.backend,
-        "replicas": replicas(strategy),
+        "replicas": placement.replicas,
     }
-    scratch = None if chief else Path(tempfile.mkdtemp(prefix="aecli-worker-"))
+    scratch = None if placement.chief else Path(tempfile.mkdtemp(prefix="aecli-worker-"))
     try:
         run_dir = _new_run_dir(scratch or runs_dir, name, config, record)
-        if on_run_dir and chief:
+        if on_run_dir and placement.chief:
             on_run_dir(run_dir)
         with run_lock(run_dir):
-            metrics = _run_guarded(config, dataset, run_dir, reporter, resume=False, strategy=strategy)
+            attempt = _Attempt(config, dataset, run_dir, reporter, placement, plan)
+            metrics = _run_guarded(attempt, resume=False)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    return TrainOutcome(run_dir, metrics, written=chief)
+    return TrainOutcome(run_dir, metrics, written=placement.chief)
 
 
 def _new_run_dir(parent: Path, name: str, config: AecliConfig, record: dict[str, Any]) -> Path:
@@ -146,36 +148,27 @@ def resume_run(run_dir: Path, reporter: Any = None) -> ResumeOutcome:
         return ResumeOutcome(run_dir, None)
     config = load_config(run_dir / "config.yaml")
     select_backend(config.runtime.backend)
-    strategy = start_strategy(config.training.distribute)
+    placement = place(config.training.distribute)
     if not config.training.checkpoint.last:
         raise RunError(f"run {run_dir} kept no last checkpoint (training.checkpoint.last is off): train it again")
-    if writes_run(config.training.distribute):
-        return _resume_in(run_dir, config, strategy, reporter)
+    if placement.chief:
+        return _resume_in(run_dir, config, placement, reporter)
     # A non-chief worker resumes from the chief's run directory (a shared file system) in a
     # scratch copy, so it reads the same checkpoint and writes nothing the chief owns.
     scratch = Path(tempfile.mkdtemp(prefix="aecli-worker-"))
     try:
         copy = Path(shutil.copytree(run_dir, scratch / run_dir.name))
-        return dataclasses.replace(_resume_in(copy, config, strategy, reporter), run_dir=run_dir, written=False)
+        return dataclasses.replace(_resume_in(copy, config, placement, reporter), run_dir=run_dir, written=False)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _resume_in(run_dir: Path, config: AecliConfig, strategy: Any, reporter: Any) -> ResumeOutcome:
+def _resume_in(run_dir: Path, config: AecliConfig, placement: Placement, reporter: Any) -> ResumeOutcome:
     """Everything a resume needs is checked before run.json changes: a refused resume leaves
     the run exactly as it was (status included)."""
     with run_lock(run_dir):
-        try:
-            state = read_resume_state(run_dir)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise RunError(f"run {run_dir}: unreadable checkpoints/state.json ({exc})") from None
-        if state is not None:
-            check_keras_archive(run_dir / "checkpoints" / "last.keras")
+        state = _checked_resume_state(run_dir, config)
         info = read_run_info(run_dir)
-        if state is not None and state.epoch > config.training.epochs:
-            raise RunError(
-                f"run {run_dir}: checkpoints/state.json says epoch {state.epoch} of {config.training.epochs}"
-            )
         recorded_config = info.get("config_sha256")
         if recorded_config is not None and recorded_config != config_digest(run_dir / "config.yaml"):
             raise RunError(
@@ -184,27 +177,49 @@ def _resume_in(run_dir: Path, config: AecliConfig, strategy: Any, reporter: Any)
             )
         check_unchanged(recorded_fingerprints(info), force=False)
         dataset = _training_data(config)
+        plan = plan_autoencoder(config.model, dataset.sample_shape)
         resumes = [*info.get("resumed", []), {"at": now_iso(), "from_epoch": 0 if state is None else state.epoch}]
         update_run_info(run_dir, status="running", finished=None, error=None, resumed=resumes)
-        metrics = _run_guarded(config, dataset, run_dir, reporter, resume=True, strategy=strategy, previous_info=info)
+        attempt = _Attempt(config, dataset, run_dir, reporter, placement, plan, state)
+        metrics = _run_guarded(attempt, resume=True, previous_info=info)
     return ResumeOutcome(run_dir, metrics, 0 if state is None else state.epoch)
 
 
-def _run_guarded(
-    config: AecliConfig,
-    dataset: Dataset | ShardedData,
-    run_dir: Path,
-    reporter: Any,
-    resume: bool,
-    strategy: Any = None,
-    previous_info: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+def _checked_resume_state(run_dir: Path, config: AecliConfig) -> ResumeState | None:
+    try:
+        state = read_resume_state(run_dir)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunError(f"run {run_dir}: unreadable checkpoints/state.json ({exc})") from None
+    if state is not None:
+        check_keras_archive(run_dir / "checkpoints" / "last.keras")
+        if state.epoch > config.training.epochs:
+            raise RunError(
+                f"run {run_dir}: checkpoints/state.json says epoch {state.epoch} of {config.training.epochs}"
+            )
+    return state
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One attempt at training a run: everything decided before it starts."""
+
+    config: AecliConfig
+    data: TrainingData
+    run_dir: Path
+    reporter: Any
+    placement: Placement
+    plan: list[LayerSpec]
+    state: ResumeState | None = None  # where a resumed run continues from
+
+
+def _run_guarded(attempt: _Attempt, resume: bool, previous_info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train and report, recording in run.json how it ended: completed, failed or interrupted.
 
     `previous_info`: a resumed run's record before this attempt, restored when the attempt is
     refused (a config or run error) so that a refused resume changes nothing."""
+    run_dir = attempt.run_dir
     try:
-        metrics = _train_and_report(config, dataset, run_dir, reporter, resume, strategy)
+        metrics = _train_and_report(attempt)
     except OSError as exc:
         storage = as_storage_error(exc)
         if storage is None:
@@ -250,15 +265,13 @@ def _record_end(run_dir: Path, **changes: Any) -> None:
         update_run_info(run_dir, **{"finished": now_iso(), **changes})
 
 
-def _training_data(config: AecliConfig) -> Dataset | ShardedData:
-    """Arrays in memory, or for a shard folder a streamed view of it (data larger than memory)."""
-    if not is_shard_source(config.data.source):
-        return load_dataset(config.data, seed=config.training.seed)
-    check_streamable(config.optimizer.name)
-    return open_sharded(config.data, seed=config.training.seed)
+def _training_data(config: AecliConfig) -> TrainingData:
+    if is_streamed(config.data.source):  # refused before a pass over the data
+        check_streamable(config.optimizer.name)
+    return open_training_data(config.data, seed=config.training.seed)
 
 
-def _check_loss_matches_data(config: AecliConfig, dataset: Dataset | ShardedData) -> None:
+def _check_loss_matches_data(config: AecliConfig, dataset: TrainingData) -> None:
     if isinstance(dataset, ShardedData):
         low, high = dataset.scaled_range
     else:
@@ -292,34 +305,27 @@ def _backend_version(backend: str) -> dict[str, str]:
     return {backend: importlib.import_module(backend).__version__}
 
 
-def _train_and_report(
-    config: AecliConfig,
-    dataset: Dataset | ShardedData,
-    run_dir: Path,
-    reporter: Any,
-    resume: bool = False,
-    strategy: Any = None,
-) -> dict[str, Any]:
+def _train_and_report(attempt: _Attempt) -> dict[str, Any]:
+    """Build (or restore) the model, fit it, save it, and write the reconstruction-error report."""
     import_tensorflow()
-    import keras
+    from aecli.execution import plan_for_model
+    from aecli.feeds import Stream
+    from aecli.training import fit_autoencoder, seed_everything
 
-    from aecli.training import choose_jit_compile, fit_autoencoder, seed_everything
-
+    config, data, run_dir, placement = attempt.config, attempt.data, attempt.run_dir, attempt.placement
     seed_everything(config.training.seed)
-    state = read_resume_state(run_dir) if resume else None
-    keras.config.set_dtype_policy(mixed_precision_policy(config.training.mixed_precision))
-    try:
-        with strategy.scope() if strategy is not None else contextlib.nullcontext():
-            autoencoder = _model_to_train(config, dataset, run_dir, resumed=state is not None)
-    finally:
-        keras.config.set_dtype_policy("float32")  # later models in this process (compare) start clean
-    if isinstance(dataset, ShardedData):
-        validation: Any = dataset.stream("validation") if dataset.counts["validation"] else None
-        train_input: Any = dataset.stream("train")
+    with placement.scope():
+        autoencoder = _model_to_train(attempt)
+    if isinstance(data, ShardedData):
+        validation: Any = Stream(data, "validation") if data.counts["validation"] else None
+        train_input: Any = Stream(data, "train")
+        rows = data.counts["train"]
     else:
-        train_input, validation = dataset.x_train, dataset.x_val
-    jit = choose_jit_compile(autoencoder.model, config.training, distributed=strategy is not None)
-    update_run_info(run_dir, jit_compile=jit.to_dict())
+        train_input, validation, rows = data.x_train, data.x_val, len(data.x_train)
+    full_batch = config.optimizer.name == "gd"
+    in_memory = not isinstance(data, ShardedData)
+    execution = plan_for_model(autoencoder.model, config.training, full_batch, rows, in_memory, placement)
+    update_run_info(run_dir, jit_compile=execution.jit.to_dict())
     result = fit_autoencoder(
         autoencoder.model,
         train_input,
@@ -328,42 +334,47 @@ def _train_and_report(
         config.optimizer,
         config.loss,
         run_dir,
-        reporter,
-        state,
-        strategy,
-        jit,
+        attempt.reporter,
+        attempt.state,
+        placement,
+        execution,
     )
     for part in ("model", "encoder", "decoder"):
         save_atomic(run_dir / f"{part}.keras", getattr(autoencoder, part).save)
     write_history_csv(run_dir / "history.csv", result.history)
-    if not writes_run(config.training.distribute):
+    if not placement.chief:
         return {}  # a non-chief worker: its scratch run is discarded, so is any report
-
-    started = time.perf_counter()
     # A distributed model's predictions would go through the strategy (collective ops every
     # worker must join): the report uses the saved model, as a plain single-device copy.
-    model = autoencoder.model if strategy is None else load_model(run_dir / "model.keras")
-    if isinstance(dataset, ShardedData):  # one pass per split; only per-sample errors are kept
-        test = streamed_reconstruction_report(model, dataset.batches("test", PREDICT_BATCH_SIZE), dataset.label_names)
-        train = streamed_reconstruction_report(model, dataset.batches("train", PREDICT_BATCH_SIZE))
+    model = autoencoder.model if not placement.distributed else load_model(run_dir / "model.keras")
+    summary = _training_summary(result, config.training.epochs, int(model.count_params()), placement)
+    metrics = _error_report(model, data, run_dir, summary)
+    write_metrics_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _error_report(model: Any, data: TrainingData, run_dir: Path, training: dict[str, Any]) -> dict[str, Any]:
+    """errors.csv and train_errors.csv (per sample), and the metrics.json body: test-split
+    reconstruction, how training went, and the training errors that anomaly thresholds use."""
+    started = time.perf_counter()
+    if isinstance(data, ShardedData):  # one pass per split; only per-sample errors are kept
+        test = streamed_reconstruction_report(model, data.batches("test", PREDICT_BATCH_SIZE), data.label_names)
+        train = streamed_reconstruction_report(model, data.batches("train", PREDICT_BATCH_SIZE))
         metrics, errors, y_test, test_origin = test.metrics, test.errors, test.labels, {"source_row": test.source_rows}
         train_report, train_errors, y_train = train.metrics, train.errors, train.labels
         train_origin = {"source_row": train.source_rows}
-        train_report.pop("per_class", None)
     else:
-        y_test, y_train = dataset.y_test, dataset.y_train
+        y_test, y_train = data.y_test, data.y_train
         metrics, errors = reconstruction_report(
-            dataset.x_test, predict_batched(model, dataset.x_test), y_test, dataset.label_names
+            data.x_test, predict_batched(model, data.x_test), y_test, data.label_names
         )
-        train_report, train_errors = reconstruction_report(
-            dataset.x_train, predict_batched(model, dataset.x_train), None
-        )
-        test_origin, train_origin = dataset.origin("test"), dataset.origin("train")
-    write_errors_csv(run_dir / "errors.csv", errors, y_test, dataset.label_names, origin=test_origin)
+        train_report, train_errors = reconstruction_report(data.x_train, predict_batched(model, data.x_train), None)
+        test_origin, train_origin = data.origin("test"), data.origin("train")
+    write_errors_csv(run_dir / "errors.csv", errors, y_test, data.label_names, origin=test_origin)
+    write_errors_csv(run_dir / "train_errors.csv", train_errors, y_train, data.label_names, origin=train_origin)
     train_mse = train_errors["mse"]
-    write_errors_csv(run_dir / "train_errors.csv", train_errors, y_train, dataset.label_names, origin=train_origin)
     metrics["split"] = "test"
-    metrics["training"] = _training_summary(result, config.training.epochs, int(model.count_params()), strategy)
+    metrics["training"] = training
     metrics["train_errors"] = {
         "score": "mse",
         **error_statistics(train_mse),
@@ -372,11 +383,10 @@ def _train_and_report(
         "reconstruction": train_report["reconstruction"],
     }
     metrics["evaluation_seconds"] = time.perf_counter() - started
-    write_metrics_json(run_dir / "metrics.json", metrics)
     return metrics
 
 
-def _training_summary(result: Any, epochs_configured: int, parameters: int, strategy: Any) -> dict[str, Any]:
+def _training_summary(result: Any, epochs_configured: int, parameters: int, placement: Placement) -> dict[str, Any]:
     """How the fit went, for metrics.json."""
     return {
         "epochs_run": result.epochs_run,
@@ -389,21 +399,23 @@ def _training_summary(result: Any, epochs_configured: int, parameters: int, stra
         "wall_seconds": result.seconds,
         "samples_per_second": result.samples_per_second,
         "parameters": parameters,
-        "replicas": replicas(strategy),
+        "replicas": placement.replicas,
     }
 
 
-def _model_to_train(config: AecliConfig, dataset: Dataset | ShardedData, run_dir: Path, resumed: bool) -> Any:
+def _model_to_train(attempt: _Attempt) -> Any:
     """A new model, or the last checkpoint's (with its optimizer state) when resuming."""
     from aecli.layers import MultiWorkerTrainer
-    from aecli.models import Autoencoder, build_autoencoder
 
-    if not resumed:
-        return build_autoencoder(config.model, dataset.sample_shape, config.loss.name)
-    model = load_model(run_dir / "checkpoints" / "last.keras")
-    if isinstance(model, MultiWorkerTrainer):  # a multi-worker checkpoint: the autoencoder inside
-        optimizer, model = model.optimizer, model.autoencoder
-        model.compile(optimizer=optimizer)  # fit continues with the restored optimizer state
+    config = attempt.config
+    mixed = bool(config.training.mixed_precision)
+    if attempt.state is None:
+        return build_autoencoder(config.model, attempt.data.sample_shape, config.loss.name, mixed, attempt.plan)
+    with dtype_policy(mixed):  # a mixed-precision checkpoint's optimizer (loss scaling) loads as saved
+        model = load_model(attempt.run_dir / "checkpoints" / "last.keras")
+        if isinstance(model, MultiWorkerTrainer):  # a multi-worker checkpoint: the autoencoder inside
+            optimizer, model = model.optimizer, model.autoencoder
+            model.compile(optimizer=optimizer)  # fit continues with the restored optimizer state
     halves = (getattr(model, "encoder", None), getattr(model, "decoder", None))
     if halves[0] is None or halves[1] is None:
         halves = (model.get_layer("encoder"), model.get_layer("decoder"))

@@ -15,7 +15,6 @@ they are touched, and the point is that a 4 GB set trains in the memory of a sma
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import re
@@ -26,8 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from aecli.config import DataConfig
-from aecli.data import Dataset, RawData, Scaling, label_codes, sample_shape_of, scaling_from_ranges
+from aecli.backend import import_tensorflow
+from aecli.config import BUILTIN_SOURCES, DataConfig
+from aecli.data.arrays import Dataset, RawData, sample_shape_of
+from aecli.data.labels import label_codes
+from aecli.data.scaling import Scaling, scaling_from_ranges
+from aecli.data.source_kind import SourceKind, SourceRequest
 from aecli.errors import ConfigError, DataError
 
 MANIFEST = "manifest.json"
@@ -36,6 +39,10 @@ LABELS_SUFFIX = ".labels.npy"
 BLOCK_ROWS = 4096  # rows read per file access
 SHUFFLE_BUFFER_BYTES = 64 * 2**20  # raw bytes of rows mixed across blocks while training
 IN_MEMORY_LIMIT_BYTES = 2 * 2**30  # float32 bytes `materialize` agrees to build (evaluate, reconstruct)
+_OWN_LABELS = (
+    "data.source {source}: a shard folder carries its own labels (" + LABELS_SUFFIX + " files) and no ids; "
+    "drop data.labels_path / data.label_column / data.id_column"
+)
 _HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash: consecutive indices spread evenly over [0, 1)
 
 
@@ -197,7 +204,7 @@ class ShardedData:
     """A shard folder seen through a data config: which rows each part has, and their scaling.
 
     Parts are "train", "validation" and "test"; `blocks` reads a part's raw rows block by
-    block, `batches` scaled ones, `stream` makes the tf.data pipeline that training consumes.
+    block, `batches` scaled ones, and feeds.Stream makes the tf.data pipeline that training consumes.
     """
 
     shards: ShardSet
@@ -320,9 +327,6 @@ class ShardedData:
         labels = None if parts[0][1] is None else np.concatenate([p[1] for p in parts if p[1] is not None])
         return self.scale(rows), labels, np.concatenate([p[2] for p in parts])
 
-    def stream(self, part: str) -> Stream:
-        return Stream(self, part)
-
     def materialize(self, parts: tuple[str, ...] = ("train", "validation", "test")) -> Dataset:
         """These parts in memory (the others empty), for commands that need arrays (evaluate,
         reconstruct); refused when their float32 copy would exceed IN_MEMORY_LIMIT_BYTES."""
@@ -358,84 +362,6 @@ class ShardedData:
         )
 
 
-@dataclass
-class Stream:
-    """One part of a ShardedData as `fit` consumes it: a row count and a tf.data pipeline."""
-
-    data: ShardedData
-    part: str
-
-    @property
-    def rows(self) -> int:
-        return self.data.counts[self.part]
-
-    def dataset(
-        self,
-        batch_size: int,
-        shuffle: bool,
-        seed: int,
-        inputs_only: bool = False,
-        noise: Any = None,
-        fixed_noise: bool = False,
-    ) -> Any:
-        """Batches of scaled rows: (inputs, targets), or inputs alone; reshuffled every epoch
-        (block order, rows within blocks, and a bounded buffer across blocks), memory bounded by
-        the buffer and the prefetched batches, not by the data set.
-
-        With `noise` (denoising), inputs are corrupted copies of the targets: fresh noise every
-        batch, or with `fixed_noise` the same noise for a batch in every epoch (validation)."""
-        from aecli.backend import import_tensorflow
-        from aecli.noise import corrupt
-
-        tf = import_tensorflow()
-        data, part = self.data, self.part
-        epochs = itertools.count()  # from_generator calls `blocks` afresh every epoch
-
-        def blocks() -> Iterator[np.ndarray]:
-            rng = np.random.default_rng([seed, next(epochs)]) if shuffle else None
-            for rows, _ in data.blocks(part, rng):
-                yield rows
-
-        raw = tf.data.Dataset.from_generator(
-            blocks, output_signature=tf.TensorSpec((None, *data.shards.row_shape), tf.as_dtype(data.shards.dtype))
-        )
-        rows = raw.unbatch()
-        if shuffle:
-            buffer = max(BLOCK_ROWS, SHUFFLE_BUFFER_BYTES // data.shards.row_bytes)
-            rows = rows.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-        features = math.prod(data.sample_shape)
-        # float32 arithmetic, unless the data's magnitude is beyond float32's exact integers
-        # (2^24): then (x - offset) is computed in float64, as the in-memory path does.
-        exact = tf.float64 if np.abs(data.scaling.offset).max() > 2**24 else tf.float32
-        offset = tf.constant(np.broadcast_to(data.scaling.offset, (features,)), exact)
-        scale = tf.constant(np.broadcast_to(data.scaling.scale, (features,)), exact)
-        shape = (-1, *data.sample_shape)
-
-        def scaled(batch: Any) -> Any:
-            flat = tf.reshape(tf.cast(batch, exact), (-1, features))
-            return tf.cast(tf.reshape((flat - offset) / scale, shape), tf.float32)
-
-        batches = rows.batch(batch_size).map(scaled, num_parallel_calls=tf.data.AUTOTUNE)
-        batches = batches.apply(tf.data.experimental.assert_cardinality(math.ceil(self.rows / batch_size)))
-        if noise is not None:
-            fresh = np.random.default_rng(seed)
-
-            def corrupted(number: np.ndarray, clean: np.ndarray) -> np.ndarray:
-                rng = np.random.default_rng([seed, int(number)]) if fixed_noise else fresh
-                return corrupt(clean, noise, rng)
-
-            def noisy(number: Any, clean: Any) -> Any:
-                inputs = tf.numpy_function(corrupted, [number, clean], tf.float32, stateful=not fixed_noise)
-                return tf.ensure_shape(inputs, clean.shape), clean
-
-            batches = batches.enumerate().map(noisy)
-        elif not inputs_only:
-            batches = batches.map(lambda x: (x, x))
-        from aecli.training import with_data_sharding  # only training streams: Keras is loaded by then
-
-        return with_data_sharding(batches.prefetch(2))
-
-
 def _npy_blocks(
     shards: ShardSet, split: ShardSplit, rng: np.random.Generator | None
 ) -> Iterator[tuple[int, np.ndarray]]:
@@ -458,8 +384,6 @@ def _npy_blocks(
 def _tfrecord_blocks(
     shards: ShardSet, split: ShardSplit, rng: np.random.Generator | None, limit: int | None = None
 ) -> Iterator[tuple[int, np.ndarray]]:
-    from aecli.backend import import_tensorflow
-
     tf = import_tensorflow()
     order = list(range(len(split.shards))) if rng is None else list(rng.permutation(len(split.shards)))
     spec = {"x": tf.io.FixedLenFeature([], tf.string)}
@@ -488,10 +412,7 @@ def open_sharded(cfg: DataConfig, seed: int) -> ShardedData:
     streaming pass over the training rows (which also checks them for NaN and inf)."""
     shards = open_shards(Path(cfg.source))
     if cfg.labels_path is not None or cfg.label_column is not None or cfg.id_column is not None:
-        raise DataError(
-            f"data.source {cfg.source}: a shard folder carries its own labels ({LABELS_SUFFIX} files) and no ids; "
-            f"drop data.labels_path / data.label_column / data.id_column"
-        )
+        raise DataError(_OWN_LABELS.format(source=cfg.source))
     if cfg.classes is not None and shards.splits["train"].labels is None:
         raise DataError("data.classes: the source has no labels to filter on")
     if shards.encoding == "tfrecord":
@@ -581,3 +502,22 @@ def check_streamable(optimizer_name: str) -> None:
             "optimizer.name: gd takes the whole training set as one batch, which a streamed shard folder "
             "never holds in memory; use sgd with a large training.batch_size"
         )
+
+
+def _read_into_memory(request: SourceRequest) -> RawData:
+    if request.labels_path is not None or request.label_column is not None or request.id_column is not None:
+        raise DataError(_OWN_LABELS.format(source=request.source))
+    return read_shards_into_memory(Path(request.source), request.limit)
+
+
+def _sample_shape(request: SourceRequest) -> tuple[int, ...]:
+    return sample_shape_of(np.empty((0, *open_shards(Path(request.source)).row_shape)))
+
+
+SOURCE_KIND = SourceKind(
+    "shard folder",
+    claims=lambda source: source not in BUILTIN_SOURCES and is_shard_folder(Path(source)),
+    read=_read_into_memory,
+    stream=lambda cfg, seed: open_sharded(cfg, seed),
+    sample_shape=_sample_shape,
+)

@@ -1,0 +1,45 @@
+"""What a family of data sources provides to the rest of aecli (see sources.py for the list).
+
+A new kind of data (text, time series) is one module that defines a `SourceKind` and one line
+in `sources.SOURCE_KINDS`; training and evaluation never ask which kind it is (the train command
+asks only whether it is streamed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aecli.config import DataConfig
+    from aecli.data.arrays import RawData
+
+
+@dataclass(frozen=True)
+class SourceRequest:
+    """How to read a source: data.source and the data keys that say how its files are laid out."""
+
+    source: str
+    labels_path: Path | None = None
+    label_column: str | int | None = None
+    id_column: str | int | None = None
+    mmap: bool = False  # an .npy file may be memory-mapped (read once, in order: `aecli prepare`)
+    limit: int | None = None  # rows of each split that will be used: a streamed kind reads no more
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """One family of sources: which `data.source` values it claims and how to read them.
+
+    `read` returns every row in memory (validated afterwards by the caller); `stream`, for
+    kinds too large for memory, opens the source for training block by block instead.
+    `sample_shape`, when given, answers `aecli validate` without reading the rows.
+    """
+
+    name: str
+    claims: Callable[[str], bool]
+    read: Callable[[SourceRequest], RawData]
+    stream: Callable[[DataConfig, int], Any] | None = None  # returns a streamed view, like shards.ShardedData
+    sample_shape: Callable[[SourceRequest], tuple[int, ...]] | None = None

@@ -1,0 +1,202 @@
+"""How fit executes the training steps: the execution plan (batch size, steps per compiled call,
+XLA, fused blocks), decided once per model and machine, and the fused train function that runs
+a block of steps as one compiled program.
+
+Imports Keras at module level: only the training code (training.py, commands/train.py) imports this.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from aecli.backend import import_tensorflow
+from aecli.compilation import JitDecision, resolve_jit_compile
+from aecli.config import TrainingConfig
+from aecli.distribute import Placement, gpu_available
+from aecli.feeds import FeedOptions, steps_after_block, tensor_view
+from aecli.interrupts import pending_interrupt
+from aecli.noise import NoiseSpec, corrupt_tensor
+
+# Python sees Ctrl-C/SIGTERM only between compiled calls: a fused block is cut into calls of about this long.
+SECONDS_PER_CALL = 1.0
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the plan depends on beyond the config: the Keras backend and whether a GPU is here."""
+
+    backend: str
+    gpu: bool
+
+    @classmethod
+    def here(cls) -> Machine:
+        backend = keras.backend.backend()
+        return cls(backend, backend == "tensorflow" and gpu_available(backend))
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    """How one fit runs. `steps_per_execution` is what Keras is told (1 under fused blocks, where
+    one Keras "step" is a block of `block_steps` real steps); `steps` is per epoch."""
+
+    rows: int
+    batch_size: int
+    steps: int
+    steps_per_execution: int
+    block_steps: int
+    jit: JitDecision
+    shuffle: bool
+    inputs_only: bool
+
+    @property
+    def fused(self) -> bool:
+        return self.block_steps > 0
+
+    def feed_options(self, training: TrainingConfig, noise: NoiseSpec | None) -> FeedOptions:
+        return FeedOptions(
+            self.batch_size,
+            self.shuffle,
+            training.seed,
+            training.input_pipeline,
+            self.inputs_only,
+            noise,
+            self.block_steps,
+        )
+
+    def steps_after(self) -> Any:
+        """For progress: real steps done after Keras's batch number n (a block when fused)."""
+        return steps_after_block(self.rows, self.batch_size, self.block_steps) if self.fused else None
+
+
+def plan_execution(
+    training: TrainingConfig,
+    rows: int,
+    full_batch: bool,
+    in_memory: bool,
+    layer_kinds: set[str],
+    placement: Placement,
+    machine: Machine,
+) -> ExecutionPlan:
+    """The plan for `rows` training rows of a model made of `layer_kinds` on `machine`.
+
+    Several steps per compiled call, so per-step framework overhead no longer dominates small
+    models; callbacks still see every epoch. One step per call under tf.distribute (Keras 3.15's
+    multi-step loop fails on distributed iterators) and on PyTorch (Keras's trainer refuses more).
+    In-memory arrays on a CPU train in fused blocks (`fused_train_function`); on a GPU the
+    captured host array would be copied to the device by every call, so there Keras's loop runs.
+    """
+    batch_size = rows if full_batch else min(training.batch_size, rows)
+    steps = math.ceil(rows / batch_size)
+    one_step = placement.distributed or machine.backend == "torch"
+    per_call = 1 if one_step else min(training.steps_per_execution, steps)
+    jit = resolve_jit_compile(training.jit_compile, layer_kinds, machine.backend, machine.gpu, placement.distributed)
+    fused = (
+        in_memory
+        and training.input_pipeline == "tensor"
+        and not placement.distributed
+        and per_call > 1
+        and machine.backend == "tensorflow"
+        and not machine.gpu
+    )
+    return ExecutionPlan(
+        rows=rows,
+        batch_size=batch_size,
+        steps=steps,
+        steps_per_execution=1 if fused else per_call,
+        block_steps=per_call if fused else 0,
+        jit=jit,
+        shuffle=training.shuffle and not full_batch,
+        inputs_only=placement.multi_worker,
+    )
+
+
+def plan_for_model(
+    model: keras.Model, training: TrainingConfig, full_batch: bool, rows: int, in_memory: bool, placement: Placement
+) -> ExecutionPlan:
+    """`plan_execution` for this model on this machine."""
+    return plan_execution(training, rows, full_batch, in_memory, layer_kinds(model), placement, Machine.here())
+
+
+def layer_kinds(model: keras.Layer) -> set[str]:
+    """The class names of every layer inside `model`, nested models (encoder, decoder) included."""
+    kinds = set()
+    for layer in getattr(model, "layers", []):
+        kinds.add(type(layer).__name__)
+        kinds |= layer_kinds(layer)
+    return kinds
+
+
+def fused_train_function(
+    model: keras.Model, x: np.ndarray, jit_compile: bool, noise: NoiseSpec | None = None, seed: int = 0
+) -> Any:
+    """A replacement for Keras's train function that runs a whole block of steps (see
+    `feeds.step_blocks`) as one compiled program, gathering each batch from the training array inside
+    it. Keras's own multi-step loop calls a separately compiled step, and fetches a batch, for
+    every step: on small dense models that costs as much as the arithmetic. Each step is still
+    the model's own `train_step`, so losses, metrics and optimizer updates are Keras's. With
+    `noise` (denoising), each step's inputs are corrupted inside the program, drawn from `seed` and
+    the optimizer's step count: fresh every step and epoch, the same on a rerun.
+
+    A block runs as one or more calls of at most about `SECONDS_PER_CALL` each (the first call
+    takes a single step, then the count follows the measured step time), so that Ctrl-C and
+    SIGTERM, which Python only sees between calls, are honoured within seconds whatever the model.
+    """
+    tf = import_tensorflow()
+    rows = tensor_view(x)
+    if not model.optimizer.built:  # variables made while tracing would cost a second trace
+        model.optimizer.build(model.trainable_variables)
+
+    signature = [tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.int32)]
+
+    @tf.function(jit_compile=jit_compile, input_signature=signature)
+    def run_steps(block: Any, start: Any, stop: Any) -> Any:
+        def one_step(step: Any) -> Any:
+            batch = tf.gather(rows, block[step])
+            inputs = batch
+            if noise is not None:
+                draw = tf.stack([tf.constant(seed, tf.int64), tf.cast(model.optimizer.iterations, tf.int64)])
+                inputs = corrupt_tensor(batch, noise, draw)
+            model.train_step((inputs, batch))
+            return step + 1
+
+        tf.while_loop(lambda step: step < stop, one_step, [start])
+        return model.get_metrics_result()
+
+    pace = CallPace()
+
+    def train_function(iterator: Any) -> Any:
+        block, steps = next(iterator)
+        start, steps = 0, int(steps)
+        while True:
+            stop = min(steps, start + pace.steps_per_call)
+            started = time.perf_counter()
+            logs = run_steps(block, tf.constant(start), tf.constant(stop))
+            pace.observe(stop - start, time.perf_counter() - started)
+            if stop == steps:
+                return logs
+            raise_pending_interrupt()
+            start = stop
+
+    return train_function
+
+
+class CallPace:
+    """How many steps one compiled call may run so that it lasts about `SECONDS_PER_CALL`."""
+
+    def __init__(self) -> None:
+        self.steps_per_call = 1  # the first call also compiles: one step, then measured
+
+    def observe(self, steps: int, seconds: float) -> None:
+        self.steps_per_call = max(1, int(SECONDS_PER_CALL * steps / max(seconds, 1e-9)))
+
+
+def raise_pending_interrupt() -> None:
+    interrupt = pending_interrupt()
+    if interrupt is not None:  # a signal whose exception native code swallowed
+        raise interrupt

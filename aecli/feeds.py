@@ -1,0 +1,332 @@
+"""Input feeds: everything that turns training data into what `fit` consumes.
+
+Side by side, because they share one guarantee: every feed of in-memory arrays walks an epoch
+in `epoch_order` (a seeded shuffle drawn afresh each epoch), whether batches are gathered by
+tf.data (`reconstruction_pipeline`) or inside the compiled program (`step_blocks`, consumed by
+execution.fused_train_function); shard folders stream through `Stream`, reshuffled per epoch.
+Imports Keras at module level: only the training code (training.py, commands/train.py) imports this.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from aecli.backend import import_tensorflow
+from aecli.data.scaling import TENSOR_ALIGNMENT, aligned_empty
+from aecli.data.shards import BLOCK_ROWS, SHUFFLE_BUFFER_BYTES, ShardedData
+from aecli.noise import NoiseSpec, corrupt
+
+PIPELINE_THREADS = 2  # gathering a batch is a memory copy: two threads keep ahead of training
+PIPELINE_PREFETCH = 4  # batches ready ahead of the training step
+VALIDATION_BATCH_SIZE = 1024  # validation only runs forward passes: larger batches, same mean loss
+
+
+def reconstruction_pipeline(
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    kind: str = "tensor",
+    inputs_only: bool = False,
+) -> Any:
+    """A tf.data pipeline over in-memory arrays: shuffled row indices (reshuffled every epoch,
+    seeded), batched, gathered, and prefetched.
+
+    Feeding numpy arrays to `fit` rebuilds Keras's data adapter every epoch, which on small data
+    sets costs more than the training itself; shuffling indices instead of rows keeps the
+    per-epoch work small. kind "tensor" gathers with tf.gather from a tensor sharing the arrays'
+    memory (fastest); "arrays" gathers with numpy through tf.numpy_function (slower).
+    `inputs_only` leaves the targets out (see layers.MultiWorkerTrainer).
+    """
+    tf = import_tensorflow()
+    shape = (None, *inputs.shape[1:])
+
+    def from_arrays(rows: Any) -> tuple[Any, Any]:
+        def take(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return inputs[index], targets[index]
+
+        batch_in, batch_out = tf.numpy_function(take, [rows], (tf.float32, tf.float32), stateful=False)
+        return tf.ensure_shape(batch_in, shape), tf.ensure_shape(batch_out, shape)
+
+    if kind == "arrays":
+        gather = from_arrays
+    else:
+        x = tensor_view(inputs)
+        y = x if targets is inputs else tensor_view(targets)
+
+        def gather(rows: Any) -> tuple[Any, Any]:
+            return tf.gather(x, rows), tf.gather(y, rows)
+
+    batches = (
+        epoch_order(len(inputs), shuffle, seed)
+        .batch(batch_size)
+        .map(gather, num_parallel_calls=PIPELINE_THREADS, deterministic=True)
+    )
+    if inputs_only:
+        batches = batches.map(lambda batch_in, batch_out: batch_in)
+    return with_data_sharding(untuned(batches.prefetch(PIPELINE_PREFETCH)))
+
+
+def epoch_order(rows: int, shuffle: bool, seed: int) -> Any:
+    """Row indices in training order: a seeded shuffle, drawn afresh every epoch."""
+    tf = import_tensorflow()
+    order = tf.data.Dataset.range(rows)
+    return order.shuffle(rows, seed=seed, reshuffle_each_iteration=True) if shuffle else order
+
+
+def untuned(dataset: Any) -> Any:
+    """Fixed settings instead of tf.data's tuning: its default graph rewrites serialize the
+    pipeline with any captured array in it (a second copy of the data in memory), and its
+    autotuner, competing with training for the cores, made one epoch in three ~60% slower."""
+    tf = import_tensorflow()
+    options = tf.data.Options()
+    options.experimental_optimization.apply_default_optimizations = False
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
+def tensor_view(array: np.ndarray) -> Any:
+    """A TensorFlow tensor over the array's own memory (DLPack: no copy). TensorFlow requires
+    64-byte aligned buffers, which aecli's scaled arrays are (data.aligned_empty); any other
+    array is copied once into an aligned buffer. `tf.constant` would cost two copies."""
+    tf = import_tensorflow()
+    if array.ctypes.data % TENSOR_ALIGNMENT or not array.flags.c_contiguous or not array.flags.writeable:
+        aligned = aligned_empty(array.shape, array.dtype)
+        aligned[...] = array
+        array = aligned
+    return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+
+
+def with_data_sharding(dataset: Any) -> Any:
+    """Under a multi-worker strategy, each worker takes every n-th batch: in-memory data has no
+    files to split between workers (TensorFlow's default policy would try, and warn)."""
+    tf = import_tensorflow()
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def step_blocks(rows: int, batch_size: int, block_steps: int, shuffle: bool, seed: int) -> Any:
+    """One epoch of training batches as row-index blocks for `fused_train_function`.
+
+    The epoch's order is `epoch_order`, as in `reconstruction_pipeline`, cut into batches; full
+    batches come `block_steps` at a time as ([block_steps, batch_size] indices, number of real
+    steps), the last block padded, so that one compiled program serves them all; a final short
+    batch comes alone, as ([1, rest], 1).
+    """
+    tf = import_tensorflow()
+    full, rest = divmod(rows, batch_size)
+
+    def blocks(order: Any) -> Any:
+        order = tf.cast(order, tf.int32)
+        batches = tf.reshape(order[: full * batch_size], (full, batch_size))
+
+        def padded(block: Any) -> tuple[Any, Any]:
+            steps = tf.shape(block)[0]
+            block = tf.pad(block, [[0, block_steps - steps], [0, 0]])
+            return tf.ensure_shape(block, (block_steps, batch_size)), steps
+
+        fulls = tf.data.Dataset.from_tensor_slices(batches).batch(block_steps).map(padded)
+        if not rest:
+            return fulls
+        return fulls.concatenate(tf.data.Dataset.from_tensors((order[None, full * batch_size :], 1)))
+
+    count = math.ceil(full / block_steps) + (1 if rest else 0)
+    epochs = epoch_order(rows, shuffle, seed).batch(rows).flat_map(blocks)
+    return untuned(epochs.apply(tf.data.experimental.assert_cardinality(count)).prefetch(2))
+
+
+def steps_after_block(rows: int, batch_size: int, block_steps: int) -> Callable[[int], int]:
+    """How many training steps an epoch has taken after its `step_blocks` block number `block`."""
+    full = rows // batch_size
+    full_blocks = math.ceil(full / block_steps)
+    steps = math.ceil(rows / batch_size)
+    return lambda block: min((block + 1) * block_steps, full) if block < full_blocks else steps
+
+
+class NoisyBatches(keras.utils.PyDataset):
+    """Denoising input: (corrupted batch, clean batch), with fresh noise and order every epoch."""
+
+    def __init__(self, x: np.ndarray, batch_size: int, noise: NoiseSpec, seed: int, shuffle: bool) -> None:
+        super().__init__()
+        self.x, self.batch_size, self.shuffle = x, batch_size, shuffle
+        self.noise = noise
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(x)) if shuffle else np.arange(len(x))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        clean = self.x[self.order[index * self.batch_size : (index + 1) * self.batch_size]]
+        return corrupt(clean, self.noise, self.rng), clean
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self.order = self.rng.permutation(len(self.x))
+
+
+@dataclass(frozen=True)
+class FeedOptions:
+    """How training batches are drawn; `block_steps` > 0 means index blocks for the fused train
+    function (see execution.py), and `inputs_only` leaves the targets out (layers.MultiWorkerTrainer)."""
+
+    batch_size: int
+    shuffle: bool
+    seed: int
+    pipeline: str  # training.input_pipeline: tensor | arrays | keras
+    inputs_only: bool = False
+    noise: NoiseSpec | None = None
+    block_steps: int = 0
+
+
+@dataclass(frozen=True)
+class Feeds:
+    """What `fit` consumes: a tf.data pipeline or PyDataset, or (with input_pipeline keras) the
+    arrays themselves as an (x, y) pair, plus the validation data in the same form."""
+
+    train: Any
+    validation: Any
+    options: FeedOptions
+
+    def fit_arguments(self) -> dict[str, Any]:
+        if isinstance(self.train, tuple):  # let fit slice the arrays itself
+            x, y = self.train
+            batching = {"batch_size": self.options.batch_size, "shuffle": self.options.shuffle}
+            return {"x": x, "y": y, **batching, "validation_data": self.validation}
+        return {"x": self.train, "shuffle": False, "validation_data": self.validation}
+
+
+def make_feeds(train: np.ndarray | Stream, validation: np.ndarray | Stream | None, options: FeedOptions) -> Feeds:
+    if isinstance(train, Stream):
+        inputs_only, noise = options.inputs_only, options.noise
+        val = None
+        if isinstance(validation, Stream):
+            val = validation.dataset(VALIDATION_BATCH_SIZE, False, options.seed + 1, inputs_only, noise, True)
+        return Feeds(train.dataset(options.batch_size, options.shuffle, options.seed, inputs_only, noise), val, options)
+    return _array_feeds(train, validation if isinstance(validation, np.ndarray) else None, options)
+
+
+def _array_feeds(x_train: np.ndarray, x_val: np.ndarray | None, options: FeedOptions) -> Feeds:
+    """Index blocks for the fused train function, a tf.data pipeline, noisy batches, or the arrays."""
+    seed, noise = options.seed, options.noise
+    train_data: Any = (x_train, x_train)
+    if options.block_steps:
+        train_data = step_blocks(len(x_train), options.batch_size, options.block_steps, options.shuffle, seed)
+    elif options.pipeline != "keras":
+        train_data = reconstruction_pipeline(
+            x_train, x_train, options.batch_size, options.shuffle, seed, options.pipeline, options.inputs_only
+        )
+    x_val_input = x_val
+    if noise is not None:
+        if not options.block_steps:  # the fused blocks draw their noise inside the compiled program
+            train_data = NoisyBatches(x_train, options.batch_size, noise, seed, options.shuffle)
+        if x_val is not None:  # validate on fixed noisy inputs, so val_loss is comparable across epochs
+            x_val_input = corrupt(x_val, noise, np.random.default_rng(seed + 1))
+    if x_val is None or x_val_input is None:
+        return Feeds(train_data, None, options)
+    if options.pipeline == "keras":
+        return Feeds(train_data, (x_val_input, x_val), options)
+    validation = reconstruction_pipeline(
+        x_val_input, x_val, VALIDATION_BATCH_SIZE, False, seed, options.pipeline, options.inputs_only
+    )
+    return Feeds(train_data, validation, options)
+
+
+@dataclass
+class Stream:
+    """One part of a shard folder as `fit` consumes it: a row count and a tf.data pipeline."""
+
+    data: ShardedData
+    part: str
+
+    @property
+    def rows(self) -> int:
+        return self.data.counts[self.part]
+
+    def dataset(
+        self,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        inputs_only: bool = False,
+        noise: NoiseSpec | None = None,
+        fixed_noise: bool = False,
+    ) -> Any:
+        """Batches of scaled rows: (inputs, targets), or inputs alone; reshuffled every epoch
+        (block order, rows within blocks, and a bounded buffer across blocks), memory bounded by
+        the buffer and the prefetched batches, not by the data set.
+
+        With noise (denoising), inputs are corrupted copies of the targets: fresh noise every
+        batch, or with `fixed_noise` the same noise for a batch in every epoch (validation)."""
+        tf = import_tensorflow()
+        rows = self._rows(shuffle, seed)
+        batches = rows.batch(batch_size).map(self._scaler(), num_parallel_calls=tf.data.AUTOTUNE)
+        batches = batches.apply(tf.data.experimental.assert_cardinality(math.ceil(self.rows / batch_size)))
+        if noise is not None:
+            batches = _with_noise(batches, noise, seed, fixed_noise)
+        elif not inputs_only:
+            batches = batches.map(lambda x: (x, x))
+        return with_data_sharding(batches.prefetch(2))
+
+    def _rows(self, shuffle: bool, seed: int) -> Any:
+        """The part's raw rows, block order and rows reshuffled every epoch when `shuffle`."""
+        tf = import_tensorflow()
+        data, part = self.data, self.part
+        epochs = itertools.count()  # from_generator calls `blocks` afresh every epoch
+
+        def blocks() -> Iterator[np.ndarray]:
+            rng = np.random.default_rng([seed, next(epochs)]) if shuffle else None
+            for rows, _ in data.blocks(part, rng):
+                yield rows
+
+        raw = tf.data.Dataset.from_generator(
+            blocks, output_signature=tf.TensorSpec((None, *data.shards.row_shape), tf.as_dtype(data.shards.dtype))
+        )
+        rows = raw.unbatch()
+        if shuffle:
+            buffer = max(BLOCK_ROWS, SHUFFLE_BUFFER_BYTES // data.shards.row_bytes)
+            rows = rows.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        return rows
+
+    def _scaler(self) -> Callable[[Any], Any]:
+        """Raw rows to scaled float32 samples, in TensorFlow (the run's saved scaling)."""
+        tf = import_tensorflow()
+        data = self.data
+        features = math.prod(data.sample_shape)
+        # float32 arithmetic, unless the data's magnitude is beyond float32's exact integers
+        # (2^24): then (x - offset) is computed in float64, as the in-memory path does.
+        exact = tf.float64 if np.abs(data.scaling.offset).max() > 2**24 else tf.float32
+        offset = tf.constant(np.broadcast_to(data.scaling.offset, (features,)), exact)
+        scale = tf.constant(np.broadcast_to(data.scaling.scale, (features,)), exact)
+        shape = (-1, *data.sample_shape)
+
+        def scaled(batch: Any) -> Any:
+            flat = tf.reshape(tf.cast(batch, exact), (-1, features))
+            return tf.cast(tf.reshape((flat - offset) / scale, shape), tf.float32)
+
+        return scaled
+
+
+def _with_noise(batches: Any, noise: NoiseSpec, seed: int, fixed_noise: bool) -> Any:
+    """(corrupted, clean) pairs: fresh noise per batch, or with `fixed_noise` the same per batch number."""
+    tf = import_tensorflow()
+    fresh = np.random.default_rng(seed)
+
+    def corrupted(number: np.ndarray, clean: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng([seed, int(number)]) if fixed_noise else fresh
+        return corrupt(clean, noise, rng)
+
+    def noisy(number: Any, clean: Any) -> Any:
+        inputs = tf.numpy_function(corrupted, [number, clean], tf.float32, stateful=not fixed_noise)
+        return tf.ensure_shape(inputs, clean.shape), clean
+
+    return batches.enumerate().map(noisy)

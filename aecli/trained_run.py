@@ -1,0 +1,117 @@
+"""A completed run read back: its config, scaling and model files, checked before use, for the
+commands that use a trained model (evaluate, reconstruct)."""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aecli.atomic import read_json
+from aecli.backend import import_tensorflow
+from aecli.config import AecliConfig, DataConfig, build_config, load_config
+from aecli.data import Dataset, Scaling, load_dataset
+from aecli.errors import AecliError, DataError, RunError, clip
+from aecli.fingerprints import check_unchanged
+from aecli.runs import REQUIRED_ARTIFACTS, read_run_info, recorded_fingerprints
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A completed run, read back: what evaluate and reconstruct need to use its model."""
+
+    path: Path
+    info: dict[str, Any]
+    config: AecliConfig
+    scaling: Scaling
+    sample_shape: tuple[int, ...]
+    metrics: dict[str, Any]
+
+    def data_config_for(self, source: str, overrides: Sequence[str], option: str) -> DataConfig:
+        """How to read another source the way this run read its data: a CSV keeps the run's label
+        and id columns; nothing that selects rows (limit, classes) carries over, so every row is
+        read unless a `--set data.KEY=VALUE` override says otherwise."""
+        data: dict[str, Any] = {"source": source}
+        if source.lower().endswith(".csv"):
+            for key in ("label_column", "id_column"):
+                if getattr(self.config.data, key) is not None:
+                    data[key] = getattr(self.config.data, key)
+        return build_config(base={"data": data}, overrides=overrides, allowed=("data",), command=option).data
+
+    def test_split(self, force: bool) -> Dataset:
+        """The run's own test split, rebuilt from its data files: refused when a file changed
+        since training (unless `force`) or when the data no longer has the model's shape."""
+        check_unchanged(recorded_fingerprints(self.info), force)
+        dataset = load_dataset(self.config.data, seed=self.config.training.seed, test_only=True)
+        if dataset.sample_shape != self.sample_shape:
+            raise DataError(
+                f"data.source {self.config.data.source}: samples now have shape {dataset.sample_shape}, but the "
+                f"run's model was trained on {self.sample_shape}"
+            )
+        return dataset
+
+
+def open_trained_run(run_dir: Path, needs: Sequence[str] = ()) -> TrainedRun:
+    """Check that `run_dir` is a completed run with all its artifacts (and the files in `needs`),
+    and read its records."""
+    info = read_run_info(run_dir)
+    if info["status"] != "completed":
+        raise RunError(f"run {run_dir} is {info['status']}, not completed; train it again (or resume it)")
+    missing = [name for name in (*REQUIRED_ARTIFACTS, "metrics.json", *needs) if not (run_dir / name).is_file()]
+    if missing:
+        raise RunError(f"run {run_dir} is incomplete: missing {', '.join(missing)}")
+    try:
+        config = load_config(run_dir / "config.yaml")
+        metrics = read_json(run_dir / "metrics.json", "metrics")
+        str(metrics["train_errors"]["default_threshold"])
+        data = info["data"]
+        scaling = Scaling.from_dict(data["scaling"])
+        sample_shape = tuple(int(size) for size in data["sample_shape"])
+        _check_scaling(scaling, sample_shape)
+    except (AecliError, KeyError, TypeError, ValueError, IndexError) as exc:
+        raise RunError(f"run {run_dir} has unreadable records ({clip(str(exc))})") from None
+    return TrainedRun(run_dir, info, config, scaling, sample_shape, metrics)
+
+
+def _check_scaling(scaling: Scaling, sample_shape: tuple[int, ...]) -> None:
+    """A saved scaling is one number, or one per feature, finite, and never divides by zero."""
+    sizes = {1, math.prod(sample_shape)}
+    if scaling.offset.size not in sizes or scaling.scale.size not in sizes:
+        raise ValueError(f"data.scaling does not fit samples of shape {sample_shape}")
+    if not (np.isfinite(scaling.offset).all() and np.isfinite(scaling.scale).all() and (scaling.scale != 0).all()):
+        raise ValueError("data.scaling holds values that are not finite, or a zero scale")
+
+
+def load_model(path: Path, compile: bool = True) -> Any:
+    """Load a `.keras` file with safe mode on: a file carrying code (a Lambda layer) is refused.
+
+    `compile=False` skips the optimizer state: what inference (evaluate, reconstruct) loads."""
+    import_tensorflow()
+    import keras
+
+    import aecli.layers  # noqa: F401  (registers aecli's custom objects for VAE and sparse models)
+
+    check_keras_archive(path)
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=compile)
+    except Exception as exc:  # Keras raises many types for corrupt, foreign or unsafe files
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise RunError(f"model file {path} failed to load: {reason}") from None
+
+
+def check_keras_archive(path: Path) -> None:
+    """A `.keras` file is a zip archive; Keras reports a damaged one as "File not found"."""
+    if not path.is_file():
+        raise RunError(f"model file {path} is missing")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError, RuntimeError, NotImplementedError) as exc:
+        raise RunError(f"model file {path} is corrupt or truncated (not a complete .keras archive: {exc})") from None
+    if damaged is not None:
+        raise RunError(f"model file {path} is corrupt: {damaged} inside it fails its checksum")

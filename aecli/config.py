@@ -172,9 +172,9 @@ class DataConfig(_Section):
     @classmethod
     def _absolute_source(cls, source: str) -> str:
         """Saved with absolute paths, so evaluate/reconstruct find a run's data from any folder."""
-        if source in BUILTIN_SOURCES or not source.strip():
-            return source
-        return str(_absolute_if_present(Path(source)))
+        if not source.strip():
+            raise PydanticCustomError("empty_source", f"expected {', '.join(BUILTIN_SOURCES)} or a path")
+        return source if source in BUILTIN_SOURCES else str(_absolute_if_present(Path(source)))
 
     @field_validator("labels_path")
     @classmethod

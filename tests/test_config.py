@@ -180,3 +180,15 @@ def test_commands_that_take_some_keys_refuse_the_others() -> None:
             build_config(base=base, overrides=[override], allowed=("data",), command="--data")
     with pytest.raises(ConfigError, match="prepare takes data.limit overrides only"):
         build_config(base=base, overrides=["data.limit.x=1"], allowed=("data.limit",), command="prepare")
+
+
+def test_data_paths_are_made_absolute_when_loading_and_an_empty_source_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "rows.csv").write_text("a,b\n1,2\n")
+    monkeypatch.chdir(tmp_path)
+    assert validate_config({"data": {"source": "rows.csv"}}).data.source == str(tmp_path / "rows.csv")
+    assert validate_config({"data": {"source": "missing.csv"}}).data.source == "missing.csv"  # for its error
+    assert validate_config({}).data.source == "digits"
+    with pytest.raises(ConfigError, match="data.source: expected digits, mnist, fashion_mnist or a path, got ' '"):
+        validate_config({"data": {"source": " "}})

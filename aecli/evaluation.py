@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from aecli.backend import import_tensorflow
+from aecli.data import ShardedData, TrainingData
 from aecli.data.labels import label_name
 from aecli.errors import EvaluationError
 
@@ -90,20 +91,32 @@ def reconstruction_report(
 
 
 @dataclass
-class StreamedReport:
-    """`reconstruction_report` of a split seen batch by batch, with what each sample was."""
+class SplitReport:
+    """`reconstruction_report` of one split, with what each sample was: its label, and its
+    origin columns (source_row, and id when the data has ids)."""
 
     metrics: dict[str, Any]
     errors: dict[str, np.ndarray]
     labels: np.ndarray | None
-    source_rows: np.ndarray
+    origin: dict[str, np.ndarray]
+
+
+def report_split(model: Any, data: TrainingData, part: str, per_class: bool) -> SplitReport:
+    """One split of the training data (in memory, or streamed a batch at a time with only the
+    per-sample errors kept), reconstructed by `model`; `per_class` adds metrics per label."""
+    names = data.label_names if per_class else None
+    if isinstance(data, ShardedData):
+        return streamed_reconstruction_report(model, data.batches(part, PREDICT_BATCH_SIZE), names)
+    x, y = data.split(part)
+    metrics, errors = reconstruction_report(x, predict_batched(model, x), y if per_class else None, names)
+    return SplitReport(metrics, errors, y, data.origin(part))
 
 
 def streamed_reconstruction_report(
     model: Any,
     batches: Iterable[tuple[np.ndarray, np.ndarray | None, np.ndarray]],
     label_names: list[str] | None = None,
-) -> StreamedReport:
+) -> SplitReport:
     """`reconstruction_report` over batches of (x, labels, source rows) for data larger than
     memory: only per-sample errors, labels and rows are kept. bce is reported when every batch
     lies in [0, 1]."""
@@ -124,7 +137,7 @@ def streamed_reconstruction_report(
     labels = np.concatenate(label_parts) if len(label_parts) == len(parts) else None
     data_range = 1.0 if low >= 0.0 and high <= 1.0 else (high - low) or 1.0
     metrics = summarize_errors(errors, labels, label_names, data_range)
-    return StreamedReport(metrics, errors, labels, np.concatenate(row_parts))
+    return SplitReport(metrics, errors, labels, {"source_row": np.concatenate(row_parts)})
 
 
 def summarize_errors(

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from aecli.backend import import_tensorflow
+from aecli.data import TrainingData
 from aecli.data.scaling import TENSOR_ALIGNMENT, aligned_empty
 from aecli.data.shards import BLOCK_ROWS, SHUFFLE_BUFFER_BYTES, ShardedData
 from aecli.noise import NoiseSpec, corrupt
@@ -203,6 +204,13 @@ class Feeds:
             batching = {"batch_size": self.options.batch_size, "shuffle": self.options.shuffle}
             return {"x": x, "y": y, **batching, "validation_data": self.validation}
         return {"x": self.train, "shuffle": False, "validation_data": self.validation}
+
+
+def fit_inputs(data: TrainingData) -> tuple[np.ndarray | Stream, np.ndarray | Stream | None]:
+    """The training and validation inputs of `fit_autoencoder`: arrays, or streams of a shard folder."""
+    if isinstance(data, ShardedData):
+        return Stream(data, "train"), Stream(data, "validation") if data.counts["validation"] else None
+    return data.x_train, data.x_val
 
 
 def make_feeds(train: np.ndarray | Stream, validation: np.ndarray | Stream | None, options: FeedOptions) -> Feeds:

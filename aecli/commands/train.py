@@ -22,19 +22,11 @@ import aecli
 from aecli.atomic import save_atomic, write_json_atomic, write_text_atomic
 from aecli.backend import import_tensorflow, select_backend
 from aecli.config import AecliConfig, config_to_yaml, load_config
-from aecli.data import ShardedData, TrainingData, is_streamed, open_training_data
+from aecli.data import TrainingData, is_streamed, open_training_data
 from aecli.data.shards import check_streamable
 from aecli.distribute import Placement, check_mixed_precision, place
 from aecli.errors import ConfigError, DataError, RunError, TrainingDivergedError, as_storage_error
-from aecli.evaluation import (
-    DEFAULT_THRESHOLD,
-    PREDICT_BATCH_SIZE,
-    error_statistics,
-    predict_batched,
-    reconstruction_report,
-    resolve_threshold,
-    streamed_reconstruction_report,
-)
+from aecli.evaluation import DEFAULT_THRESHOLD, error_statistics, report_split, resolve_threshold
 from aecli.fingerprints import check_unchanged, fingerprint
 from aecli.models import (
     Autoencoder,
@@ -272,10 +264,7 @@ def _training_data(config: AecliConfig) -> TrainingData:
 
 
 def _check_loss_matches_data(config: AecliConfig, dataset: TrainingData) -> None:
-    if isinstance(dataset, ShardedData):
-        low, high = dataset.scaled_range
-    else:
-        low, high = float(dataset.x_train.min()), float(dataset.x_train.max())
+    low, high = dataset.scaled_range
     if config.loss.name == "bce" and not (low >= 0.0 and high <= 1.0):
         raise ConfigError(
             f"loss.name: bce needs targets in [0,1], but the training data spans [{low:g}, {high:g}] "
@@ -309,21 +298,17 @@ def _train_and_report(attempt: _Attempt) -> dict[str, Any]:
     """Build (or restore) the model, fit it, save it, and write the reconstruction-error report."""
     import_tensorflow()
     from aecli.execution import plan_for_model
-    from aecli.feeds import Stream
+    from aecli.feeds import fit_inputs
     from aecli.training import fit_autoencoder, seed_everything
 
     config, data, run_dir, placement = attempt.config, attempt.data, attempt.run_dir, attempt.placement
     seed_everything(config.training.seed)
     with placement.scope():
         autoencoder = _model_to_train(attempt)
-    if isinstance(data, ShardedData):
-        validation: Any = Stream(data, "validation") if data.counts["validation"] else None
-        train_input: Any = Stream(data, "train")
-        rows = data.counts["train"]
-    else:
-        train_input, validation, rows = data.x_train, data.x_val, len(data.x_train)
+    train_input, validation = fit_inputs(data)
+    rows = len(train_input) if isinstance(train_input, np.ndarray) else train_input.rows
     full_batch = config.optimizer.name == "gd"
-    in_memory = not isinstance(data, ShardedData)
+    in_memory = isinstance(train_input, np.ndarray)
     execution = plan_for_model(autoencoder.model, config.training, full_batch, rows, in_memory, placement)
     update_run_info(run_dir, jit_compile=execution.jit.to_dict())
     result = fit_autoencoder(
@@ -357,22 +342,11 @@ def _error_report(model: Any, data: TrainingData, run_dir: Path, training: dict[
     """errors.csv and train_errors.csv (per sample), and the metrics.json body: test-split
     reconstruction, how training went, and the training errors that anomaly thresholds use."""
     started = time.perf_counter()
-    if isinstance(data, ShardedData):  # one pass per split; only per-sample errors are kept
-        test = streamed_reconstruction_report(model, data.batches("test", PREDICT_BATCH_SIZE), data.label_names)
-        train = streamed_reconstruction_report(model, data.batches("train", PREDICT_BATCH_SIZE))
-        metrics, errors, y_test, test_origin = test.metrics, test.errors, test.labels, {"source_row": test.source_rows}
-        train_report, train_errors, y_train = train.metrics, train.errors, train.labels
-        train_origin = {"source_row": train.source_rows}
-    else:
-        y_test, y_train = data.y_test, data.y_train
-        metrics, errors = reconstruction_report(
-            data.x_test, predict_batched(model, data.x_test), y_test, data.label_names
-        )
-        train_report, train_errors = reconstruction_report(data.x_train, predict_batched(model, data.x_train), None)
-        test_origin, train_origin = data.origin("test"), data.origin("train")
-    write_errors_csv(run_dir / "errors.csv", errors, y_test, data.label_names, origin=test_origin)
-    write_errors_csv(run_dir / "train_errors.csv", train_errors, y_train, data.label_names, origin=train_origin)
-    train_mse = train_errors["mse"]
+    test = report_split(model, data, "test", per_class=True)
+    train = report_split(model, data, "train", per_class=False)
+    write_errors_csv(run_dir / "errors.csv", test.errors, test.labels, data.label_names, origin=test.origin)
+    write_errors_csv(run_dir / "train_errors.csv", train.errors, train.labels, data.label_names, origin=train.origin)
+    metrics, train_mse, train_report = test.metrics, train.errors["mse"], train.metrics
     metrics["split"] = "test"
     metrics["training"] = training
     metrics["train_errors"] = {

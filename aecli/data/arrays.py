@@ -47,6 +47,18 @@ class Dataset:
     source_rows: dict[str, np.ndarray] = field(default_factory=dict)
     ids: dict[str, np.ndarray] = field(default_factory=dict)
 
+    def split(self, part: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """The rows and labels of "train", "validation" or "test" (validation may be empty)."""
+        if part == "validation":
+            x_val = self.x_val if self.x_val is not None else np.empty((0, *self.sample_shape), np.float32)
+            return x_val, self.y_val
+        return (self.x_train, self.y_train) if part == "train" else (self.x_test, self.y_test)
+
+    @property
+    def scaled_range(self) -> tuple[float, float]:
+        """The smallest and largest scaled training value (a bce loss needs [0, 1])."""
+        return float(self.x_train.min()), float(self.x_train.max())
+
     def origin(self, split: str) -> dict[str, np.ndarray]:
         """Per-sample columns saying where each row of `split` came from: source_row, and id."""
         return origin_columns(self.source_rows.get(split), self.ids.get(split))

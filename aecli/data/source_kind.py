@@ -1,8 +1,8 @@
 """What a family of data sources provides to the rest of aecli (see sources.py for the list).
 
 A new kind of data (text, time series) is one module that defines a `SourceKind` and one line
-in `sources.SOURCE_KINDS`; training and evaluation never ask which kind it is (the train command
-asks only whether it is streamed).
+in `sources.SOURCE_KINDS`; nothing outside `data/` asks which kind it is, only whether the data is
+held in memory (`Dataset`) or streamed (`ShardedData`).
 """
 
 from __future__ import annotations

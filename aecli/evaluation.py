@@ -195,7 +195,7 @@ def parse_threshold(spec: str) -> ThresholdSpec:
     if not sep:
         kind = "value"
     valid = {
-        "value": math.isfinite(parameter),
+        "value": math.isfinite(parameter) and parameter >= 0,  # errors are never negative
         "percentile": 0 < parameter <= 100,
         "mean_std": math.isfinite(parameter),
         "contamination": 0 < parameter < 1,
@@ -203,7 +203,7 @@ def parse_threshold(spec: str) -> ThresholdSpec:
     if kind not in valid:
         raise EvaluationError(f"--threshold {spec!r}: unknown kind {kind!r}; expected {THRESHOLD_FORMS}")
     if not valid[kind]:
-        ranges = {"percentile": "in (0, 100]", "contamination": "in (0, 1)"}
+        ranges = {"percentile": "in (0, 100]", "contamination": "in (0, 1)", "value": "finite and >= 0 (errors are)"}
         raise EvaluationError(f"--threshold {spec!r}: {kind} must be {ranges.get(kind, 'finite')}")
     return ThresholdSpec(kind, parameter)
 

@@ -257,3 +257,11 @@ def test_offline_download_says_how_to_use_local_files(monkeypatch: pytest.Monkey
     monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
     with pytest.raises(DataError, match=r"could not download it .*--set data.source=path/to/train-images-idx3-ubyte"):
         read_source("mnist")
+
+
+def test_a_column_named_twice_in_the_header_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "twice.csv"
+    path.write_text("a,label,b,label\n1,0,2,1\n3,1,4,0\n5,0,6,1\n")
+    with pytest.raises(DataError, match=r"names 'label' 2 times \(columns 2, 4\); rename them"):
+        read_source(str(path), label_column="label")
+    assert read_source(str(path), label_column=3).y_train.tolist() == [1, 0, 1]  # by index it is unambiguous

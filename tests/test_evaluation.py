@@ -72,7 +72,9 @@ def test_threshold_specs(spec: str, expected: float) -> None:
     assert resolve_threshold(parse_threshold(spec), train, evaluated) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("spec", ["median", "percentile:0", "percentile:120", "contamination:1", "quantile:3"])
+@pytest.mark.parametrize(
+    "spec", ["median", "percentile:0", "percentile:120", "contamination:1", "quantile:3", "-0.5", "nan"]
+)
 def test_bad_threshold_specs(spec: str) -> None:
     with pytest.raises(EvaluationError, match="--threshold"):
         parse_threshold(spec)

@@ -281,3 +281,12 @@ def test_a_float_tiff_keeps_its_values(tmp_path: Path) -> None:
     Image.fromarray(np.full((8, 8), 0.5, np.float32), mode="F").save(tmp_path / "half.tif")
     pixels, _ = _read_image(tmp_path / "half.tif", (8, 8, 1))
     assert np.allclose(pixels, 0.5)
+
+
+def test_the_same_file_cannot_be_both_the_normal_and_the_anomalous_data(cli, trained_run: Path, tmp_path: Path) -> None:
+    np.save(tmp_path / "rows.npy", np.random.default_rng(0).random((20, 8, 8)) * 16)
+    (tmp_path / "alias.npy").symlink_to(tmp_path / "rows.npy")
+    before = sorted(trained_run.iterdir())
+    result = cli("evaluate", trained_run, "--data", tmp_path / "rows.npy", "--anomaly-data", tmp_path / "alias.npy")
+    assert result.exit_code == 2 and "--anomaly-data: the same source as --data" in result.stderr
+    assert sorted(trained_run.iterdir()) == before  # nothing written

@@ -6,6 +6,7 @@ writes nothing; the run's training artifacts are only ever read.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,10 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
     threshold_spec = parse_threshold(request.threshold or run.metrics["train_errors"]["default_threshold"])
     if request.normal_classes is not None and request.anomaly_data is not None:
         raise EvaluationError("--normal-classes and --anomaly-data are two ways to label anomalies: use one")
+    if request.data is not None and request.anomaly_data is not None and _same_file(request.data, request.anomaly_data):
+        raise EvaluationError(
+            "--anomaly-data: the same source as --data; its samples cannot be both normal and anomalies"
+        )
     check_new_output_dir(request.out)
     history = read_history_csv(run.path / "history.csv")
     evaluated = _evaluated_data(run, request)
@@ -134,6 +139,13 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
         write_report(out_dir, f"aecli evaluation of {run.path.name}", _report_blocks(run, metrics))
     final = staged.final or out_dir
     return EvaluateOutcome(final, metrics, final / "report.html")
+
+
+def _same_file(first: str, second: str) -> bool:
+    try:
+        return first == second or os.path.samefile(first, second)
+    except (OSError, ValueError):  # a built-in name, or a missing path (reported when it is read)
+        return False
 
 
 def _anomaly_metrics(

@@ -271,6 +271,12 @@ def _column_index(path: Path, header: list[str] | None, width: int, column: str 
     if header is None or column not in header:
         names = ", ".join(header) if header else "none (no header row)"
         raise DataError(f"data.{key}: no column {shorten(column)} in {path}; columns: {clip(names)}")
+    positions = [index + 1 for index, name in enumerate(header) if name == column]
+    if len(positions) > 1:
+        raise DataError(
+            f"data.{key}: {path}'s header names {shorten(column)} {len(positions)} times (columns "
+            f"{', '.join(map(str, positions[:5]))}); rename them, or give the column's index"
+        )
     return header.index(column)
 
 

@@ -169,10 +169,6 @@ def error_statistics(values: np.ndarray) -> dict[str, float]:
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), **error_quantiles(values)}
 
 
-def finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
 THRESHOLD_FORMS = "percentile:Q (of the training errors), mean_std:K, contamination:F, or a number"
 
 

@@ -17,8 +17,8 @@ import numpy as np
 
 from aecli.backend import import_tensorflow
 from aecli.config import DataConfig, build_config
-from aecli.data import read_source
 from aecli.data.shards import FORMAT, LABELS_SUFFIX, MANIFEST
+from aecli.data.sources import read_data
 from aecli.errors import ConfigError, RunError
 
 ENCODINGS = ("tfrecord", "npy")
@@ -55,7 +55,7 @@ def prepare_shards(
         raise ConfigError(f"--shard-size {shard_size}: expected a positive number of rows")
     if out_dir.exists():
         raise RunError(f"{out_dir}: already exists; prepare writes a new folder (choose another name)")
-    raw = read_source(cfg.source, labels_path=cfg.labels_path, label_column=cfg.label_column, mmap=True)
+    raw = read_data(cfg, mmap=True)
     # One little-endian dtype for both splits: TFRecord rows are decoded little-endian, and
     # IDX files (and some .npy files) are big-endian.
     dtype = raw.x_train.dtype if raw.x_test is None else np.result_type(raw.x_train.dtype, raw.x_test.dtype)

@@ -11,7 +11,7 @@ from aecli.data.arrays import Dataset, Rows, Samples, fit_to_model, sample_shape
 from aecli.data.labels import class_mask
 from aecli.data.scaling import Scaling, fit_scaling
 from aecli.data.shards import ShardedData
-from aecli.data.sources import read_source, source_kind
+from aecli.data.sources import read_data, source_kind
 from aecli.errors import DataError
 
 TrainingData = Dataset | ShardedData
@@ -32,7 +32,7 @@ def load_dataset(cfg: DataConfig, seed: int, test_only: bool = False) -> Dataset
     kind = source_kind(cfg.source)
     if kind.stream is not None:  # the same rows per split as streamed training saw
         return kind.stream(cfg, seed).materialize(("test",) if test_only else ("train", "validation", "test"))
-    raw = read_source(cfg.source, labels_path=cfg.labels_path, label_column=cfg.label_column, id_column=cfg.id_column)
+    raw = read_data(cfg)
     rng = np.random.default_rng(seed)
     pool = Rows.of(raw.x_train, raw.y_train, raw.ids_train).first(cfg.limit)
     if raw.x_test is None:
@@ -77,9 +77,7 @@ def load_dataset(cfg: DataConfig, seed: int, test_only: bool = False) -> Dataset
 def load_for_model(cfg: DataConfig, sample_shape: tuple[int, ...], scaling: Scaling) -> Samples:
     """Every row of `cfg.source` (its train and test sets, each capped at `cfg.limit`), shaped and
     scaled for a trained model: used to evaluate or reconstruct data the run did not train on."""
-    raw = read_source(
-        cfg.source, labels_path=cfg.labels_path, label_column=cfg.label_column, id_column=cfg.id_column, limit=cfg.limit
-    )
+    raw = read_data(cfg, limit=cfg.limit)
     parts = [Rows.of(raw.x_train, raw.y_train, raw.ids_train).first(cfg.limit)]
     if raw.x_test is not None:
         parts.append(Rows.of(raw.x_test, raw.y_test, raw.ids_test).first(cfg.limit))

@@ -33,23 +33,30 @@ def read_source(
     `mmap` opens an .npy source memory-mapped (for `aecli prepare`, which reads it once in order);
     `limit` lets a shard folder read only the rows that will be used (callers still apply it).
     """
-    request = SourceRequest(source, labels_path, label_column, id_column, mmap, limit)
-    raw = source_kind(source).read(request)
-    check_raw(raw, source)
+    return _read(SourceRequest(source, labels_path, label_column, id_column, mmap, limit))
+
+
+def read_data(cfg: DataConfig, limit: int | None = None, mmap: bool = False) -> RawData:
+    """`read_source` for the files a data config names, laid out as it says."""
+    return _read(_request(cfg, limit, mmap))
+
+
+def _read(request: SourceRequest) -> RawData:
+    raw = source_kind(request.source).read(request)
+    check_raw(raw, request.source)
     return raw
 
 
-def request_for(cfg: DataConfig) -> SourceRequest:
-    return SourceRequest(cfg.source, cfg.labels_path, cfg.label_column, cfg.id_column)
+def _request(cfg: DataConfig, limit: int | None = None, mmap: bool = False) -> SourceRequest:
+    return SourceRequest(cfg.source, cfg.labels_path, cfg.label_column, cfg.id_column, mmap, limit)
 
 
 def peek_sample_shape(cfg: DataConfig) -> tuple[int, ...]:
     """The shape of one sample, read cheaply (no TensorFlow, no scikit-learn) for `aecli validate`."""
     kind = source_kind(cfg.source)
     if kind.sample_shape is not None:
-        return kind.sample_shape(request_for(cfg))
-    raw = read_source(cfg.source, cfg.labels_path, cfg.label_column, id_column=cfg.id_column)
-    return sample_shape_of(raw.x_train)
+        return kind.sample_shape(_request(cfg))
+    return sample_shape_of(read_data(cfg).x_train)
 
 
 def is_streamed(source: str) -> bool:

@@ -138,6 +138,53 @@ def _wants_number_not_bool(field: FieldInfo) -> bool:
     return bool(kinds & {int, float}) and bool not in kinds
 
 
+# Augmentations that move pixels (Keras's RandomTranslation, RandomRotation, RandomZoom, RandomFlip).
+GEOMETRIC_AUGMENTATIONS = ("translation", "rotation", "zoom", "flip")
+
+
+class AugmentConfig(_Section):
+    """Random changes to the training images, drawn afresh every epoch by Keras's preprocessing
+    layers; validation and test data are never augmented. Every amount 0 (the default) is no
+    augmentation, so `aecli compare --vary data.augment.rotation=0,0.1` has a plain baseline."""
+
+    translation: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="shift by up to this fraction of the height and of the width (RandomTranslation)",
+    )
+    rotation: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.5,
+        description="rotate by up to this fraction of a full turn either way, e.g. 0.05 = 18 degrees (RandomRotation)",
+    )
+    zoom: float = Field(0.0, ge=0.0, lt=1.0, description="zoom in or out by up to this fraction (RandomZoom)")
+    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = Field(
+        "none", description="mirror half of the images at random (RandomFlip)"
+    )
+    contrast: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="multiply the contrast by a factor in [1 - contrast, 1 + contrast] (RandomContrast)",
+    )
+    fill_mode: Literal["nearest", "constant", "reflect", "wrap"] = Field(
+        "nearest", description="how pixels moved in from outside the image are filled (constant: with 0)"
+    )
+
+    @property
+    def active(self) -> list[str]:
+        """The augmentations this config applies, in the order they are applied."""
+        on = {"translation": self.translation, "rotation": self.rotation, "zoom": self.zoom}
+        on |= {"flip": self.flip != "none", "contrast": self.contrast}
+        return [name for name, value in on.items() if value]
+
+    def describe(self) -> str:
+        """One line for reports, e.g. "rotation 0.05, flip horizontal"; "none" when nothing is on."""
+        return ", ".join(f"{name} {getattr(self, name)}" for name in self.active) or "none"
+
+
 class DataConfig(_Section):
     source: str = Field(
         "digits",
@@ -159,6 +206,10 @@ class DataConfig(_Section):
         "auto",
         description="auto: uint8 /255, other images global min-max, tabular per-feature min-max "
         "(fitted on the training split)",
+    )
+    augment: AugmentConfig = Field(
+        default_factory=AugmentConfig,
+        description="random translation, rotation, zoom, flip and contrast of the training images (off by default)",
     )
 
     @field_validator("classes", mode="before")
@@ -487,6 +538,11 @@ class AecliConfig(_Section):
             raise ValueError(
                 f"training.distribute.strategy: {self.training.distribute.strategy} uses tf.distribute, which needs "
                 f"runtime.backend tensorflow (got {self.runtime.backend})"
+            )
+        if self.data.augment.active and self.training.input_pipeline == "keras":
+            raise ValueError(
+                "data.augment: augmentation runs in the tf.data input pipeline, and training.input_pipeline keras "
+                "hands numpy arrays to fit instead; use input_pipeline tensor (the default) or arrays"
             )
         if self.training.distribute.strategy == "multi_worker" and self.training.noise is not None:
             raise ValueError(

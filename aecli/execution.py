@@ -15,6 +15,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from aecli.augment import Augment
 from aecli.backend import import_tensorflow
 from aecli.compilation import JitDecision, resolve_jit_compile
 from aecli.config import TrainingConfig
@@ -58,7 +59,9 @@ class ExecutionPlan:
     def fused(self) -> bool:
         return self.block_steps > 0
 
-    def feed_options(self, training: TrainingConfig, noise: NoiseSpec | None) -> FeedOptions:
+    def feed_options(
+        self, training: TrainingConfig, noise: NoiseSpec | None, augment: Augment | None = None
+    ) -> FeedOptions:
         return FeedOptions(
             self.batch_size,
             self.shuffle,
@@ -67,6 +70,7 @@ class ExecutionPlan:
             self.inputs_only,
             noise,
             self.block_steps,
+            augment,
         )
 
     def steps_after(self) -> Any:
@@ -133,7 +137,12 @@ def layer_kinds(model: keras.Layer) -> set[str]:
 
 
 def fused_train_function(
-    model: keras.Model, x: np.ndarray, jit_compile: bool, noise: NoiseSpec | None = None, seed: int = 0
+    model: keras.Model,
+    x: np.ndarray,
+    jit_compile: bool,
+    noise: NoiseSpec | None = None,
+    seed: int = 0,
+    augmented_blocks: bool = False,
 ) -> Any:
     """A replacement for Keras's train function that runs a whole block of steps (see
     `feeds.step_blocks`) as one compiled program, gathering each batch from the training array inside
@@ -141,7 +150,9 @@ def fused_train_function(
     every step: on small dense models that costs as much as the arithmetic. Each step is still
     the model's own `train_step`, so losses, metrics and optimizer updates are Keras's. With
     `noise` (denoising), each step's inputs are corrupted inside the program, drawn from `seed` and
-    the optimizer's step count: fresh every step and epoch, the same on a rerun.
+    the optimizer's step count: fresh every step and epoch, the same on a rerun (and on a resume,
+    whose optimizer continues the count). With `augmented_blocks`, the blocks hold the (augmented)
+    batches themselves instead of row indices (see feeds.step_blocks); noise applies after.
 
     A block runs as one or more calls of at most about `SECONDS_PER_CALL` each (the first call
     takes a single step, then the count follows the measured step time), so that Ctrl-C and
@@ -152,12 +163,17 @@ def fused_train_function(
     if not model.optimizer.built:  # variables made while tracing would cost a second trace
         model.optimizer.build(model.trainable_variables)
 
-    signature = [tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.int32)]
+    blocks = (
+        tf.TensorSpec((None, None, *x.shape[1:]), tf.float32)
+        if augmented_blocks
+        else tf.TensorSpec((None, None), tf.int32)
+    )
+    signature = [blocks, tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.int32)]
 
     @tf.function(jit_compile=jit_compile, input_signature=signature)
     def run_steps(block: Any, start: Any, stop: Any) -> Any:
         def one_step(step: Any) -> Any:
-            batch = tf.gather(rows, block[step])
+            batch = block[step] if augmented_blocks else tf.gather(rows, block[step])
             inputs = batch
             if noise is not None:
                 draw = tf.stack([tf.constant(seed, tf.int64), tf.cast(model.optimizer.iterations, tf.int64)])
@@ -168,6 +184,13 @@ def fused_train_function(
         tf.while_loop(lambda step: step < stop, one_step, [start])
         return model.get_metrics_result()
 
+    return _paced(run_steps)
+
+
+def _paced(run_steps: Any) -> Any:
+    """Keras's train function over `run_steps(block, start, stop)`: a block's steps in calls of
+    about `SECONDS_PER_CALL` each, a pending interrupt raised between them."""
+    tf = import_tensorflow()
     pace = CallPace()
 
     def train_function(iterator: Any) -> Any:

@@ -24,6 +24,7 @@ from aecli.atomic import current_umask, read_json, write_json_atomic
 from aecli.errors import RunError, shorten
 
 RUN_FILE = "run.json"
+AUGMENTED_SAMPLES = "augmented_samples.png"  # training images and augmented versions (data.augment)
 REQUIRED_ARTIFACTS = ("config.yaml", "model.keras", "encoder.keras", "decoder.keras", RUN_FILE)
 STATUSES = ("running", "completed", "failed", "interrupted")
 

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from aecli.atomic import save_atomic
+from aecli.augment import Augment
 from aecli.backend import import_tensorflow
 from aecli.config import LossConfig, LRScheduleConfig, OptimizerConfig, TrainingConfig
 from aecli.distribute import Placement
@@ -185,6 +186,7 @@ def fit_autoencoder(
     resume: ResumeState | None = None,
     placement: Placement | None = None,
     plan: ExecutionPlan | None = None,
+    augment: Augment | None = None,
 ) -> TrainingResult:
     """Compile `model` and fit it to reproduce its input; checkpoints and logs go under `run_dir`.
 
@@ -192,7 +194,8 @@ def fit_autoencoder(
     training continues after `resume.epoch` finished epochs. Under a distributed `placement`,
     `model` must have been built in its scope; `batch_size` is the global batch. `x_train` and
     `x_val` are arrays, or Streams over shard folders (data larger than memory). `plan` is
-    execution.plan_for_model's, when the caller has already made (and recorded) it.
+    execution.plan_for_model's, when the caller has already made (and recorded) it. `augment`
+    (augment.augmenter's) changes every training batch, never the validation data.
     """
     placement = placement or Placement()
     rows = len(x_train) if isinstance(x_train, np.ndarray) else x_train.rows
@@ -205,11 +208,13 @@ def fit_autoencoder(
         recorder.rows = list(resume.history)
     callbacks = _callbacks(training, monitor, run_dir, recorder, resume)
     noise = noise_spec(training.noise)
-    feeds = make_feeds(x_train, x_val, plan.feed_options(training, noise))
+    feeds = make_feeds(x_train, x_val, plan.feed_options(training, noise, augment))
     if plan.fused and isinstance(x_train, np.ndarray):
         # Keras's fit keeps the train function it finds until the next compile; trained.jit_compile
         # is the plan's choice unless Keras found the model unfit for XLA.
-        trained.train_function = fused_train_function(trained, x_train, trained.jit_compile, noise, training.seed)
+        trained.train_function = fused_train_function(
+            trained, x_train, trained.jit_compile, noise, training.seed, augmented_blocks=augment is not None
+        )
     try:
         seconds = _fit(trained, feeds, training, callbacks, resume, streamed=not isinstance(x_train, np.ndarray))
     finally:

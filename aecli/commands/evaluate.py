@@ -7,6 +7,7 @@ writes nothing; the run's training artifacts are only ever read.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from aecli.reporting import (
     write_metrics_json,
     write_report,
 )
-from aecli.runs import StagedOutputDir, check_new_output_dir, now_iso
+from aecli.runs import AUGMENTED_SAMPLES, StagedOutputDir, check_new_output_dir, now_iso
 from aecli.trained_run import TrainedRun, load_model, open_trained_run
 
 SCORES = ("mse", "mae", "bce")
@@ -131,6 +132,9 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
             out_dir / "errors.csv", errors, evaluated.labels, evaluated.label_names, flags, evaluated.origin
         )
         plot_loss_curves(history, out_dir / "loss_curves.png")
+        augmented = run.path / AUGMENTED_SAMPLES
+        if augmented.is_file():
+            shutil.copyfile(augmented, out_dir / AUGMENTED_SAMPLES)
         plot_reconstruction_grid(
             evaluated.x, reconstructions, errors["mse"], len(run.sample_shape) == 3, out_dir / "reconstructions.png"
         )
@@ -279,11 +283,17 @@ def _report_blocks(run: TrainedRun, metrics: dict[str, Any]) -> list[tuple[str, 
                 f"decoder {config.model.decoder}",
                 "optimizer": f"{config.optimizer.name} (learning rate {config.optimizer.learning_rate:g})",
                 "loss": config.loss.name,
+                "augmentation": config.data.augment.describe(),
                 "epochs run (best)": f"{training.get('epochs_run')} ({training.get('best_epoch')})",
                 "parameters": f"{training.get('parameters', 0):,}",
             },
         ),
         ("image", ("loss_curves.png", "Training and validation loss per epoch")),
+    ]
+    if config.data.augment.active and (run.path / AUGMENTED_SAMPLES).is_file():
+        caption = "Training images (top row) and augmented versions of them: what the model trained on"
+        blocks.append(("image", (AUGMENTED_SAMPLES, caption)))
+    blocks += [
         ("heading", "Reconstruction"),
         ("table", {**metrics["reconstruction"], **{f"error {k}": v for k, v in metrics["error_quantiles"].items()}}),
         ("image", ("reconstructions.png", "Best, typical and worst reconstructions by error")),

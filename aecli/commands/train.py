@@ -20,10 +20,11 @@ import numpy as np
 
 import aecli
 from aecli.atomic import save_atomic, write_json_atomic, write_text_atomic
+from aecli.augment import augmented_examples, augmenter, check_augment
 from aecli.backend import import_tensorflow, select_backend
 from aecli.config import AecliConfig, config_to_yaml, load_config
 from aecli.data import TrainingData, is_streamed, open_training_data
-from aecli.data.shards import check_streamable
+from aecli.data.shards import ShardedData, check_streamable
 from aecli.distribute import Placement, check_mixed_precision, place
 from aecli.errors import ConfigError, DataError, RunError, TrainingDivergedError, as_storage_error
 from aecli.evaluation import DEFAULT_THRESHOLD, error_statistics, report_split, resolve_threshold
@@ -37,8 +38,9 @@ from aecli.models import (
     dtype_policy,
     plan_autoencoder,
 )
-from aecli.reporting import write_errors_csv, write_history_csv, write_metrics_json
+from aecli.reporting import plot_image_rows, write_errors_csv, write_history_csv, write_metrics_json
 from aecli.runs import (
+    AUGMENTED_SAMPLES,
     RUN_FILE,
     ResumeState,
     config_digest,
@@ -77,6 +79,7 @@ def train_run(
     placement = place(config.training.distribute)  # before anything else touches TensorFlow
     dataset = _training_data(config)
     _check_loss_matches_data(config, dataset)
+    check_augment(config.data.augment, dataset.sample_shape)
     plan = plan_autoencoder(config.model, dataset.sample_shape)
     check_model_fits_memory(plan)
     check_mixed_precision(config.training.mixed_precision, config.runtime.backend)
@@ -311,6 +314,9 @@ def _train_and_report(attempt: _Attempt) -> dict[str, Any]:
     in_memory = isinstance(train_input, np.ndarray)
     execution = plan_for_model(autoencoder.model, config.training, full_batch, rows, in_memory, placement)
     update_run_info(run_dir, jit_compile=execution.jit.to_dict())
+    augment = augmenter(config.data.augment, data.scaled_range)
+    if augment is not None and placement.chief:
+        _plot_augmented(augment, data, run_dir, config.training.seed)
     result = fit_autoencoder(
         autoencoder.model,
         train_input,
@@ -323,6 +329,7 @@ def _train_and_report(attempt: _Attempt) -> dict[str, Any]:
         attempt.state,
         placement,
         execution,
+        augment,
     )
     for part in ("model", "encoder", "decoder"):
         save_atomic(run_dir / f"{part}.keras", getattr(autoencoder, part).save)
@@ -336,6 +343,25 @@ def _train_and_report(attempt: _Attempt) -> dict[str, Any]:
     metrics = _error_report(model, data, run_dir, summary)
     write_metrics_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def _plot_augmented(
+    augment: Any, data: TrainingData, run_dir: Path, seed: int, count: int = 8, copies: int = 3
+) -> None:
+    """A picture of what the model trains on: a few training images and augmented versions of them."""
+    if isinstance(data, ShardedData):
+        images = next(data.batches("train", count), (np.empty((0, *data.sample_shape)),))[0][:count]
+    else:
+        images = data.x_train[:count]
+    if not len(images):
+        return
+    low, high = data.scaled_range
+    shown = [
+        (images - low) / max(high - low, 1e-12)
+        for images in [images, *augmented_examples(augment, images, copies, seed)]
+    ]
+    rows = [("training\nimage", shown[0])] + [(f"augmented\n#{n}", batch) for n, batch in enumerate(shown[1:], 1)]
+    plot_image_rows(rows, run_dir / AUGMENTED_SAMPLES)
 
 
 def _error_report(model: Any, data: TrainingData, run_dir: Path, training: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from aecli.augment import check_augment
 from aecli.config import AecliConfig, build_config
 from aecli.data import peek_sample_shape
 from aecli.models import LayerSpec, check_model_fits_memory, count_parameters, plan_autoencoder
@@ -30,4 +31,5 @@ def validate_experiment(path: Path, overrides: Sequence[str]) -> Validated:
     `check_fits_memory` refuses a model too large to train here)."""
     config = build_config(path, overrides)
     input_shape = peek_sample_shape(config.data)
+    check_augment(config.data.augment, input_shape)
     return Validated(config, input_shape, plan_autoencoder(config.model, input_shape))

@@ -143,9 +143,10 @@ GEOMETRIC_AUGMENTATIONS = ("translation", "rotation", "zoom", "flip")
 
 
 class AugmentConfig(_Section):
-    """Random changes to the training images, drawn afresh every epoch by Keras's preprocessing
-    layers; validation and test data are never augmented. Every amount 0 (the default) is no
-    augmentation, so `aecli compare --vary data.augment.rotation=0,0.1` has a plain baseline."""
+    """Random changes to the training images, drawn afresh every epoch (amounts as Keras's
+    preprocessing layers take them; see augment.py); validation and test data are never
+    augmented. Every amount 0 (the default) is no augmentation, so `aecli compare --vary
+    data.augment.rotation=0,0.1` has a plain baseline."""
 
     translation: float = Field(
         0.0,

@@ -24,6 +24,8 @@ from aecli.feeds import FeedOptions, steps_after_block, tensor_view
 from aecli.interrupts import pending_interrupt
 from aecli.noise import NoiseSpec, corrupt_tensor
 
+# An augmented fused block holds its batches (not row indices): at most this many bytes of them.
+AUGMENTED_BLOCK_BYTES = 32 * 2**20
 # Python sees Ctrl-C/SIGTERM only between compiled calls: a fused block is cut into calls of about this long.
 SECONDS_PER_CALL = 1.0
 
@@ -86,6 +88,7 @@ def plan_execution(
     layer_kinds: set[str],
     placement: Placement,
     machine: Machine,
+    augmented_sample_bytes: int = 0,
 ) -> ExecutionPlan:
     """The plan for `rows` training rows of a model made of `layer_kinds` on `machine`.
 
@@ -94,6 +97,8 @@ def plan_execution(
     multi-step loop fails on distributed iterators) and on PyTorch (Keras's trainer refuses more).
     In-memory arrays on a CPU train in fused blocks (`fused_train_function`); on a GPU the
     captured host array would be copied to the device by every call, so there Keras's loop runs.
+    With augmentation, a fused block carries its batches themselves (`augmented_sample_bytes`
+    per sample), so blocks are cut to at most `AUGMENTED_BLOCK_BYTES`.
     """
     batch_size = rows if full_batch else min(training.batch_size, rows)
     steps = math.ceil(rows / batch_size)
@@ -108,12 +113,15 @@ def plan_execution(
         and machine.backend == "tensorflow"
         and not machine.gpu
     )
+    block_steps = per_call if fused else 0
+    if fused and augmented_sample_bytes:
+        block_steps = min(block_steps, max(1, AUGMENTED_BLOCK_BYTES // (batch_size * augmented_sample_bytes)))
     return ExecutionPlan(
         rows=rows,
         batch_size=batch_size,
         steps=steps,
         steps_per_execution=1 if fused else per_call,
-        block_steps=per_call if fused else 0,
+        block_steps=block_steps,
         jit=jit,
         shuffle=training.shuffle and not full_batch,
         inputs_only=placement.multi_worker,
@@ -121,10 +129,19 @@ def plan_execution(
 
 
 def plan_for_model(
-    model: keras.Model, training: TrainingConfig, full_batch: bool, rows: int, in_memory: bool, placement: Placement
+    model: keras.Model,
+    training: TrainingConfig,
+    full_batch: bool,
+    rows: int,
+    in_memory: bool,
+    placement: Placement,
+    augmented_sample_bytes: int = 0,
 ) -> ExecutionPlan:
     """`plan_execution` for this model on this machine."""
-    return plan_execution(training, rows, full_batch, in_memory, layer_kinds(model), placement, Machine.here())
+    kinds = layer_kinds(model)
+    return plan_execution(
+        training, rows, full_batch, in_memory, kinds, placement, Machine.here(), augmented_sample_bytes
+    )
 
 
 def layer_kinds(model: keras.Layer) -> set[str]:

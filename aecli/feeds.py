@@ -3,7 +3,9 @@
 Side by side, because they share one guarantee: every feed of in-memory arrays walks an epoch
 in `epoch_order` (a seeded shuffle drawn afresh each epoch), whether batches are gathered by
 tf.data (`reconstruction_pipeline`) or inside the compiled program (`step_blocks`, consumed by
-execution.fused_train_function); shard folders stream through `Stream`, reshuffled per epoch.
+execution.fused_train_function; one iterator serves the whole fit, so its epochs after the
+first are shuffled in another order than a new iterator's); shard folders stream through
+`Stream`, reshuffled per epoch. Augmentation (augment.py) changes training batches in tf.data.
 Imports Keras at module level: only the training code (training.py, commands/train.py) imports this.
 """
 
@@ -28,6 +30,7 @@ from aecli.noise import NoiseSpec, corrupt, corrupt_tensor
 PIPELINE_THREADS = 2  # gathering a batch is a memory copy: two threads keep ahead of training
 PIPELINE_PREFETCH = 4  # batches ready ahead of the training step
 VALIDATION_BATCH_SIZE = 1024  # validation only runs forward passes: larger batches, same mean loss
+NOISE_STREAM = 7919  # tf.data noise draws use seed + this, apart from augmentation's draws
 
 
 def reconstruction_pipeline(
@@ -93,8 +96,10 @@ def _twice(batch: Any) -> tuple[Any, Any]:
 
 def with_tensor_noise(batches: Any, noise: NoiseSpec, seed: int) -> Any:
     """(clean, clean) batches -> (corrupted, clean), the noise drawn by TensorFlow's stateless ops
-    as in the fused training program, from `seed` and tf.data's seeded random stream."""
-    return _with_draws(batches, seed).map(lambda pair, draw: (corrupt_tensor(pair[1], noise, draw), pair[1]))
+    as in the fused training program, from tf.data's seeded random stream (a stream apart from
+    the augmentation's, which `seed` itself drives)."""
+    draws = _with_draws(batches, seed + NOISE_STREAM)
+    return draws.map(lambda pair, draw: (corrupt_tensor(pair[1], noise, draw), pair[1]))
 
 
 def _with_draws(batches: Any, seed: int) -> Any:

@@ -200,7 +200,9 @@ def fit_autoencoder(
     placement = placement or Placement()
     rows = len(x_train) if isinstance(x_train, np.ndarray) else x_train.rows
     if plan is None:
-        plan = plan_for_model(model, training, optimizer.name == "gd", rows, isinstance(x_train, np.ndarray), placement)
+        in_memory = isinstance(x_train, np.ndarray)
+        sample_bytes = x_train[0].nbytes if augment is not None and isinstance(x_train, np.ndarray) else 0
+        plan = plan_for_model(model, training, optimizer.name == "gd", rows, in_memory, placement, sample_bytes)
     trained = _compile(model, plan, optimizer, loss, training, placement, resume)
     monitor = _monitor(training, has_validation=x_val is not None)
     recorder = _HistoryRecorder(training.epochs, plan.steps, reporter, plan.steps_after())

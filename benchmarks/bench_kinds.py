@@ -192,10 +192,13 @@ def worker_ops(op: str, jit: int, fused: int) -> dict[str, Any]:
                 step()
 
     run(tf.constant(2))
-    steps = 12
-    started = time.perf_counter()
-    run(tf.constant(steps))
-    return {"ms_per_step": (time.perf_counter() - started) / steps * 1000}
+    steps, repeats = 12, 5
+    times = []
+    for _ in range(repeats):  # the median of several short runs: one run alone swung by 2x here
+        started = time.perf_counter()
+        run(tf.constant(steps))
+        times.append((time.perf_counter() - started) / steps * 1000)
+    return {"ms_per_step": statistics.median(times)}
 
 
 # ---------------------------------------------------------------- the parent
@@ -223,6 +226,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--only", nargs="*", help="config file names (default: all shipped configs)")
     parser.add_argument("--no-ops", action="store_true", help="skip the per-op XLA table")
+    parser.add_argument("--ops-only", action="store_true", help="only the per-op XLA table (ops.md)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     if args.worker:
@@ -239,6 +243,9 @@ def main() -> None:
     if not args.no_ops:
         ops = measure_ops()
         (args.out / "ops.md").write_text(render_ops(ops))
+        if args.ops_only:
+            print(render_ops(ops))
+            return
     results: dict[str, Any] = {}
     for config, _ in CONFIGS:
         if args.only and config not in args.only:
@@ -281,7 +288,8 @@ def render_ops(ops: dict[str, dict[str, float]]) -> str:
         "## Which ops XLA slows down on a CPU",
         "",
         "Command: `python benchmarks/bench_kinds.py` (part of `make bench`). Milliseconds per training step "
-        "(forward, backward, Adam) of a two-layer model built around each op, batch 128, TensorFlow backend: "
+        "(forward, backward, Adam; the median of five runs of 12 steps) of a two-layer model built around each "
+        "op, batch 128, TensorFlow backend: "
         "one compiled call per step (as Keras's loop) or every step inside one compiled loop (as aecli's "
         "fused blocks), each without and with XLA. These numbers are the rule behind `training.jit_compile: "
         "auto` (aecli/compilation.py): XLA for dense models on a CPU, none for convolutions and pooling.",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -96,25 +95,60 @@ def test_moves_are_fresh_per_draw_reproducible_and_keep_the_value_range() -> Non
     np.testing.assert_allclose(first.sum(axis=(1, 2, 3)), images.sum(axis=(1, 2, 3)), rtol=0.3)
 
 
-def test_a_quarter_turn_rotates_an_image_exactly() -> None:
-    image = _images(1)
-    turned = _augment(AugmentConfig(rotation=0.25), np.repeat(image, 400, axis=0))
-    quarter = [np.rot90(image[0], k) for k in (1, 3)]
-    # rotation 0.25 draws angles in [-90, 90] degrees: the extremes are rare, but close ones
-    # match a 90-degree turn almost exactly, the sign convention included either way
-    closest = min(min(np.abs(t - q).max() for q in quarter) for t in turned)
-    assert closest < 0.05
+def _bar_angle(image: np.ndarray) -> float:
+    """The orientation of the bright mass of an image, in degrees from horizontal (second moments)."""
+    rows, columns = np.indices(image.shape[:2])
+    weight = image[..., 0] / image.sum()
+    dr, dc = rows - (weight * rows).sum(), columns - (weight * columns).sum()
+    var_r, var_c, cov = (weight * dr * dr).sum(), (weight * dc * dc).sum(), (weight * dr * dc).sum()
+    return float(np.degrees(0.5 * np.arctan2(2 * cov, var_c - var_r)))
 
 
-@pytest.mark.parametrize("fill_mode", ["nearest", "constant", "reflect", "wrap"])
-def test_fill_modes_fill_what_a_shift_uncovers(fill_mode: str) -> None:
+def test_rotation_turns_by_up_to_its_fraction_of_a_turn() -> None:
+    bar = np.zeros((1, 21, 21, 1), np.float32)
+    bar[0, 10, 3:18] = 1.0  # a horizontal bar through the centre
+    angles = np.abs([_bar_angle(image) for image in _augment(AugmentConfig(rotation=0.05), np.repeat(bar, 300, 0))])
+    assert angles.max() <= 18.5 and angles.max() > 15  # 0.05 of a turn is 18 degrees, either way
+    assert 5 < np.median(angles) < 13  # uniform in [0, 18]: median 9
+
+
+def test_translation_shifts_by_up_to_its_fraction_of_the_size() -> None:
+    dot = np.zeros((1, 20, 20, 1), np.float32)
+    dot[0, 9:11, 9:11] = 1.0
+    moved = _augment(AugmentConfig(translation=0.1), np.repeat(dot, 300, 0))
+    rows, columns = np.indices((20, 20))
+    centres = np.array([[(m[..., 0] * rows).sum(), (m[..., 0] * columns).sum()] / m.sum() for m in moved])
+    shifts = np.abs(centres - 9.5)
+    assert shifts.max() <= 2.0 + 1e-3 and shifts.max() > 1.7  # 0.1 of 20 pixels, along each axis
+
+
+def test_zoom_scales_by_up_to_its_fraction() -> None:
+    square = np.zeros((1, 21, 21, 1), np.float32)
+    square[0, 6:15, 6:15] = 1.0
+    masses = np.array([m.sum() for m in _augment(AugmentConfig(zoom=0.2), np.repeat(square, 300, 0))])
+    scale = np.sqrt(square.sum() / masses)  # zooming out by a factor z shrinks the area by z^2
+    assert 0.8 - 0.02 <= scale.min() < 0.85 and 1.15 < scale.max() <= 1.2 + 0.02
+
+
+def test_fill_modes_map_outside_pixels_as_keras_does() -> None:
+    import tensorflow as tf
+
+    from aecli.augment import _fixed_index
+
+    index = tf.constant([-3, -2, -1, 0, 1, 2, 3, 4, 5, 6])
+    expected = {
+        "nearest": [0, 0, 0, 0, 1, 2, 3, 3, 3, 3],
+        "constant": [0, 0, 0, 0, 1, 2, 3, 3, 3, 3],  # clamped, then zeroed by the caller
+        "reflect": [2, 1, 0, 0, 1, 2, 3, 3, 2, 1],  # d c b a | a b c d | d c b a
+        "wrap": [1, 2, 3, 0, 1, 2, 3, 0, 1, 2],
+    }
+    for mode, mapped in expected.items():
+        assert _fixed_index(index, 4, mode).numpy().tolist() == mapped, mode
     image = np.ones((1, 8, 8, 1), np.float32)
-    image[0, :, 0] = 0.5  # a distinct left column
-    shifted = _augment(AugmentConfig(translation=0.5, fill_mode=fill_mode), np.repeat(image, 50, axis=0))
-    if fill_mode == "constant":
-        assert (shifted == 0).any()  # uncovered pixels are 0
-    else:
-        assert shifted.min() >= 0.5  # uncovered pixels repeat, mirror or wrap the image's own values
+    moved = _augment(AugmentConfig(translation=0.5, fill_mode="constant"), np.repeat(image, 20, 0))
+    assert (moved == 0).any()  # what a shift uncovers is 0
+    moved = _augment(AugmentConfig(translation=0.5, fill_mode="nearest"), np.repeat(image, 20, 0))
+    np.testing.assert_allclose(moved, 1.0)  # ... or the edge, repeated
 
 
 def test_contrast_keeps_each_images_mean_and_the_range() -> None:
@@ -126,33 +160,82 @@ def test_contrast_keeps_each_images_mean_and_the_range() -> None:
     assert spreads.min() < 0.25 < spreads.max() and spreads.max() <= 0.25 * 1.5 + 1e-6
 
 
-def test_feeds_augment_training_batches_and_never_validation(digits: tuple) -> None:
+def _first_training_pair(feeds, fused: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets) of the first training step; a fused block holds the augmented batches
+    themselves (its noise is drawn inside the compiled program), so there inputs are targets."""
+    first = next(iter(feeds.train))
+    if fused:
+        batch = first[0].numpy()[0]
+        return batch, batch
+    return first[0].numpy(), first[1].numpy()
+
+
+@pytest.mark.parametrize(("block_steps", "pipeline"), [(4, "tensor"), (0, "tensor"), (0, "arrays")])
+def test_feeds_augment_training_batches_and_never_validation(digits: tuple, block_steps: int, pipeline: str) -> None:
     from aecli.feeds import FeedOptions, make_feeds
     from aecli.noise import NoiseSpec
 
     x_train, x_val = digits
     augment = augmenter(AugmentConfig(rotation=0.1, translation=0.1), (0.0, 1.0))
-    for block_steps in (4, 0):  # fused blocks, then Keras's loop over a tf.data pipeline
-        for noise in (None, NoiseSpec("gaussian", 0.2)):
-            options = FeedOptions(32, False, 0, "tensor", noise=noise, block_steps=block_steps, augment=augment)
-            feeds = make_feeds(x_train, x_val, options)
-            val_in, val_out = (
-                np.concatenate(part)
-                for part in zip(*[(a.numpy(), b.numpy()) for a, b in feeds.validation], strict=True)
-            )
-            np.testing.assert_array_equal(val_out, x_val)  # targets: the clean validation rows
-            if noise is None:
-                np.testing.assert_array_equal(val_in, x_val)
-            first = next(iter(feeds.train))
-            if block_steps:
-                full, rest = divmod(len(x_train), 32)
-                assert feeds.steps_per_epoch == math.ceil(full / block_steps) + (1 if rest else 0)
-                batch = first[0].numpy()[0]  # the first step of the first block: augmented samples
-            else:
-                batch = first[1].numpy()  # the target: the augmented batch, the input's clean version
-                assert not np.array_equal(first[0].numpy(), batch) or noise is None
-            assert batch.shape == (32, *x_train.shape[1:])
-            assert not np.allclose(batch, x_train[:32])
+    for noise in (None, NoiseSpec("mask", 0.3)):
+        options = FeedOptions(32, False, 0, pipeline, noise=noise, block_steps=block_steps, augment=augment)
+        feeds = make_feeds(x_train, x_val, options)
+        pairs = [(a.numpy(), b.numpy()) for a, b in feeds.validation]
+        np.testing.assert_array_equal(np.concatenate([b for _, b in pairs]), x_val)  # clean targets
+        if noise is None:
+            np.testing.assert_array_equal(np.concatenate([a for a, _ in pairs]), x_val)  # untouched inputs
+        inputs, targets = _first_training_pair(feeds, fused=bool(block_steps))
+        assert targets.shape == (32, *x_train.shape[1:])
+        assert not np.allclose(targets, x_train[:32])  # moved (no shuffle: these are the first 32 rows)
+        assert (
+            np.abs(targets.sum(axis=(1, 2, 3)) - x_train[:32].sum(axis=(1, 2, 3))).mean()
+            < 0.2 * x_train[:32].sum(axis=(1, 2, 3)).mean()
+        )  # ... the same images, moved
+        if noise is None or block_steps:
+            np.testing.assert_array_equal(inputs, targets)  # an augmented image is its own target
+        else:  # mask noise zeroes pixels of the augmented target: the input is that, corrupted
+            assert ((inputs == targets) | (inputs == 0)).all() and (inputs != targets).any()
+
+
+def test_fused_blocks_draw_new_augmentations_every_epoch_and_the_same_on_a_rerun(digits: tuple) -> None:
+    from aecli.feeds import FeedOptions, make_feeds
+
+    x_train, _ = digits
+    augment = augmenter(AugmentConfig(rotation=0.1, zoom=0.1), (0.0, 1.0))
+    options = FeedOptions(32, False, 0, "tensor", block_steps=4, augment=augment)
+
+    def two_epochs() -> list[np.ndarray]:
+        feeds = make_feeds(x_train, None, options)
+        blocks = iter(feeds.train)  # endless: one iterator for the whole fit
+        return [next(blocks)[0].numpy() for _ in range(2 * feeds.steps_per_epoch)]
+
+    first, again = two_epochs(), two_epochs()
+    epoch = len(first) // 2
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)  # reproducible from the seed
+    assert not np.allclose(first[0], first[epoch])  # the same rows (no shuffle), new draws
+
+
+def test_streamed_shards_are_augmented_too(tmp_path: Path) -> None:
+    from aecli.commands.prepare import prepare_shards
+    from aecli.config import DataConfig
+    from aecli.data.shards import open_sharded
+    from aecli.feeds import Stream
+
+    images = (np.random.default_rng(0).random((200, 8, 8)) * 255).astype(np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    cfg = DataConfig(source=str(tmp_path / "images.npy"))
+    out = prepare_shards(cfg, tmp_path / "shards", 64, "npy", say=lambda _: None).out_dir
+    data = open_sharded(DataConfig(source=str(out)), seed=0)
+    augment = augmenter(AugmentConfig(flip="horizontal"), data.scaled_range)
+    plain = [b.numpy() for _, b in Stream(data, "train").dataset(200, False, 0)]
+    flipped = [(a.numpy(), b.numpy()) for a, b in Stream(data, "train").dataset(200, False, 0, augment=augment)]
+    for (inputs, targets), clean in zip(flipped, plain, strict=True):
+        np.testing.assert_array_equal(inputs, targets)
+        mirrored = [
+            np.array_equal(t, c[:, ::-1]) and not np.array_equal(t, c) for t, c in zip(targets, clean, strict=True)
+        ]
+        assert 0.3 < np.mean(mirrored) < 0.7
 
 
 def test_training_with_augmentation_validates_on_clean_rows(tiny_config, cli, tmp_path: Path) -> None:
@@ -197,7 +280,7 @@ def test_augmentation_on_tabular_data_is_refused_before_a_run_exists(tiny_config
     assert not (tmp_path / "runs").exists()
 
 
-def test_the_report_picture_shows_augmented_versions_of_the_first_images() -> None:
+def test_augmented_examples_are_distinct_draws_of_the_same_images() -> None:
     images = _images(4)
     augment = augmenter(AugmentConfig(rotation=0.1), (0.0, 1.0))
     assert augment is not None

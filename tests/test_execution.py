@@ -23,10 +23,12 @@ def plan(
     kinds: set[str] = DENSE,
     placement: Placement | None = None,
     machine: Machine = CPU,
+    augmented_sample_bytes: int = 0,
     **training: object,
 ) -> ExecutionPlan:
     settings = TrainingConfig.model_validate({"batch_size": 32, "steps_per_execution": 8, **training})
-    return plan_execution(settings, rows, full_batch, in_memory, kinds, placement or Placement(), machine)
+    placement = placement or Placement()
+    return plan_execution(settings, rows, full_batch, in_memory, kinds, placement, machine, augmented_sample_bytes)
 
 
 def test_in_memory_dense_data_on_a_cpu_trains_in_fused_xla_blocks() -> None:
@@ -74,3 +76,13 @@ def test_the_plan_hands_its_batching_to_the_feeds() -> None:
     settings = TrainingConfig.model_validate({"batch_size": 32, "steps_per_execution": 8, "seed": 7})
     options = plan(seed=7).feed_options(settings, noise=None)
     assert (options.batch_size, options.block_steps, options.seed, options.pipeline) == (32, 8, 7, "tensor")
+
+
+def test_augmented_blocks_are_cut_to_a_bounded_size() -> None:
+    from aecli.execution import AUGMENTED_BLOCK_BYTES
+
+    small = plan(batch_size=32, steps_per_execution=64, rows=10_000, augmented_sample_bytes=28 * 28 * 4)
+    assert small.block_steps == 64  # 64 steps x 32 MNIST images: 6.4 MB
+    large = plan(batch_size=128, steps_per_execution=64, rows=10_000, augmented_sample_bytes=128 * 128 * 3 * 4)
+    assert large.fused and large.block_steps == max(1, AUGMENTED_BLOCK_BYTES // (128 * 128 * 128 * 3 * 4)) == 1
+    assert plan(batch_size=128, steps_per_execution=64, rows=10_000).block_steps == 64  # no augmentation: indices

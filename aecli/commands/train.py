@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import platform
 import shutil
 import tempfile
@@ -312,7 +313,8 @@ def _train_and_report(attempt: _Attempt) -> dict[str, Any]:
     rows = len(train_input) if isinstance(train_input, np.ndarray) else train_input.rows
     full_batch = config.optimizer.name == "gd"
     in_memory = isinstance(train_input, np.ndarray)
-    execution = plan_for_model(autoencoder.model, config.training, full_batch, rows, in_memory, placement)
+    sample_bytes = 4 * math.prod(data.sample_shape) if config.data.augment.active else 0  # float32 samples
+    execution = plan_for_model(autoencoder.model, config.training, full_batch, rows, in_memory, placement, sample_bytes)
     update_run_info(run_dir, jit_compile=execution.jit.to_dict())
     augment = augmenter(config.data.augment, data.scaled_range)
     if augment is not None and placement.chief:

@@ -20,7 +20,7 @@ from aecli.backend import import_tensorflow
 from aecli.compilation import JitDecision, resolve_jit_compile
 from aecli.config import TrainingConfig
 from aecli.distribute import Placement, gpu_available
-from aecli.feeds import FeedOptions, steps_after_block, tensor_view
+from aecli.feeds import FeedOptions, Stream, steps_after_block, tensor_view
 from aecli.interrupts import pending_interrupt
 from aecli.noise import NoiseSpec, corrupt_tensor
 
@@ -132,16 +132,16 @@ def plan_for_model(
     model: keras.Model,
     training: TrainingConfig,
     full_batch: bool,
-    rows: int,
-    in_memory: bool,
+    train_input: np.ndarray | Stream,
     placement: Placement,
-    augmented_sample_bytes: int = 0,
+    augmented: bool = False,
 ) -> ExecutionPlan:
-    """`plan_execution` for this model on this machine."""
+    """`plan_execution` for this model, its training input (arrays or a shard stream) and this machine."""
+    in_memory = isinstance(train_input, np.ndarray)
+    rows = len(train_input) if isinstance(train_input, np.ndarray) else train_input.rows
+    sample_bytes = train_input[0].nbytes if augmented and isinstance(train_input, np.ndarray) else 0
     kinds = layer_kinds(model)
-    return plan_execution(
-        training, rows, full_batch, in_memory, kinds, placement, Machine.here(), augmented_sample_bytes
-    )
+    return plan_execution(training, rows, full_batch, in_memory, kinds, placement, Machine.here(), sample_bytes)
 
 
 def layer_kinds(model: keras.Layer) -> set[str]:

@@ -198,11 +198,9 @@ def fit_autoencoder(
     (augment.augmenter's) changes every training batch, never the validation data.
     """
     placement = placement or Placement()
-    rows = len(x_train) if isinstance(x_train, np.ndarray) else x_train.rows
     if plan is None:
-        in_memory = isinstance(x_train, np.ndarray)
-        sample_bytes = x_train[0].nbytes if augment is not None and isinstance(x_train, np.ndarray) else 0
-        plan = plan_for_model(model, training, optimizer.name == "gd", rows, in_memory, placement, sample_bytes)
+        plan = plan_for_model(model, training, optimizer.name == "gd", x_train, placement, augment is not None)
+    rows = plan.rows
     trained = _compile(model, plan, optimizer, loss, training, placement, resume)
     monitor = _monitor(training, has_validation=x_val is not None)
     recorder = _HistoryRecorder(training.epochs, plan.steps, reporter, plan.steps_after())

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import platform
 import shutil
 import tempfile
@@ -310,11 +309,9 @@ def _train_and_report(attempt: _Attempt) -> dict[str, Any]:
     with placement.scope():
         autoencoder = _model_to_train(attempt)
     train_input, validation = fit_inputs(data)
-    rows = len(train_input) if isinstance(train_input, np.ndarray) else train_input.rows
     full_batch = config.optimizer.name == "gd"
-    in_memory = isinstance(train_input, np.ndarray)
-    sample_bytes = 4 * math.prod(data.sample_shape) if config.data.augment.active else 0  # float32 samples
-    execution = plan_for_model(autoencoder.model, config.training, full_batch, rows, in_memory, placement, sample_bytes)
+    augmented = bool(config.data.augment.active)
+    execution = plan_for_model(autoencoder.model, config.training, full_batch, train_input, placement, augmented)
     update_run_info(run_dir, jit_compile=execution.jit.to_dict())
     augment = augmenter(config.data.augment, data.scaled_range)
     if augment is not None and placement.chief:

@@ -49,6 +49,7 @@ fuzz: $(STAMP) ## the property-based tests with a long budget (make fuzz EXAMPLE
 bench: $(STAMP) ## speed and memory benchmarks (writes BENCHMARKS.md; about 25 minutes)
 	$(BIN)/python benchmarks/bench_streaming.py
 	$(BIN)/python benchmarks/bench_kinds.py
+	$(BIN)/python benchmarks/bench_series.py
 	$(BIN)/python benchmarks/bench.py
 
 lint: $(STAMP) ## ruff

@@ -45,6 +45,23 @@ ForceOption = Annotated[
         "--force", help="Use the run's data files even if their content changed since training (see run.json)."
     ),
 ]
+ThresholdOption = Annotated[
+    str | None,
+    typer.Option(
+        help="max, percentile:95 or mean_std:1 (of the training errors), contamination:0.1, or a number "
+        "(default: the run's anomaly.threshold)."
+    ),
+]
+AnomalyWindowsOption = Annotated[
+    Path | None,
+    typer.Option(help="Series runs: labelled anomalous windows, NAB's JSON layout {file: [[start, end], ...]}."),
+]
+PointsOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Series runs: a step's score from the windows covering it: mean, max or all (default: the run's)."
+    ),
+]
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a config key, e.g. --set optimizer.name=sgd (repeatable)."),
@@ -168,6 +185,8 @@ def train(
         return
     run_dir, metrics = done
     _print_training_summary(console, metrics)
+    for note in metrics.get("data_notes", []):
+        console.print(f"note: {note}", soft_wrap=True)
     console.print(f"model:  {run_dir / 'model.keras'} (+ encoder.keras, decoder.keras)")
     console.print(f"report: {run_dir / 'metrics.json'} (per sample: errors.csv, per epoch: history.csv)")
     typer.echo(str(run_dir))
@@ -298,14 +317,12 @@ def evaluate(
     anomaly_data: Annotated[
         str | None, typer.Option(help="A source whose every sample is an anomaly (the evaluated data is normal).")
     ] = None,
-    score: Annotated[str, typer.Option(help="Anomaly score: per-sample mse, mae or bce.")] = "mse",
-    threshold: Annotated[
-        str | None,
-        typer.Option(
-            help="percentile:95 or mean_std:1 (of the training errors), contamination:0.1, or a number "
-            "(default: the run's, percentile:95)."
-        ),
+    score: Annotated[
+        str | None, typer.Option(help="Anomaly score: per-sample mse, mae or bce (default: the run's anomaly.score).")
     ] = None,
+    threshold: ThresholdOption = None,
+    anomaly_windows: AnomalyWindowsOption = None,
+    points: PointsOption = None,
     tsne: Annotated[bool, typer.Option("--tsne", help="Project the latent space with t-SNE instead of PCA.")] = False,
     force: ForceOption = False,
     backend: BackendOption = None,
@@ -322,6 +339,8 @@ def evaluate(
         anomaly_data=anomaly_data,
         score=score,
         threshold=threshold,
+        anomaly_windows=anomaly_windows,
+        points=points,
         tsne=tsne,
         backend=backend,
         force=force,
@@ -354,6 +373,22 @@ def _print_evaluation_summary(console: Console, metrics: dict[str, Any]) -> None
         table.add_row(
             "flagged", f"{anomaly['n_flagged']} of {metrics['n_samples']} ({anomaly['n_anomalies']} anomalies)"
         )
+    in_time = metrics.get("anomalies_in_time")
+    if in_time:
+        table.add_row(f"threshold ({in_time['threshold_spec']}, {in_time['score']})", f"{in_time['threshold']:.5g}")
+        table.add_row("flagged steps", f"{in_time['flagged_steps']} of {in_time['steps']}")
+        for entry in in_time["ranges"][:5]:
+            table.add_row("flagged range", f"{entry['start']} to {entry['end']} (peak {entry['peak_score']:.4g})")
+        if len(in_time["ranges"]) > 5:
+            table.add_row("flagged ranges", f"{len(in_time['ranges'])} in all (anomalies.csv)")
+        detection = in_time.get("detection")
+        if detection:
+            f1 = f"{detection['point_precision']:.3f} / {detection['point_recall']:.3f} / {detection['point_f1']:.3f}"
+            table.add_row("point precision / recall / f1", f1)
+            table.add_row(
+                "labelled windows detected", f"{detection['windows_detected']} of {detection['labelled_windows']}"
+            )
+            table.add_row("flagged ranges outside them", str(detection["ranges_outside_windows"]))
     console.print(table)
 
 
@@ -366,6 +401,14 @@ def reconstruct(
         typer.Argument(help="Image files (PNG/JPG...) or data files (IDX, .npz, .npy, .csv).", show_default=False),
     ] = None,
     indices: Annotated[str | None, typer.Option(help="Indices of the run's test split, e.g. 0,5,9.")] = None,
+    time_range: Annotated[
+        str | None,
+        typer.Option(
+            "--range",
+            help="Series runs: START,END of the stretch to reconstruct, times (or steps when untimed), from INPUT "
+            "or the run's own series.",
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default: <run>/reconstruct-<timestamp>).")] = None,
     noise: Annotated[
         str | None,
@@ -388,6 +431,7 @@ def reconstruct(
 
     request = ReconstructRequest(
         run_dir=run_dir,
+        time_range=time_range,
         inputs=inputs or [],
         indices=_parse_int_list(indices, "--indices"),
         out=out,
@@ -410,6 +454,38 @@ def reconstruct(
         )
     console.print(f"grid: {outcome.out_dir / 'reconstructions.png'}, table: reconstructions.csv", soft_wrap=True)
     typer.echo(str(outcome.out_dir))
+
+
+@app.command()
+@reports_errors
+def embed(
+    run_dir: Annotated[Path, typer.Argument(help="A completed run directory.", show_default=False)],
+    input: Annotated[
+        str,
+        typer.Argument(
+            help="Data to encode, read the way the run read its data (a series file: its windows).", show_default=False
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="A new .npy (codes only) or .csv (ids, labels, codes) file (default: <run>/embeddings-<time>.csv)."
+        ),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="data.KEY=VALUE: how to read INPUT.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Samples encoded per call.")] = 4096,
+    backend: BackendOption = None,
+) -> None:
+    """The latent code of every sample of INPUT, one row per sample in input order."""
+    from aecli.commands.embed import EmbedRequest
+    from aecli.commands.embed import embed as embed_input
+
+    request = EmbedRequest(run_dir, input, out, overrides or [], batch_size, backend)
+    outcome = _interruptible(lambda: embed_input(request), "interrupted: no embeddings written")
+    _console().print(f"encoded {outcome.rows:,} sample(s) into {outcome.dimensions} dimensions", soft_wrap=True)
+    typer.echo(str(outcome.out))
 
 
 @app.command()

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-# On a CPU, XLA runs these (forward and gradients) slower than TensorFlow's own oneDNN kernels:
+# On a CPU, XLA runs these (forward and gradients) slower than TensorFlow's own kernels:
 # up to 2x per step, and 6-14x inside aecli's multi-step blocks, where XLA compiles them into one
 # loop; dense layers, on the other hand, gain from XLA there (BENCHMARKS.md).
 SLOWER_UNDER_XLA_ON_CPU = frozenset(
@@ -28,6 +28,10 @@ SLOWER_UNDER_XLA_ON_CPU = frozenset(
         "MaxPooling2D",
         "AveragePooling1D",
         "AveragePooling2D",
+        # Recurrent layers: an LSTM(64) autoencoder on 2,939 windows of 288 steps took 38 s per epoch
+        # with XLA and 6.5 s without (configs/nab_conv1d.yaml with model.kind lstm).
+        "LSTM",
+        "GRU",
     }
 )
 

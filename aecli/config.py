@@ -29,8 +29,9 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
-from aecli.errors import ConfigError, clip, shorten
+from aecli.errors import AecliError, ConfigError, clip, shorten
 from aecli.safe_yaml import CORE_RESOLVERS, MAX_DOCUMENT_BYTES, load_yaml
+from aecli.thresholds import parse_threshold
 
 Activation = Literal[
     "relu", "elu", "selu", "gelu", "silu", "swish", "leaky_relu", "tanh", "sigmoid", "softplus", "linear"
@@ -186,6 +187,42 @@ class AugmentConfig(_Section):
         return ", ".join(f"{name} {getattr(self, name)}" for name in self.active) or "none"
 
 
+class SeriesConfig(_Section):
+    """A CSV of observations over time (one row per time step), cut into sliding windows."""
+
+    time_column: str | int | None = Field(
+        None, description="column (name or index) of the timestamps; default: rows are in time order, untimed"
+    )
+    value_columns: list[str | int] | None = Field(
+        None, min_length=1, description="columns (names or indexes) of the values; default: every other column"
+    )
+    time_format: str | None = Field(
+        None, description="strptime format of the timestamps, e.g. '%d/%m/%Y %H:%M'; default: ISO 8601"
+    )
+    missing: Literal["refuse", "interpolate", "ffill"] = Field(
+        "refuse",
+        description="empty or NaN values: refuse (an error naming the line), interpolate linearly, or carry the "
+        "last value forward",
+    )
+
+
+class WindowConfig(_Section):
+    size: PositiveInt = Field(64, le=1_000_000, description="time steps per window (one sample)")
+    stride: PositiveInt = Field(1, description="time steps between the starts of consecutive windows")
+
+
+class SequencesConfig(_Section):
+    """One equal-length sequence per row (the UCR/UEA archive layout), each row one sample."""
+
+    label: Literal["first", "last", "none"] = Field(
+        "first", description="where each row's label is: first (UCR), last (the TensorFlow tutorial's ecg.csv), none"
+    )
+
+
+# Scalings whose output is not in [0, 1]: the default output activation is then linear.
+UNBOUNDED_SCALINGS = ("none", "zscore", "zscore_global")
+
+
 class DataConfig(_Section):
     source: str = Field(
         "digits",
@@ -203,15 +240,36 @@ class DataConfig(_Section):
         None, min_length=1, description="train only on these labels, as written in the data (numbers or names)"
     )
     limit: PositiveInt | None = Field(None, description="read at most this many rows of each source split")
-    scaling: Literal["auto", "minmax", "global", "none"] = Field(
+    scaling: Literal["auto", "minmax", "global", "zscore", "zscore_global", "none"] = Field(
         "auto",
-        description="auto: uint8 /255, other images global min-max, tabular per-feature min-max "
-        "(fitted on the training split)",
+        description="auto: uint8 /255, other images global min-max, tabular per-feature min-max, series z-score "
+        "per channel, sequences min-max per channel; zscore: (x - mean) / std per feature (per channel for "
+        "series); all fitted on the training split",
+    )
+    series: SeriesConfig | None = Field(
+        None, description="data.source is a CSV of values over time: cut it into windows (data.window), split by time"
+    )
+    window: WindowConfig = Field(default_factory=WindowConfig, description="series only: sliding windows")
+    sequences: SequencesConfig | None = Field(
+        None, description="data.source holds one equal-length sequence per row (UCR/UEA layout); `true` = defaults"
     )
     augment: AugmentConfig = Field(
         default_factory=AugmentConfig,
         description="random translation, rotation, zoom, flip and contrast of the training images (off by default)",
     )
+
+    @field_validator("series", "sequences", mode="before")
+    @classmethod
+    def _layout_switch(cls, value: Any) -> Any:
+        return _expand_switch(value)
+
+    @property
+    def is_series(self) -> bool:
+        """Samples are sequences over time (windows of a series, or one sequence per row)."""
+        return self.series is not None or self.sequences is not None
+
+    def _inapplicable(self) -> dict[str, str]:
+        return {} if self.series is not None else {"window": "applies to a series source (data.series) only"}
 
     @field_validator("classes", mode="before")
     @classmethod
@@ -239,6 +297,14 @@ class DataConfig(_Section):
             raise ValueError(
                 f"validation_split + test_split must be below 1, got {self.validation_split} + {self.test_split}"
             )
+        if self.series is not None and self.sequences is not None:
+            raise ValueError("series: a source is either a series (data.series) or sequences (data.sequences)")
+        if self.is_series and self.augment.active:
+            raise ValueError("augment: image augmentation does not apply to time series")
+        if self.series is not None:
+            for key in ("id_column", "labels_path", "classes"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key}: does not apply to a series source (its samples are windows, not rows)")
         return self
 
 
@@ -271,20 +337,29 @@ class RegularizationConfig(_Section):
 DENSE_ENCODER = (128, 64)  # the encoder's default widths for dense bodies
 
 
+RECURRENT_ENCODER = (64,)  # the recurrent units of lstm and gru encoders by default
+
+
 class ModelConfig(_Section):
-    kind: Literal["dense", "conv", "vae"] = Field("dense", description="dense, conv, or vae (variational)")
+    kind: Literal["dense", "conv", "vae", "conv1d", "lstm", "gru"] = Field(
+        "dense",
+        description="dense, conv (images), vae (variational), or for time series conv1d (Conv1D blocks mirrored by "
+        "Conv1DTranspose), lstm or gru (recurrent encoder and decoder)",
+    )
     body: Literal["dense", "conv"] = Field("dense", description="vae only: dense or conv layers")
     encoder: list[PositiveInt] = Field(
         default_factory=lambda: list(DENSE_ENCODER),
-        description="dense hidden widths of the encoder, input side first (default: [128, 64] for dense "
-        "bodies, none after conv blocks)",
+        description="hidden widths of the encoder, input side first: dense layers (default [128, 64]; none after "
+        "conv blocks), or recurrent units for lstm and gru (default [64])",
     )
     latent_dim: PositiveInt = Field(32, description="size of the code")
     decoder: list[PositiveInt] = Field(
-        default_factory=list, description="dense hidden widths of the decoder (default: the encoder's, mirrored)"
+        default_factory=list,
+        description="hidden widths of the decoder, dense or recurrent like the encoder's (default: the encoder's, "
+        "mirrored)",
     )
-    filters: list[PositiveInt] = Field([32, 64], min_length=1, description="conv: filters per block")
-    kernel_size: PositiveInt = Field(3, description="conv: kernel size")
+    filters: list[PositiveInt] = Field([32, 64], min_length=1, description="conv and conv1d: filters per block")
+    kernel_size: PositiveInt = Field(3, description="conv and conv1d: kernel size")
     downsample: Literal["stride", "maxpool"] = Field(
         "stride", description="conv: halve the size per block by stride-2 convolutions or 2x2 max pooling"
     )
@@ -300,14 +375,24 @@ class ModelConfig(_Section):
 
     @property
     def uses_conv(self) -> bool:
+        """2-D (image) convolutions."""
         return self.kind == "conv" or (self.kind == "vae" and self.body == "conv")
+
+    @property
+    def has_blocks(self) -> bool:
+        """Convolution blocks, 2-D or 1-D: filters, kernel_size and downsample apply."""
+        return self.uses_conv or self.kind == "conv1d"
+
+    @property
+    def is_recurrent(self) -> bool:
+        return self.kind in ("lstm", "gru")
 
     def _inapplicable(self) -> dict[str, str]:
         knobs = {}
         if self.kind != "vae":
             knobs = dict.fromkeys(("body", "beta"), f"applies to model.kind vae only, not {self.kind!r}")
-        if not self.uses_conv:
-            reason = "applies to conv models only (kind conv, or vae with body conv)"
+        if not self.has_blocks:
+            reason = "applies to conv models only (kind conv or conv1d, or vae with body conv)"
             knobs.update(dict.fromkeys(("filters", "kernel_size", "downsample"), reason))
         return knobs
 
@@ -318,15 +403,18 @@ class ModelConfig(_Section):
         if not isinstance(data, dict):
             return data
         data = dict(data)
-        conv = data.get("kind") == "conv" or (data.get("kind") == "vae" and data.get("body") == "conv")
+        kind = data.get("kind")
+        conv = kind in ("conv", "conv1d") or (kind == "vae" and data.get("body") == "conv")
         if data.get("encoder") is None:
-            data["encoder"] = [] if conv else list(DENSE_ENCODER)
+            data["encoder"] = [] if conv else list(RECURRENT_ENCODER if kind in ("lstm", "gru") else DENSE_ENCODER)
         if data.get("decoder") is None and isinstance(data["encoder"], list):
             data["decoder"] = list(reversed(data["encoder"]))
         return data
 
     @model_validator(mode="after")
     def _check_family(self) -> ModelConfig:
+        if self.is_recurrent and (not self.encoder or not self.decoder):
+            raise ValueError(f"encoder: a {self.kind} model needs at least one recurrent layer in encoder and decoder")
         if self.kind == "vae" and (self.regularization.sparsity is not None or self.regularization.activity_l1):
             raise ValueError("regularization: sparsity and activity_l1 apply to dense and conv codes, not vae")
         if self.regularization.sparsity is not None and self.latent_activation != "sigmoid":
@@ -493,6 +581,33 @@ class TrainingConfig(_Section):
         return _expand_shorthand(info.field_name or "", value)
 
 
+class AnomalyConfig(_Section):
+    """How reconstruction errors become anomaly flags: recorded in the run, used by `aecli evaluate`
+    unless its --score/--threshold say otherwise."""
+
+    score: Literal["mse", "mae", "bce"] = Field(
+        "mse", description="per-sample error used as the anomaly score (bce needs data in [0, 1])"
+    )
+    threshold: str = Field(
+        "percentile:95",
+        description="max (largest training error), percentile:Q or mean_std:K of the training errors, "
+        "contamination:F (flag that share of the evaluated data), or a number",
+    )
+    points: Literal["mean", "max", "all"] | None = Field(
+        None,
+        description="series only: a time step's score from the windows covering it: their mean (the default), max, "
+        "or all (the smallest: a step is flagged only when every window covering it is)",
+    )
+
+    @field_validator("threshold")
+    @classmethod
+    def _known_threshold(cls, value: str) -> str:
+        try:
+            return str(parse_threshold(value, "threshold"))
+        except AecliError as exc:
+            raise PydanticCustomError("threshold", str(exc).removeprefix("threshold ")) from None
+
+
 class RuntimeConfig(_Section):
     backend: Literal["tensorflow", "jax", "torch"] = Field(
         "tensorflow", description="Keras backend that trains and runs the model (jax and torch are extras)"
@@ -505,6 +620,7 @@ class AecliConfig(_Section):
     optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig.model_validate({}))
     loss: LossConfig = Field(default_factory=LossConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @field_validator("loss", mode="before")
@@ -522,7 +638,9 @@ class AecliConfig(_Section):
         model, section = data.get("model") or {}, data.get("data") or {}
         if not isinstance(model, dict) or model.get("output_activation") is not None:
             return data
-        unscaled = isinstance(section, dict) and section.get("scaling") == "none"
+        scaling = section.get("scaling") if isinstance(section, dict) else None
+        series = isinstance(section, dict) and section.get("series") not in (None, False)
+        unscaled = scaling in UNBOUNDED_SCALINGS or (series and scaling in (None, "auto"))
         return {**data, "model": {**model, "output_activation": "linear" if unscaled else "sigmoid"}}
 
     @model_validator(mode="after")
@@ -534,6 +652,8 @@ class AecliConfig(_Section):
             )
         if self.model.kind == "vae" and self.loss.name not in ("mse", "bce"):
             raise ValueError(f"loss.name: a vae's reconstruction term is mse or bce, got {self.loss.name!r}")
+        if self.anomaly.points is not None and self.data.series is None:
+            raise ValueError("anomaly.points: applies to a series source (data.series) only")
         distributed = self.training.distribute.strategy != "none"
         if distributed and self.runtime.backend != "tensorflow":
             raise ValueError(
@@ -595,14 +715,19 @@ def build_config(
     for override in overrides:
         key = override.partition("=")[0].strip()
         if allowed is not None and not any(_within(key, prefix) for prefix in allowed):
-            keys = ", ".join(prefix if "." in prefix else f"{prefix}.KEY=VALUE" for prefix in allowed)
+            keys = ", ".join(
+                prefix.replace(".*", ".KEY") if "." in prefix else f"{prefix}.KEY=VALUE" for prefix in allowed
+            )
             raise ConfigError(f"--set {shorten(override)}: {command} takes {keys} overrides only{hint}")
         apply_override(raw, override)
     return validate_config(raw)
 
 
 def _within(key: str, allowed: str) -> bool:
-    """`allowed` is a dotted key (data.limit: that key only) or a section (data: any key in it)."""
+    """`allowed` is a dotted key (data.limit: that key only), a dotted section (data.series.*: it
+    or any key in it), or a top-level section (data: any key in it)."""
+    if allowed.endswith(".*"):
+        return key == allowed[:-2] or key.startswith(allowed[:-1])
     return key == allowed if "." in allowed else key.startswith(f"{allowed}.")
 
 

@@ -169,56 +169,6 @@ def error_statistics(values: np.ndarray) -> dict[str, float]:
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), **error_quantiles(values)}
 
 
-THRESHOLD_FORMS = "percentile:Q (of the training errors), mean_std:K, contamination:F, or a number"
-
-
-@dataclass(frozen=True)
-class ThresholdSpec:
-    kind: str  # percentile | mean_std | contamination | value
-    parameter: float
-
-    def __str__(self) -> str:
-        return f"{self.parameter:g}" if self.kind == "value" else f"{self.kind}:{self.parameter:g}"
-
-
-def parse_threshold(spec: str) -> ThresholdSpec:
-    """`percentile:95`, `mean_std:1`, `contamination:0.1` or a plain number."""
-    kind, sep, text = spec.partition(":")
-    try:
-        parameter = float(text if sep else kind)
-    except ValueError:
-        raise EvaluationError(f"--threshold {spec!r}: expected {THRESHOLD_FORMS}") from None
-    if not sep:
-        kind = "value"
-    valid = {
-        "value": math.isfinite(parameter) and parameter >= 0,  # errors are never negative
-        "percentile": 0 < parameter <= 100,
-        "mean_std": math.isfinite(parameter),
-        "contamination": 0 < parameter < 1,
-    }
-    if kind not in valid:
-        raise EvaluationError(f"--threshold {spec!r}: unknown kind {kind!r}; expected {THRESHOLD_FORMS}")
-    if not valid[kind]:
-        ranges = {"percentile": "in (0, 100]", "contamination": "in (0, 1)", "value": "finite and >= 0 (errors are)"}
-        raise EvaluationError(f"--threshold {spec!r}: {kind} must be {ranges.get(kind, 'finite')}")
-    return ThresholdSpec(kind, parameter)
-
-
-# The anomaly threshold a run records, and evaluate uses unless told otherwise.
-DEFAULT_THRESHOLD = parse_threshold("percentile:95")
-
-
-def resolve_threshold(spec: ThresholdSpec, train_scores: np.ndarray, scores: np.ndarray) -> float:
-    """Percentile and mean_std use the training errors; contamination flags that share of `scores`."""
-    if spec.kind == "percentile":
-        return float(np.percentile(train_scores, spec.parameter))
-    if spec.kind == "mean_std":
-        return float(np.mean(train_scores) + spec.parameter * np.std(train_scores))
-    if spec.kind == "contamination":
-        return float(np.quantile(scores, 1 - spec.parameter))
-    return spec.parameter
-
-
 def anomaly_report(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float) -> dict[str, Any]:
     """Ranking quality (AUROC, AUPRC) and the confusion at `threshold`; anomalies are the positive class."""
     from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
@@ -226,6 +176,9 @@ def anomaly_report(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float)
     flagged = scores > threshold
     precision, recall, f1, _ = precision_recall_fscore_support(
         is_anomaly, flagged, average="binary", pos_label=True, zero_division=0
+    )
+    normal_precision, normal_recall, _, _ = precision_recall_fscore_support(
+        ~is_anomaly, ~flagged, average="binary", pos_label=True, zero_division=0
     )
     both = 0 < is_anomaly.sum() < len(is_anomaly)
     return {
@@ -238,6 +191,10 @@ def anomaly_report(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float)
         "precision": float(precision),
         "recall": float(recall),
         "f1": float(f1),
+        "accuracy": float(np.mean(flagged == is_anomaly)),
+        # The same confusion with normal samples as the positive class (as the TensorFlow tutorial reports it).
+        "normal_precision": float(normal_precision),
+        "normal_recall": float(normal_recall),
         "n_flagged": int(flagged.sum()),
     }
 

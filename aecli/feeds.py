@@ -401,8 +401,8 @@ class Stream:
         # float32 arithmetic, unless the data's magnitude is beyond float32's exact integers
         # (2^24): then (x - offset) is computed in float64, as the in-memory path does.
         exact = tf.float64 if np.abs(data.scaling.offset).max() > 2**24 else tf.float32
-        offset = tf.constant(np.broadcast_to(data.scaling.offset, (features,)), exact)
-        scale = tf.constant(np.broadcast_to(data.scaling.scale, (features,)), exact)
+        offset = tf.constant(_per_feature(data.scaling.offset, data.sample_shape), exact)
+        scale = tf.constant(_per_feature(data.scaling.scale, data.sample_shape), exact)
         shape = (-1, *data.sample_shape)
 
         def scaled(batch: Any) -> Any:
@@ -410,6 +410,16 @@ class Stream:
             return tf.cast(tf.reshape((flat - offset) / scale, shape), tf.float32)
 
         return scaled
+
+
+def _per_feature(statistic: np.ndarray, sample_shape: tuple[int, ...]) -> np.ndarray:
+    """A scaling statistic (one number, one per feature, or one per channel) for every feature of a flat sample."""
+    features = math.prod(sample_shape)
+    if statistic.size == features:
+        return statistic.reshape(features)
+    return np.broadcast_to(statistic.reshape(-1)[-1:] if statistic.size == 1 else statistic, sample_shape).reshape(
+        features
+    )
 
 
 def _with_noise(batches: Any, noise: NoiseSpec, seed: int, fixed_noise: bool) -> Any:

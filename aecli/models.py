@@ -24,7 +24,10 @@ if TYPE_CHECKING:
 # Bytes held per parameter while training: weights, gradients and up to two optimizer slots (float32).
 TRAINING_BYTES_PER_PARAMETER = 16
 # Layers that take the model's kernel regularizers (l1/l2).
-WEIGHTED_KINDS = ("Dense", "Conv2D", "Conv2DTranspose")
+WEIGHTED_KINDS = ("Dense", "Conv2D", "Conv2DTranspose", "Conv1D", "Conv1DTranspose", "LSTM", "GRU")
+# Weight matrices per recurrent unit (gates): LSTM has four, GRU three (Keras's reset_after GRU
+# also has a second bias per gate).
+RECURRENT_GATES = {"LSTM": 4, "GRU": 3}
 
 
 @dataclass(frozen=True)
@@ -83,17 +86,14 @@ class _Planner:
         name: str | None = None,
         hidden: bool = True,
     ) -> None:
-        height, width, channels = self.shape
+        """A Conv1D or Conv2D layer (by the rank of the current shape), or its transpose; "same" padding."""
+        *spatial, channels = self.shape
         k = self.cfg.kernel_size
-        if transpose:
-            shape = (height * strides, width * strides, filters)
-        else:
-            shape = (math.ceil(height / strides), math.ceil(width / strides), filters)
-        kind = "Conv2DTranspose" if transpose else "Conv2D"
+        sizes = tuple(size * strides if transpose else math.ceil(size / strides) for size in spatial)
         self.add(
-            kind,
-            shape,
-            k * k * channels * filters + filters,
+            f"Conv{len(spatial)}D{'Transpose' if transpose else ''}",
+            (*sizes, filters),
+            k ** len(spatial) * channels * filters + filters,
             name,
             filters=filters,
             kernel_size=k,
@@ -103,6 +103,15 @@ class _Planner:
         )
         if hidden:
             self.extras()
+
+    def recurrent(self, units: int, return_sequences: bool) -> None:
+        kind = "GRU" if self.cfg.kind == "gru" else "LSTM"
+        inputs = self.shape[-1]
+        biases = 2 * units if kind == "GRU" else units  # reset_after: a second bias per gate
+        parameters = RECURRENT_GATES[kind] * (units * (inputs + units) + biases)
+        shape = (self.shape[0], units) if return_sequences else (units,)
+        self.add(kind, shape, parameters, units=units, return_sequences=return_sequences, activation="tanh")
+        self.extras()
 
     def extras(self) -> None:
         """Batch normalization and dropout after a hidden layer, when configured."""
@@ -114,6 +123,10 @@ class _Planner:
 
 def plan_autoencoder(cfg: ModelConfig, input_shape: tuple[int, ...]) -> list[LayerSpec]:
     """The layers of the encoder then the decoder, with output shapes and parameter counts."""
+    if cfg.kind == "conv1d":
+        return _plan_conv1d(cfg, input_shape)
+    if cfg.is_recurrent:
+        return _plan_recurrent(cfg, input_shape)
     planner = _Planner(cfg, input_shape)
     if cfg.uses_conv:
         _check_conv_input(cfg, input_shape)
@@ -153,6 +166,75 @@ def plan_autoencoder(cfg: ModelConfig, input_shape: tuple[int, ...]) -> list[Lay
         if len(input_shape) > 1:
             planner.add("Reshape", tuple(input_shape), name="reshape", target_shape=tuple(input_shape))
     return planner.specs
+
+
+def _plan_conv1d(cfg: ModelConfig, input_shape: tuple[int, ...]) -> list[LayerSpec]:
+    """Conv1D blocks (stride 2, or stride 1 and 2x max pooling) to a dense code, mirrored by
+    Conv1DTranspose blocks back to the window's length and channels."""
+    _check_sequence_input(cfg, input_shape)
+    planner = _Planner(cfg, input_shape)
+    for filters in cfg.filters:
+        if cfg.downsample == "maxpool":
+            planner.conv(filters, strides=1)
+            steps, channels = planner.shape
+            planner.add("MaxPooling1D", (math.ceil(steps / 2), channels), pool_size=2, padding="same")
+        else:
+            planner.conv(filters, strides=2)
+    conv_shape = planner.shape
+    planner.add("Flatten", (math.prod(conv_shape),), name="flatten")
+    for units in cfg.encoder:
+        planner.dense(units, cfg.activation)
+    planner.dense(cfg.latent_dim, cfg.latent_activation, name="latent", hidden=False)
+    planner.part = "decoder"
+    for units in cfg.decoder:
+        planner.dense(units, cfg.activation)
+    planner.dense(math.prod(conv_shape), cfg.activation)
+    planner.add("Reshape", conv_shape, target_shape=conv_shape)
+    for filters in reversed(cfg.filters):
+        planner.conv(filters, strides=2, transpose=True)
+    planner.conv(input_shape[-1], strides=1, activation=cfg.output_activation, name="reconstruction", hidden=False)
+    return planner.specs
+
+
+def _plan_recurrent(cfg: ModelConfig, input_shape: tuple[int, ...]) -> list[LayerSpec]:
+    """Recurrent layers to a dense code; the code repeated over the window's steps, recurrent
+    layers again, and a dense layer applied at every step (time-distributed) for the channels."""
+    _check_sequence_input(cfg, input_shape)
+    planner = _Planner(cfg, input_shape)
+    for position, units in enumerate(cfg.encoder):
+        planner.recurrent(units, return_sequences=position < len(cfg.encoder) - 1)
+    planner.dense(cfg.latent_dim, cfg.latent_activation, name="latent", hidden=False)
+    planner.part = "decoder"
+    steps, channels = input_shape
+    planner.add("RepeatVector", (steps, cfg.latent_dim), n=steps)
+    for units in cfg.decoder:
+        planner.recurrent(units, return_sequences=True)
+    planner.add(
+        "Dense",
+        (steps, channels),
+        planner.shape[-1] * channels + channels,
+        "reconstruction",
+        units=channels,
+        activation=cfg.output_activation,
+    )
+    return planner.specs
+
+
+def _check_sequence_input(cfg: ModelConfig, input_shape: tuple[int, ...]) -> None:
+    if len(input_shape) != 2:
+        layout = "images" if len(input_shape) == 3 else f"tabular rows of {input_shape[0]} features"
+        raise ConfigError(
+            f"model.kind: {cfg.kind} needs sequences (steps, channels): windows of a series (data.series) or one "
+            f"sequence per row (data.sequences), but this data is {layout}"
+        )
+    if cfg.kind == "conv1d":
+        step = 2 ** len(cfg.filters)
+        if input_shape[0] % step:
+            raise ConfigError(
+                f"model.filters: {len(cfg.filters)} down-sampling blocks cannot be mirrored on windows of "
+                f"{input_shape[0]} steps (not divisible by 2^{len(cfg.filters)} = {step}); use fewer blocks or "
+                "another data.window.size"
+            )
 
 
 def _check_conv_input(cfg: ModelConfig, input_shape: tuple[int, ...]) -> None:

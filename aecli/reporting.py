@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 
 from aecli.atomic import atomic_path, write_json_atomic, write_text_atomic
+from aecli.data.arrays import Timeline, time_text
 from aecli.data.labels import label_name
 from aecli.errors import RunError, clip
+from aecli.time_anomalies import TimeAnomalies, ranges_of
 
 HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "learning_rate", "seconds")
 
@@ -194,9 +196,10 @@ def plot_feature_rows(rows: list[tuple[str, np.ndarray]], path: Path, titles: li
             ax.axis("off")
             continue
         for name, values in rows:
-            ax.plot(values[i].ravel(), marker=".", linewidth=1, label=name)
+            flat = values[i].ravel()
+            ax.plot(flat, marker="." if len(flat) <= 64 else None, linewidth=1, label=name)
         ax.set_title(titles[i], fontsize=8)
-        ax.set_xlabel("feature", fontsize=7)
+        ax.set_xlabel("step" if rows[0][1].ndim == 3 else "feature", fontsize=7)  # sequences: (n, steps, channels)
         ax.tick_params(labelsize=7)
     axes[0][0].set_ylabel("scaled value", fontsize=7)
     axes[0][0].legend(fontsize=7)
@@ -326,3 +329,96 @@ figure {{ margin: 1em 0 2em; }} img {{ max-width: 100%; }} figcaption {{ color: 
 {body}
 </body></html>
 """
+
+
+def write_rows_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    """A CSV with a header and one line per dict (missing keys empty)."""
+    with atomic_path(path) as temp, temp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, columns, lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_step_scores_csv(
+    path: Path, timeline: Timeline, scores: np.ndarray, flags: np.ndarray, labels: np.ndarray | None
+) -> None:
+    """points.csv: one row per time step of the scored stretch: its time, values, score and flag."""
+    times = time_text(timeline.times, timeline.timed)
+    with atomic_path(path) as temp, temp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        label_column = ["label"] if labels is not None else []
+        writer.writerow(["step", "time", *timeline.columns, "score", "flagged", *label_column])
+        for step in range(len(times)):
+            values = [f"{value:.8g}" for value in timeline.values[step]]
+            score = "" if np.isnan(scores[step]) else f"{scores[step]:.8g}"
+            label = [int(labels[step])] if labels is not None else []
+            writer.writerow([timeline.offset + step, times[step], *values, score, int(flags[step]), *label])
+
+
+def plot_anomalies_in_time(timeline: Timeline, found: TimeAnomalies, labels: np.ndarray | None, path: Path) -> None:
+    """The series (each channel) with flagged ranges shaded red, labelled anomalies hatched,
+    and below it the per-step score against the threshold."""
+    plt = _pyplot()
+    x = timeline.times if timeline.times.dtype.kind == "M" else np.arange(len(timeline.times)) + timeline.offset
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 5.5), sharex=True, height_ratios=(3, 2))
+    for channel, name in enumerate(timeline.columns[:8]):
+        top.plot(x, timeline.values[:, channel], linewidth=0.8, label=name)
+    spans: list[tuple[list[tuple[int, int]], dict[str, Any]]] = [
+        (found.ranges, {"color": "tab:red", "alpha": 0.25, "label": "flagged"})
+    ]
+    if labels is not None:
+        style = {"facecolor": "none", "edgecolor": "tab:green", "hatch": "//", "label": "labelled anomaly"}
+        spans.append((ranges_of(labels), style))
+    for ranges, style in spans:
+        for number, (first, last) in enumerate(ranges):
+            top.axvspan(x[first], x[last], **{**style, "label": style["label"] if number == 0 else None})
+            bottom.axvspan(x[first], x[last], **{**style, "label": None})
+    top.set_ylabel("value")
+    top.legend(loc="upper left", fontsize="small")
+    bottom.plot(x, found.scores, color="tab:blue", linewidth=0.8, label=f"score ({found.points} of covering windows)")
+    threshold_label = f"threshold {found.threshold:.4g}"
+    bottom.axhline(found.threshold, color="tab:red", linestyle="--", linewidth=1, label=threshold_label)
+    bottom.set_ylabel("score")
+    bottom.legend(loc="upper left", fontsize="small")
+    top.set_title(f"{len(found.ranges)} flagged range(s), {int(found.flags.sum())} of {len(x)} steps")
+    fig.autofmt_xdate()
+    _save(fig, path)
+
+
+def write_series_reconstruction(path: Path, timeline: Timeline, stitched: np.ndarray) -> None:
+    """series.csv: each step's time, values and reconstruction (in the data's units)."""
+    times = time_text(timeline.times, timeline.timed)
+    names = [f"{name}_reconstructed" for name in timeline.columns]
+    with atomic_path(path) as temp, temp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["step", "time", *timeline.columns, *names])
+        for step in range(len(times)):
+            values = [f"{value:.8g}" for value in (*timeline.values[step], *stitched[step])]
+            writer.writerow([timeline.offset + step, times[step], *values])
+
+
+def plot_series_reconstruction(timeline: Timeline, stitched: np.ndarray, windows: int, path: Path) -> None:
+    """A stretch of a series against its reconstruction (each step averaged over its windows),
+    with the absolute error below."""
+    plt = _pyplot()
+    x = timeline.times if timeline.times.dtype.kind == "M" else np.arange(len(timeline.times)) + timeline.offset
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 5), sharex=True, height_ratios=(3, 1))
+    for channel, name in enumerate(timeline.columns[:8]):
+        line = top.plot(x, timeline.values[:, channel], linewidth=0.9, label=name)[0]
+        top.plot(
+            x,
+            stitched[:, channel],
+            linewidth=0.9,
+            linestyle="--",
+            color=line.get_color(),
+            label=f"{name} reconstructed",
+        )
+        bottom.plot(
+            x, np.abs(stitched[:, channel] - timeline.values[:, channel]), linewidth=0.8, color=line.get_color()
+        )
+    top.set_ylabel("value")
+    top.legend(loc="upper left", fontsize="small")
+    bottom.set_ylabel("|error|")
+    top.set_title(f"{len(timeline.times)} steps, reconstructed from {windows} window(s) of {timeline.size}")
+    fig.autofmt_xdate()
+    _save(fig, path)

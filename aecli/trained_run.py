@@ -37,10 +37,18 @@ class TrainedRun:
         and id columns; nothing that selects rows (limit, classes) carries over, so every row is
         read unless a `--set data.KEY=VALUE` override says otherwise."""
         data: dict[str, Any] = {"source": source}
+        own = self.config.data
+        if own.series is not None:  # the same value columns (another file's extra columns are not values), windows
+            series = own.series.model_dump()
+            if series["value_columns"] is None:
+                series["value_columns"] = self.info["data"].get("series", {}).get("value_columns")
+            data |= {"series": series, "window": own.window.model_dump()}
+        if own.sequences is not None:
+            data["sequences"] = own.sequences.model_dump()
         if source.lower().endswith(".csv"):
             for key in ("label_column", "id_column"):
-                if getattr(self.config.data, key) is not None:
-                    data[key] = getattr(self.config.data, key)
+                if getattr(own, key) is not None:
+                    data[key] = getattr(own, key)
         return build_config(base={"data": data}, overrides=overrides, allowed=("data",), command=option).data
 
     def test_split(self, force: bool) -> Dataset:
@@ -79,8 +87,8 @@ def open_trained_run(run_dir: Path, needs: Sequence[str] = ()) -> TrainedRun:
 
 
 def _check_scaling(scaling: Scaling, sample_shape: tuple[int, ...]) -> None:
-    """A saved scaling is one number, or one per feature, finite, and never divides by zero."""
-    sizes = {1, math.prod(sample_shape)}
+    """A saved scaling is one number, one per feature, or one per channel, finite, and never divides by zero."""
+    sizes = {1, math.prod(sample_shape), sample_shape[-1]}
     if scaling.offset.size not in sizes or scaling.scale.size not in sizes:
         raise ValueError(f"data.scaling does not fit samples of shape {sample_shape}")
     if not (np.isfinite(scaling.offset).all() and np.isfinite(scaling.scale).all() and (scaling.scale != 0).all()):

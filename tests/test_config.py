@@ -136,7 +136,7 @@ def test_yaml_tags_that_would_run_code_are_refused(tmp_path: Path) -> None:
 def test_json_schema_describes_every_section() -> None:
     schema = config_json_schema()
     json.dumps(schema)
-    assert set(schema["properties"]) == {"data", "model", "optimizer", "loss", "training", "runtime"}
+    assert set(schema["properties"]) == {"data", "model", "optimizer", "loss", "training", "anomaly", "runtime"}
     assert schema["$defs"]["ModelConfig"]["additionalProperties"] is False
 
 

@@ -11,12 +11,11 @@ from aecli.evaluation import (
     anomaly_report,
     latent_report,
     mean_ssim,
-    parse_threshold,
     per_sample_errors,
     project_2d,
     reconstruction_report,
-    resolve_threshold,
 )
+from aecli.thresholds import parse_threshold, resolve_threshold
 
 
 def test_perfect_reconstruction_gives_zero_error_and_capped_psnr() -> None:
@@ -64,7 +63,13 @@ def test_threshold_confusion_by_hand() -> None:
 
 @pytest.mark.parametrize(
     ("spec", "expected"),
-    [("percentile:50", 2.5), ("mean_std:1", 2.5 + np.std([1, 2, 3, 4])), ("0.7", 0.7), ("contamination:0.25", 7.25)],
+    [
+        ("max", 4.0),
+        ("percentile:50", 2.5),
+        ("mean_std:1", 2.5 + np.std([1, 2, 3, 4])),
+        ("0.7", 0.7),
+        ("contamination:0.25", 7.25),
+    ],
 )
 def test_threshold_specs(spec: str, expected: float) -> None:
     train = np.array([1.0, 2.0, 3.0, 4.0])

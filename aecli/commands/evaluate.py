@@ -16,20 +16,19 @@ import numpy as np
 
 from aecli.backend import select_backend
 from aecli.data import Samples, label_codes, label_name, load_for_model, present_labels
+from aecli.data.arrays import Timeline
 from aecli.errors import DataError, EvaluationError
 from aecli.evaluation import (
-    ThresholdSpec,
     anomaly_report,
     latent_report,
     mean_ssim,
-    parse_threshold,
     per_sample_errors,
     predict_batched,
     project_2d,
     reconstruction_report,
-    resolve_threshold,
 )
 from aecli.reporting import (
+    plot_anomalies_in_time,
     plot_error_histogram,
     plot_latent,
     plot_loss_curves,
@@ -39,11 +38,16 @@ from aecli.reporting import (
     write_errors_csv,
     write_metrics_json,
     write_report,
+    write_rows_csv,
+    write_step_scores_csv,
 )
 from aecli.runs import AUGMENTED_SAMPLES, StagedOutputDir, check_new_output_dir, now_iso
+from aecli.thresholds import ThresholdSpec, parse_threshold, resolve_threshold
+from aecli.time_anomalies import TimeAnomalies, detection_report, labels_from_windows, locate_anomalies, step_scores
 from aecli.trained_run import TrainedRun, load_model, open_trained_run
 
 SCORES = ("mse", "mae", "bce")
+POINTS = ("mean", "max", "all")
 
 
 @dataclass
@@ -54,8 +58,10 @@ class EvaluateRequest:
     out: Path | None = None
     normal_classes: list[int | str] | None = None
     anomaly_data: str | None = None
-    score: str = "mse"
+    score: str | None = None  # default: the run's anomaly.score
     threshold: str | None = None
+    anomaly_windows: Path | None = None  # NAB-style labelled windows of a series
+    points: str | None = None  # default: the run's anomaly.points
     tsne: bool = False
     backend: str | None = None
     force: bool = False
@@ -78,6 +84,7 @@ class _Evaluated:
     is_anomaly: np.ndarray | None = None
     normal_classes: list[int | str] | None = None
     added_anomalies: bool = False  # --anomaly-data rows appended after the evaluated ones
+    timeline: Timeline | None = None  # windows of a series: where they lie in time
 
 
 ANOMALY_LABEL = "anomaly (--anomaly-data)"
@@ -88,16 +95,7 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
     becomes the output folder only when complete."""
     run = open_trained_run(request.run_dir, needs=("history.csv",))
     select_backend(request.backend or run.config.runtime.backend)
-    if request.score not in SCORES:
-        raise EvaluationError(f"--score {request.score!r}: expected one of {', '.join(SCORES)}")
-    threshold_spec = parse_threshold(request.threshold or run.metrics["train_errors"]["default_threshold"])
-    if request.normal_classes is not None and request.anomaly_data is not None:
-        raise EvaluationError("--normal-classes and --anomaly-data are two ways to label anomalies: use one")
-    if request.data is not None and request.anomaly_data is not None and _same_file(request.data, request.anomaly_data):
-        raise EvaluationError(
-            "--anomaly-data: the same source as --data; its samples cannot be both normal and anomalies"
-        )
-    check_new_output_dir(request.out)
+    score, threshold_spec = _checked_options(run, request)
     history = read_history_csv(run.path / "history.csv")
     evaluated = _evaluated_data(run, request)
 
@@ -105,7 +103,7 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
     encoder = load_model(run.path / "encoder.keras", compile=False)
     reconstructions = predict_batched(model, evaluated.x)
     errors = per_sample_errors(evaluated.x, reconstructions)
-    if request.score not in errors:
+    if score not in errors:
         raise EvaluationError("--score bce: needs data in [0, 1], and the evaluated data is outside it")
     # Samples added by --anomaly-data are not the evaluated data: its metrics leave them out.
     normal = np.ones(len(evaluated.x), bool)
@@ -118,10 +116,14 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
         if latent is not None:
             metrics["latent"] = latent
 
-    scores = errors[request.score]
-    anomaly, threshold, flags = _anomaly_metrics(run, request, evaluated, scores, threshold_spec)
+    scores = errors[score]
+    anomaly, threshold, flags = _anomaly_metrics(run, score, evaluated, scores, threshold_spec)
     if anomaly is not None:
         metrics["anomaly"] = anomaly
+    in_time = None
+    if evaluated.timeline is not None:
+        in_time = _anomalies_in_time(run, request, evaluated.timeline, scores, score, threshold_spec)
+        metrics["anomalies_in_time"] = in_time.metrics
     metrics = {"run": str(run.path), "data": evaluated.description, "evaluated": now_iso(), **metrics}
     points, method = project_2d(codes, "tsne" if request.tsne else "pca", seed=run.config.training.seed)
 
@@ -138,11 +140,31 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
         plot_reconstruction_grid(
             evaluated.x, reconstructions, errors["mse"], len(run.sample_shape) == 3, out_dir / "reconstructions.png"
         )
-        plot_error_histogram(scores, request.score, out_dir / "error_histogram.png", evaluated.is_anomaly, threshold)
+        plot_error_histogram(scores, score, out_dir / "error_histogram.png", evaluated.is_anomaly, threshold)
+        if in_time is not None and evaluated.timeline is not None:
+            _write_time_outputs(out_dir, evaluated.timeline, in_time)
         plot_latent(points, evaluated.labels, method, out_dir / "latent.png", evaluated.label_names)
         write_report(out_dir, f"aecli evaluation of {run.path.name}", _report_blocks(run, metrics))
     final = staged.final or out_dir
     return EvaluateOutcome(final, metrics, final / "report.html")
+
+
+def _checked_options(run: TrainedRun, request: EvaluateRequest) -> tuple[str, ThresholdSpec]:
+    """The options checked against each other and the run, before anything is read: the score
+    and threshold to use (by default what training recorded)."""
+    score = request.score or str(run.metrics["train_errors"].get("score", "mse"))
+    if score not in SCORES:
+        raise EvaluationError(f"--score {score!r}: expected one of {', '.join(SCORES)}")
+    _check_series_options(run, request)
+    threshold_spec = parse_threshold(request.threshold or run.metrics["train_errors"]["default_threshold"])
+    if request.normal_classes is not None and request.anomaly_data is not None:
+        raise EvaluationError("--normal-classes and --anomaly-data are two ways to label anomalies: use one")
+    if request.data is not None and request.anomaly_data is not None and _same_file(request.data, request.anomaly_data):
+        raise EvaluationError(
+            "--anomaly-data: the same source as --data; its samples cannot be both normal and anomalies"
+        )
+    check_new_output_dir(request.out)
+    return score, threshold_spec
 
 
 def _same_file(first: str, second: str) -> bool:
@@ -153,16 +175,16 @@ def _same_file(first: str, second: str) -> bool:
 
 
 def _anomaly_metrics(
-    run: TrainedRun, request: EvaluateRequest, evaluated: _Evaluated, scores: np.ndarray, threshold_spec: ThresholdSpec
+    run: TrainedRun, score: str, evaluated: _Evaluated, scores: np.ndarray, threshold_spec: ThresholdSpec
 ) -> tuple[dict[str, Any] | None, float | None, dict[str, np.ndarray]]:
     """When the evaluated samples are labelled normal or anomalous: the anomaly report, the
     threshold, and the per-sample columns (is_anomaly, flagged) for errors.csv."""
     if evaluated.is_anomaly is None:
         return None, None, {}
-    train_scores = _training_scores(run, request.score)
+    train_scores = _training_scores(run, score)
     threshold = resolve_threshold(threshold_spec, train_scores, scores)
     report = {
-        "score": request.score,
+        "score": score,
         "threshold_spec": str(threshold_spec),
         **({"normal_classes": evaluated.normal_classes} if evaluated.normal_classes is not None else {}),
         **anomaly_report(scores, evaluated.is_anomaly, threshold),
@@ -199,11 +221,17 @@ def _evaluated_data(run: TrainedRun, request: EvaluateRequest) -> _Evaluated:
             dataset.label_names,
             f"test split of {run.config.data.source}",
             dataset.origin("test"),
+            timeline=dataset.timelines.get("test"),
         )
     else:
         samples = _load_option(run, request.data, request.data_overrides, "--data")
         evaluated = _Evaluated(
-            samples.x, samples.y, samples.label_names, _rows_read(request.data, samples), samples.origin()
+            samples.x,
+            samples.y,
+            samples.label_names,
+            _rows_read(request.data, samples),
+            samples.origin(),
+            timeline=samples.timeline,
         )
 
     normal_classes = request.normal_classes
@@ -224,6 +252,68 @@ def _evaluated_data(run: TrainedRun, request: EvaluateRequest) -> _Evaluated:
             raise EvaluationError(f"--normal-classes {normal_classes}: none occur in the labels (present: {present})")
         evaluated.normal_classes = list(normal_classes)
     return evaluated
+
+
+def _check_series_options(run: TrainedRun, request: EvaluateRequest) -> None:
+    series = run.config.data.series is not None
+    if series and (request.anomaly_data is not None or request.normal_classes is not None):
+        raise EvaluationError(
+            "--anomaly-data and --normal-classes label whole samples; a series run's anomalies are steps in time: "
+            "give a label column (data.label_column) or --anomaly-windows FILE"
+        )
+    if not series and (request.anomaly_windows is not None or request.points is not None):
+        option = "--anomaly-windows" if request.anomaly_windows is not None else "--points"
+        raise EvaluationError(f"{option}: applies to runs trained on a series (data.series) only")
+    if request.points is not None and request.points not in POINTS:
+        raise EvaluationError(f"--points {request.points!r}: expected one of {', '.join(POINTS)}")
+
+
+@dataclass
+class _InTime:
+    found: TimeAnomalies
+    labels: np.ndarray | None  # per step: labelled anomalous
+    metrics: dict[str, Any]
+
+
+def _anomalies_in_time(
+    run: TrainedRun,
+    request: EvaluateRequest,
+    timeline: Timeline,
+    window_scores: np.ndarray,
+    score: str,
+    threshold_spec: ThresholdSpec,
+) -> _InTime:
+    """Per-step scores of the evaluated stretch, flagged ranges, and with labels the detection table."""
+    points = request.points or run.config.anomaly.points or "mean"
+    scores = step_scores(window_scores, timeline.starts, timeline.size, len(timeline.times), points)
+    # contamination: that share of the steps (the other methods use the training windows' errors)
+    threshold = resolve_threshold(threshold_spec, _training_scores(run, score), scores[np.isfinite(scores)])
+    found = locate_anomalies(window_scores, timeline, threshold, points)
+    labels = timeline.labels
+    if request.anomaly_windows is not None:
+        labels = labels_from_windows(request.anomaly_windows, request.data or run.config.data.source, timeline)
+    metrics: dict[str, Any] = {
+        "score": score,
+        "points": points,
+        "threshold_spec": str(threshold_spec),
+        "threshold": threshold,
+        "steps": len(timeline.times),
+        "windows": len(timeline.starts),
+        "flagged_steps": int(found.flags.sum()),
+        "ranges": found.range_rows(timeline),
+    }
+    if labels is not None:
+        metrics["detection"] = detection_report(found, labels, timeline)
+    return _InTime(found, labels, metrics)
+
+
+def _write_time_outputs(out_dir: Path, timeline: Timeline, in_time: _InTime) -> None:
+    """points.csv (per step), anomalies.csv (per flagged range) and the series plot."""
+    write_step_scores_csv(out_dir / "points.csv", timeline, in_time.found.scores, in_time.found.flags, in_time.labels)
+    write_rows_csv(
+        out_dir / "anomalies.csv", ["start", "end", "steps", "peak_time", "peak_score"], in_time.metrics["ranges"]
+    )
+    plot_anomalies_in_time(timeline, in_time.found, in_time.labels, out_dir / "anomalies.png")
 
 
 def _rows_read(source: str, samples: Samples) -> str:
@@ -303,6 +393,8 @@ def _report_blocks(run: TrainedRun, metrics: dict[str, Any]) -> list[tuple[str, 
         blocks += [("heading", "Per class"), ("table", rows)]
     if "anomaly" in metrics:
         blocks += [("heading", "Anomaly detection (positive class: anomaly)"), ("table", metrics["anomaly"])]
+    if "anomalies_in_time" in metrics:
+        blocks += _time_blocks(metrics["anomalies_in_time"])
     if "anomaly_data_reconstruction" in metrics:
         blocks += [
             ("text", "Reconstruction of the --anomaly-data rows (left out of the metrics above):"),
@@ -313,4 +405,27 @@ def _report_blocks(run: TrainedRun, metrics: dict[str, Any]) -> list[tuple[str, 
         latent = {k: v for k, v in metrics["latent"].items() if k != "knn"}
         blocks += [("heading", "Latent space"), ("table", latent)]
     blocks.append(("image", ("latent.png", "Latent codes in two dimensions")))
+    return blocks
+
+
+def _time_blocks(in_time: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The report's section on anomalies in time: settings, flagged ranges, the plot, detection."""
+    summary = {key: in_time[key] for key in ("score", "points", "threshold_spec", "threshold", "steps", "windows")}
+    summary["flagged steps"] = in_time["flagged_steps"]
+    blocks: list[tuple[str, Any]] = [("heading", "Anomalies in time"), ("table", summary)]
+    ranges = in_time["ranges"]
+    if ranges:
+        header = ["start", "end", "steps", "peak_time", "peak_score"]
+        blocks.append(("table", [header] + [[entry[key] for key in header] for entry in ranges[:50]]))
+    else:
+        blocks.append(("text", "No step is over the threshold."))
+    blocks.append(("image", ("anomalies.png", "The series with flagged ranges shaded, and each step's score")))
+    detection = in_time.get("detection")
+    if detection is not None:
+        table = {key: value for key, value in detection.items() if key != "windows"}
+        blocks += [("heading", "Detection against the labelled anomalies"), ("table", table)]
+        header = ["start", "end", "detected", "first_flag", "delay_steps"]
+        rows = [[entry.get(key, "") for key in header] for entry in detection["windows"][:50]]
+        if rows:
+            blocks.append(("table", [header, *rows]))
     return blocks

@@ -23,7 +23,14 @@ from aecli.errors import ConfigError, RunError
 
 ENCODINGS = ("tfrecord", "npy")
 # What prepare reads; splits, classes and scaling are training's business (shards keep every row, raw).
-PREPARE_KEYS = ("data.labels_path", "data.label_column", "data.limit")
+PREPARE_KEYS = (
+    "data.labels_path",
+    "data.label_column",
+    "data.limit",
+    "data.series.*",
+    "data.window.*",
+    "data.sequences.*",
+)
 
 
 @dataclass
@@ -81,6 +88,7 @@ def prepare_shards(
             "dtype": dtype.str,
             "source": cfg.source,
             "label_names": raw.label_names,
+            **({"layout": "sequences"} if raw.sequences else {}),
             "splits": {name: split.manifest_entry() for name, split in splits.items()},
         }
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

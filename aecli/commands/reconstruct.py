@@ -20,11 +20,18 @@ import numpy as np
 from aecli.atomic import save_atomic, write_text_atomic
 from aecli.backend import select_backend
 from aecli.data import label_name, load_for_model
+from aecli.data.arrays import Timeline
 from aecli.errors import DataError, EvaluationError, clip
 from aecli.evaluation import PSNR_CAP_DB, is_unit_range, per_sample_errors, predict_batched
 from aecli.noise import NoiseSpec, corrupt, parse_noise
-from aecli.reporting import plot_feature_rows, plot_image_rows
+from aecli.reporting import (
+    plot_feature_rows,
+    plot_image_rows,
+    plot_series_reconstruction,
+    write_series_reconstruction,
+)
 from aecli.runs import StagedOutputDir, check_new_output_dir
+from aecli.time_anomalies import stitch_windows, stretch_steps
 from aecli.trained_run import TrainedRun, load_model, open_trained_run
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -43,6 +50,7 @@ class ReconstructRequest:
     backend: str | None = None
     data_overrides: list[str] = field(default_factory=list)  # how to read INPUT data files
     force: bool = False  # --indices: rebuild the test split even if the data files changed
+    time_range: str | None = None  # series runs: "START,END" of the stretch to reconstruct
 
 
 @dataclass
@@ -62,6 +70,8 @@ class _Inputs:
     labels: list[str]
     source_rows: list[str]  # the row in the input's file or the run's source ("" for image files)
     notes: list[str] = field(default_factory=list)
+    timeline: Timeline | None = None  # one stretch of a series: its windows are the samples
+    shown: slice = field(default_factory=lambda: slice(None))  # the steps asked for (--range)
 
 
 def reconstruct(request: ReconstructRequest) -> ReconstructOutcome:
@@ -70,10 +80,13 @@ def reconstruct(request: ReconstructRequest) -> ReconstructOutcome:
     run = open_trained_run(request.run_dir)
     select_backend(request.backend or run.config.runtime.backend)
     noise = parse_noise(request.noise) if request.noise else None
-    if not request.inputs and request.indices is None:
+    if request.time_range is not None and run.config.data.series is None:
+        raise EvaluationError("--range: applies to runs trained on a series (data.series) only")
+    if not request.inputs and request.indices is None and request.time_range is None:
         raise EvaluationError("give at least one INPUT file or --indices of the run's test split")
     check_new_output_dir(request.out)
-    inputs = _load_inputs(run, request)
+    inputs = _load_series_stretch(run, request) if run.config.data.series is not None else None
+    inputs = inputs or _load_inputs(run, request)
     clean = inputs.x
     if noise and not is_unit_range(clean):
         raise EvaluationError(f"--noise {noise}: needs inputs scaled to [0, 1], and this run's data is not")
@@ -90,7 +103,15 @@ def reconstruct(request: ReconstructRequest) -> ReconstructOutcome:
     with staged as out_dir:
         _write_outputs(out_dir, run, inputs, fed if noise else None, reconstructions, is_image)
         _write_table(out_dir / "reconstructions.csv", inputs, after, before)
-        _plot_grid(out_dir / "reconstructions.png", inputs, fed if noise else None, reconstructions, is_image, noise)
+        if inputs.timeline is not None:
+            stitched = stitch_windows(run.scaling.invert(reconstructions), inputs.timeline)[inputs.shown]
+            shown = inputs.timeline.steps(inputs.shown)
+            write_series_reconstruction(out_dir / "series.csv", shown, stitched)
+            plot_series_reconstruction(shown, stitched, len(inputs.x), out_dir / "reconstructions.png")
+        else:
+            _plot_grid(
+                out_dir / "reconstructions.png", inputs, fed if noise else None, reconstructions, is_image, noise
+            )
         if codes is not None:
             save_atomic(out_dir / "latent.npy", lambda path: np.save(path, codes))
     return ReconstructOutcome(
@@ -100,6 +121,48 @@ def reconstruct(request: ReconstructRequest) -> ReconstructOutcome:
         None if before is None else _mean_psnr(before),
         None if before is None else _mean_psnr(after),
         inputs.notes,
+    )
+
+
+def _load_series_stretch(run: TrainedRun, request: ReconstructRequest) -> _Inputs | None:
+    """A series run given one series file (or --range alone: the run's own source): the windows
+    of that series overlapping --range (all of them without it), with their timeline."""
+    if request.indices is not None and request.time_range is None:
+        return None  # windows of the run's test split, as for any run
+    if len(request.inputs) > 1 or request.indices is not None:
+        raise EvaluationError(
+            "a series run reconstructs one series file at a time (all of it, or --range START,END of it), or "
+            "--indices of its test windows"
+        )
+    source = str(request.inputs[0]) if request.inputs else run.config.data.source
+    if request.inputs and not request.inputs[0].exists():
+        raise EvaluationError(f"input not found: {request.inputs[0]}")
+    cfg = run.data_config_for(source, request.data_overrides, "reconstruct")
+    try:
+        samples = load_for_model(cfg, run.sample_shape, run.scaling)
+    except DataError as exc:
+        raise DataError(str(exc).replace("data.source", "input", 1)) from None
+    timeline = samples.timeline
+    assert timeline is not None
+    chosen = np.arange(len(timeline.starts))
+    shown = slice(None)
+    if request.time_range is not None:
+        first, last = stretch_steps(request.time_range, timeline)
+        ends = timeline.starts + timeline.size - 1
+        chosen = np.flatnonzero((timeline.starts <= last) & (ends >= first))
+        if not len(chosen):
+            raise EvaluationError(f"--range {request.time_range}: no window of {Path(source).name} overlaps it")
+        timeline = timeline.cut(chosen)
+        shown = slice(max(first - timeline.offset, 0), last - timeline.offset + 1)
+    ids = samples.ids if samples.ids is not None else samples.source_rows.astype(str)
+    name = Path(source).name
+    return _Inputs(
+        samples.x[chosen],
+        [f"{name}[{ids[i]}]" for i in chosen],
+        [""] * len(chosen),
+        [str(samples.source_rows[i]) for i in chosen],
+        timeline=timeline,
+        shown=shown,
     )
 
 

@@ -22,12 +22,12 @@ import aecli
 from aecli.atomic import save_atomic, write_json_atomic, write_text_atomic
 from aecli.augment import augmented_examples, augmenter, check_augment
 from aecli.backend import import_tensorflow, select_backend
-from aecli.config import AecliConfig, config_to_yaml, load_config
+from aecli.config import AecliConfig, AnomalyConfig, config_to_yaml, load_config
 from aecli.data import TrainingData, is_streamed, open_training_data
 from aecli.data.shards import ShardedData, check_streamable
 from aecli.distribute import Placement, check_mixed_precision, place
 from aecli.errors import ConfigError, DataError, RunError, TrainingDivergedError, as_storage_error
-from aecli.evaluation import DEFAULT_THRESHOLD, error_statistics, report_split, resolve_threshold
+from aecli.evaluation import error_statistics, report_split
 from aecli.fingerprints import check_unchanged, fingerprint
 from aecli.models import (
     Autoencoder,
@@ -52,6 +52,7 @@ from aecli.runs import (
     run_lock,
     update_run_info,
 )
+from aecli.thresholds import parse_threshold, resolve_threshold
 from aecli.trained_run import check_keras_archive, load_model
 
 
@@ -261,7 +262,7 @@ def _record_end(run_dir: Path, **changes: Any) -> None:
 
 
 def _training_data(config: AecliConfig) -> TrainingData:
-    if is_streamed(config.data.source):  # refused before a pass over the data
+    if is_streamed(config.data):  # refused before a pass over the data
         check_streamable(config.optimizer.name)
     return open_training_data(config.data, seed=config.training.seed)
 
@@ -339,7 +340,7 @@ def _train_and_report(attempt: _Attempt) -> dict[str, Any]:
     # worker must join): the report uses the saved model, as a plain single-device copy.
     model = autoencoder.model if not placement.distributed else load_model(run_dir / "model.keras")
     summary = _training_summary(result, config.training.epochs, int(model.count_params()), placement)
-    metrics = _error_report(model, data, run_dir, summary)
+    metrics = _error_report(model, data, run_dir, summary, config.anomaly)
     write_metrics_json(run_dir / "metrics.json", metrics)
     return metrics
 
@@ -363,7 +364,9 @@ def _plot_augmented(
     plot_image_rows(rows, run_dir / AUGMENTED_SAMPLES)
 
 
-def _error_report(model: Any, data: TrainingData, run_dir: Path, training: dict[str, Any]) -> dict[str, Any]:
+def _error_report(
+    model: Any, data: TrainingData, run_dir: Path, training: dict[str, Any], anomaly: AnomalyConfig
+) -> dict[str, Any]:
     """errors.csv and train_errors.csv (per sample), and the metrics.json body: test-split
     reconstruction, how training went, and the training errors that anomaly thresholds use."""
     started = time.perf_counter()
@@ -371,16 +374,24 @@ def _error_report(model: Any, data: TrainingData, run_dir: Path, training: dict[
     train = report_split(model, data, "train", per_class=False)
     write_errors_csv(run_dir / "errors.csv", test.errors, test.labels, data.label_names, origin=test.origin)
     write_errors_csv(run_dir / "train_errors.csv", train.errors, train.labels, data.label_names, origin=train.origin)
-    metrics, train_mse, train_report = test.metrics, train.errors["mse"], train.metrics
+    metrics, train_report = test.metrics, train.metrics
+    score = anomaly.score if anomaly.score in train.errors else "mse"
+    notes = list(data.description.get("notes", []))
+    if score != anomaly.score:
+        notes.append(f"anomaly.score {anomaly.score} needs data in [0, 1], which this data is not: mse is recorded")
+    train_scores = train.errors[score]
+    threshold = parse_threshold(anomaly.threshold)
     metrics["split"] = "test"
     metrics["training"] = training
     metrics["train_errors"] = {
-        "score": "mse",
-        **error_statistics(train_mse),
-        "default_threshold": str(DEFAULT_THRESHOLD),
-        "default_threshold_value": resolve_threshold(DEFAULT_THRESHOLD, train_mse, train_mse),
+        "score": score,
+        **error_statistics(train_scores),
+        "default_threshold": str(threshold),
+        "default_threshold_value": resolve_threshold(threshold, train_scores, train_scores),
         "reconstruction": train_report["reconstruction"],
     }
+    if notes:  # e.g. gaps in a series' time, or values filled: said with the results
+        metrics["data_notes"] = notes
     metrics["evaluation_seconds"] = time.perf_counter() - started
     return metrics
 

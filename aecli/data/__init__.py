@@ -1,7 +1,8 @@
 """Data sources into validated, scaled float32 arrays (or streams, for data larger than memory).
 
 One module per concern: `arrays` (what every source becomes), `scaling`, `labels`; one per
-source family (`builtin`, `files`, `shards`), listed in `sources`; `loading` is the entry point.
+source family (`builtin`, `files`, `shards`, `series`, `sequences`), listed in `sources`;
+`loading` is the entry point.
 Only numpy and the standard library load at import: `aecli validate` reads shapes through here.
 """
 

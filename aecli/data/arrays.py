@@ -25,6 +25,68 @@ class RawData:
     label_names: list[str] | None = None
     ids_train: np.ndarray | None = None  # data.id_column's values, as written (strings)
     ids_test: np.ndarray | None = None
+    sequences: bool = False  # samples are (steps, channels) sequences, not table rows or images
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Where the windows of one stretch of a series lie in time."""
+
+    times: np.ndarray  # (steps,) datetime64, or numbers (a numeric clock, or step positions when untimed)
+    values: np.ndarray  # (steps, channels) as read, unscaled
+    starts: np.ndarray  # (windows,) each window's first step, counted from the stretch's start
+    size: int  # steps per window
+    columns: list[str]
+    timed: bool
+    labels: np.ndarray | None = None  # (steps,) bool: labelled anomalous
+    offset: int = 0  # the stretch's first step in the series
+
+    def cut(self, chosen: np.ndarray) -> Timeline:
+        """The stretch the windows `chosen` cover, with only those windows."""
+        starts = self.starts[chosen]
+        first, last = int(starts.min()), int(starts.max()) + self.size
+        return Timeline(
+            self.times[first:last],
+            self.values[first:last],
+            starts - first,
+            self.size,
+            self.columns,
+            self.timed,
+            None if self.labels is None else self.labels[first:last],
+            self.offset + first,
+        )
+
+    def steps(self, part: slice) -> Timeline:
+        """Some of the stretch's steps, for showing them (the windows are kept as they were)."""
+        first = part.indices(len(self.times))[0]
+        labels = None if self.labels is None else self.labels[part]
+        return Timeline(
+            self.times[part],
+            self.values[part],
+            self.starts,
+            self.size,
+            self.columns,
+            self.timed,
+            labels,
+            self.offset + first,
+        )
+
+    def start_times(self) -> np.ndarray:
+        """Each window's start as written in outputs (its id)."""
+        return time_text(self.times[self.starts], self.timed)
+
+
+def show_time(moment: np.generic) -> str:
+    """A time as written in outputs: ISO text, or a numeric clock's value exactly (epoch seconds keep every digit)."""
+    if isinstance(moment, np.datetime64):
+        return str(moment).replace("T", " ")
+    value = float(moment)
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def time_text(times: np.ndarray, timed: bool) -> np.ndarray:
+    """Times as written in outputs: ISO text, or the number (step position when untimed)."""
+    return np.array([show_time(moment) if timed else str(int(moment)) for moment in times], object)
 
 
 @dataclass
@@ -46,6 +108,7 @@ class Dataset:
     # (the file, or the source's own test set), and its data.id_column value when there is one.
     source_rows: dict[str, np.ndarray] = field(default_factory=dict)
     ids: dict[str, np.ndarray] = field(default_factory=dict)
+    timelines: dict[str, Timeline] = field(default_factory=dict)  # per split, for windows of a series
 
     def split(self, part: str) -> tuple[np.ndarray, np.ndarray | None]:
         """The rows and labels of "train", "validation" or "test" (validation may be empty)."""
@@ -114,6 +177,7 @@ class Samples:
     source_rows: np.ndarray  # position in the source's train set, then in its test set
     ids: np.ndarray | None
     limited: bool  # data.limit cut at least one of the source's sets
+    timeline: Timeline | None = None  # windows of a series: where they lie in time
 
     def origin(self) -> dict[str, np.ndarray]:
         """Per-sample columns saying where each row came from: source_row, and id."""
@@ -142,8 +206,10 @@ def fit_to_model(x: np.ndarray, sample_shape: tuple[int, ...], scaling: Scaling,
     return scaling.apply(x.reshape((len(x), *sample_shape)))
 
 
-def sample_shape_of(x: np.ndarray) -> tuple[int, ...]:
-    """(features,) for tabular data, (height, width, channels) for images."""
+def sample_shape_of(x: np.ndarray, sequences: bool = False) -> tuple[int, ...]:
+    """(features,) for tabular data, (height, width, channels) for images, (steps, channels) for sequences."""
+    if sequences:
+        return (x.shape[1], 1) if x.ndim == 2 else tuple(x.shape[1:])
     if x.ndim == 2:
         return (x.shape[1],)
     if x.ndim == 3:

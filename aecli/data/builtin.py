@@ -46,7 +46,7 @@ def read_builtin(request: SourceRequest) -> RawData:
 
 SOURCE_KIND = SourceKind(
     "built-in",
-    claims=lambda source: source in BUILTIN_SOURCES,
+    claims=lambda request: request.source in BUILTIN_SOURCES,
     read=read_builtin,
     sample_shape=lambda request: KNOWN_SHAPES[request.source],
 )

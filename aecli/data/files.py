@@ -57,7 +57,7 @@ def read_file_source(request: SourceRequest) -> RawData:
 
 
 # Anything the other kinds do not claim is a path: a missing one gets "no such file" from here.
-SOURCE_KIND = SourceKind("files", claims=lambda source: True, read=read_file_source)
+SOURCE_KIND = SourceKind("files", claims=lambda request: True, read=read_file_source)
 
 
 def _looks_like_idx(path: Path) -> bool:
@@ -228,8 +228,8 @@ def _read_csv(path: Path, label_column: str | int | None, id_column: str | int |
     for number, row in enumerate(body, start=first_line):
         if len(row) != width:
             raise DataError(f"{path}: line {number} has {len(row)} columns, expected {width}")
-    label_index = _column_index(path, header, width, label_column, "label_column")
-    id_index = _column_index(path, header, width, id_column, "id_column")
+    label_index = column_index(path, header, width, label_column, "label_column")
+    id_index = column_index(path, header, width, id_column, "id_column")
     if label_index is not None and label_index == id_index:
         raise DataError(f"data.id_column: the same column as data.label_column in {path}")
     labels: np.ndarray | None = None
@@ -261,7 +261,7 @@ def _read_csv(path: Path, label_column: str | int | None, id_column: str | int |
     return RawData(x, labels, None, None, label_names, ids_train=ids)
 
 
-def _column_index(path: Path, header: list[str] | None, width: int, column: str | int | None, key: str) -> int | None:
+def column_index(path: Path, header: list[str] | None, width: int, column: str | int | None, key: str) -> int | None:
     if column is None:
         return None
     if isinstance(column, int):

@@ -9,9 +9,9 @@ import numpy as np
 from aecli.config import DataConfig
 from aecli.data.arrays import Dataset, Rows, Samples, fit_to_model, sample_shape_of
 from aecli.data.labels import class_mask
-from aecli.data.scaling import Scaling, fit_scaling
+from aecli.data.scaling import Scaling, fit_channel_scaling, fit_scaling
 from aecli.data.shards import ShardedData
-from aecli.data.sources import read_data, source_kind
+from aecli.data.sources import kind_of, read_data
 from aecli.errors import DataError
 
 TrainingData = Dataset | ShardedData
@@ -20,7 +20,7 @@ TrainingData = Dataset | ShardedData
 def open_training_data(cfg: DataConfig, seed: int) -> TrainingData:
     """Arrays in memory, or for a source too large for memory (a shard folder) a streamed view
     of it; either way split (seeded) and scaled the same way."""
-    kind = source_kind(cfg.source)
+    kind = kind_of(cfg)
     return load_dataset(cfg, seed) if kind.stream is None else kind.stream(cfg, seed)
 
 
@@ -29,9 +29,11 @@ def load_dataset(cfg: DataConfig, seed: int, test_only: bool = False) -> Dataset
 
     `test_only`: the caller reads only the test split; a shard folder then loads nothing else.
     """
-    kind = source_kind(cfg.source)
+    kind = kind_of(cfg)
     if kind.stream is not None:  # the same rows per split as streamed training saw
         return kind.stream(cfg, seed).materialize(("test",) if test_only else ("train", "validation", "test"))
+    if kind.load is not None:
+        return kind.load(cfg, seed)
     raw = read_data(cfg)
     rng = np.random.default_rng(seed)
     pool = Rows.of(raw.x_train, raw.y_train, raw.ids_train).first(cfg.limit)
@@ -49,9 +51,12 @@ def load_dataset(cfg: DataConfig, seed: int, test_only: bool = False) -> Dataset
             raise DataError(f"data.validation_split: {len(pool.x)} training row(s) cannot be split further")
         pool, validation = pool.split(cfg.validation_split, rng)
 
-    sample_shape = sample_shape_of(pool.x)
-    is_image = len(sample_shape) == 3
-    scaling = fit_scaling(pool.x, cfg.scaling, is_image)
+    sample_shape = sample_shape_of(pool.x, raw.sequences)
+    is_image = len(sample_shape) == 3 and not raw.sequences
+    if raw.sequences:  # per channel, over every step
+        scaling = fit_channel_scaling(pool.x.reshape((len(pool.x), *sample_shape)), cfg.scaling, default="minmax")
+    else:
+        scaling = fit_scaling(pool.x, cfg.scaling, is_image)
 
     def prepare(x: np.ndarray) -> np.ndarray:
         return scaling.apply(x.reshape((len(x), *sample_shape)))
@@ -77,6 +82,9 @@ def load_dataset(cfg: DataConfig, seed: int, test_only: bool = False) -> Dataset
 def load_for_model(cfg: DataConfig, sample_shape: tuple[int, ...], scaling: Scaling) -> Samples:
     """Every row of `cfg.source` (its train and test sets, each capped at `cfg.limit`), shaped and
     scaled for a trained model: used to evaluate or reconstruct data the run did not train on."""
+    kind = kind_of(cfg)
+    if kind.load_for_model is not None:
+        return kind.load_for_model(cfg, sample_shape, scaling)
     raw = read_data(cfg, limit=cfg.limit)
     parts = [Rows.of(raw.x_train, raw.y_train, raw.ids_train).first(cfg.limit)]
     if raw.x_test is not None:

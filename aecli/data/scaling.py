@@ -1,5 +1,5 @@
-"""Scaling to [0, 1], fitted on the training split and saved with the run, and the aligned
-buffers that scaled arrays live in (so TensorFlow can use them without a copy)."""
+"""Scaling (to [0, 1], or z-scores), fitted on the training split and saved with the run, and the
+aligned buffers that scaled arrays live in (so TensorFlow can use them without a copy)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Scaling:
-    """x_scaled = (x - offset) / scale; offset/scale are scalars or per-feature arrays."""
+    """x_scaled = (x - offset) / scale; offset/scale are scalars, per-feature arrays, or for
+    sequences per-channel arrays of shape (1, channels), which broadcast over the steps."""
 
     kind: str
     offset: np.ndarray
@@ -50,7 +51,7 @@ class Scaling:
 
     def _shaped(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-feature statistics (minmax) are stored flat; images need them in their own shape."""
-        if self.offset.ndim == 1 and x.ndim > 2:
+        if self.offset.ndim == 1 and x.ndim > 2 and self.offset.size == math.prod(x.shape[1:]):
             return self.offset.reshape(x.shape[1:]), self.scale.reshape(x.shape[1:])
         return self.offset, self.scale
 
@@ -63,10 +64,28 @@ class Scaling:
 
 
 def fit_scaling(x_train: np.ndarray, kind: str, is_image: bool) -> Scaling:
-    """Fit the [0,1] scaling on the training split only, so validation and test stay unseen."""
-    flat = x_train.reshape(len(x_train), -1)  # min and max are exact in any dtype: no float64 copy
+    """Fit the scaling on the training split only, so validation and test stay unseen."""
+    flat = x_train.reshape(len(x_train), -1)
+    if kind in ("zscore", "zscore_global"):
+        return _zscore(flat, kind)
+    # min and max are exact in any dtype: no float64 copy
     low, high = flat.min(axis=0).astype(np.float64), flat.max(axis=0).astype(np.float64)
     return scaling_from_ranges(kind, low, high, x_train.dtype, is_image)
+
+
+def fit_channel_scaling(x_train: np.ndarray, kind: str, default: str) -> Scaling:
+    """The scaling of sequences, per channel: statistics over every step of every training sample
+    (x_train is (steps, channels) or (samples, steps, channels)); `default` is what auto means."""
+    kind = default if kind == "auto" else kind
+    flat = x_train.reshape(-1, x_train.shape[-1]).astype(np.float64)
+    if kind in ("zscore", "zscore_global"):
+        scaling = _zscore(flat, kind)
+        return Scaling(kind, scaling.offset.reshape(1, -1), scaling.scale.reshape(1, -1))
+    low, high = flat.min(axis=0), flat.max(axis=0)
+    if kind in ("global", "none"):
+        return scaling_from_ranges(kind, low, high, x_train.dtype, is_image=False)
+    span = np.where(high > low, high - low, 1.0)
+    return _finite_scaling(Scaling("minmax", low.reshape(1, -1), span.reshape(1, -1)))
 
 
 def scaling_from_ranges(kind: str, low: np.ndarray, high: np.ndarray, dtype: np.dtype, is_image: bool) -> Scaling:
@@ -77,12 +96,24 @@ def scaling_from_ranges(kind: str, low: np.ndarray, high: np.ndarray, dtype: np.
         kind = "global" if is_image else "minmax"
     if kind == "none":
         return Scaling("none", np.zeros((), np.float32), np.ones((), np.float32))
+    if kind in ("zscore", "zscore_global"):
+        raise DataError(f"data.scaling {kind}: not available for streamed shard folders (use minmax or global)")
     if kind == "global":
         low_g, high_g = float(low.min()), float(high.max())
         span = high_g - low_g if high_g > low_g else 1.0
         return _finite_scaling(Scaling("global", np.asarray(low_g), np.asarray(span)))
     span_f = np.where(high > low, high - low, 1.0)
     return _finite_scaling(Scaling("minmax", low.astype(np.float64), span_f.astype(np.float64)))
+
+
+def _zscore(flat: np.ndarray, kind: str) -> Scaling:
+    """(x - mean) / std per column of `flat` (zscore) or over all of it (zscore_global), in
+    float64; a constant column keeps a scale of 1."""
+    values = flat.astype(np.float64)
+    if kind == "zscore_global":
+        values = values.reshape(-1, 1)
+    mean, std = values.mean(axis=0), values.std(axis=0)
+    return _finite_scaling(Scaling(kind, mean, np.where(std > 0, std, 1.0)))
 
 
 def _finite_scaling(scaling: Scaling) -> Scaling:

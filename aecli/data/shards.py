@@ -29,7 +29,7 @@ from aecli.backend import import_tensorflow
 from aecli.config import BUILTIN_SOURCES, DataConfig
 from aecli.data.arrays import Dataset, RawData, sample_shape_of
 from aecli.data.labels import label_codes
-from aecli.data.scaling import Scaling, scaling_from_ranges
+from aecli.data.scaling import Scaling, fit_channel_scaling, scaling_from_ranges
 from aecli.data.source_kind import SourceKind, SourceRequest
 from aecli.errors import ConfigError, DataError
 
@@ -70,6 +70,11 @@ class ShardSet:
     dtype: np.dtype
     splits: dict[str, ShardSplit]  # "train", and "test" when the source had one
     label_names: list[str] | None = None
+    sequences: bool = False  # rows are (steps, channels) sequences (series windows), not images
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return sample_shape_of(np.empty((0, *self.row_shape)), self.sequences)
 
     @property
     def row_bytes(self) -> int:
@@ -104,6 +109,7 @@ def _open_manifest(root: Path) -> ShardSet:
         }
         label_files = {name: split.get("labels") for name, split in manifest["splits"].items()}
         label_names = manifest.get("label_names")
+        sequences = manifest.get("layout") == "sequences"
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise DataError(f"{root / MANIFEST}: not an aecli shard manifest ({type(exc).__name__}: {exc})") from None
     if encoding not in ("npy", "tfrecord") or "train" not in entries or dtype.kind not in "biuf":
@@ -128,7 +134,7 @@ def _open_manifest(root: Path) -> ShardSet:
         labels_file = label_files[name]
         labels = _read_labels_file(root / str(labels_file), first) if labels_file else None
         splits[name] = ShardSplit(tuple(files), first, labels)
-    return ShardSet(root, encoding, row_shape, dtype, splits, label_names)
+    return ShardSet(root, encoding, row_shape, dtype, splits, label_names, sequences)
 
 
 def _open_npy_folder(root: Path) -> ShardSet:
@@ -217,11 +223,11 @@ class ShardedData:
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        return sample_shape_of(np.empty((0, *self.shards.row_shape)))
+        return self.shards.sample_shape
 
     @property
     def is_image(self) -> bool:
-        return len(self.sample_shape) == 3
+        return len(self.sample_shape) == 3 and not self.shards.sequences
 
     @property
     def label_names(self) -> list[str] | None:
@@ -429,8 +435,10 @@ def open_sharded(cfg: DataConfig, seed: int) -> ShardedData:
     ):
         if data.counts[part] == 0 and (part != "validation" or cfg.validation_split > 0):
             raise DataError(f"data.source {cfg.source}: the {part} split is empty; {fix}")
-    is_image = len(data.sample_shape) == 3
-    if shards.dtype == np.uint8 and cfg.scaling == "auto":  # /255: nothing to learn or check, no pass
+    is_image = data.is_image
+    if (
+        shards.dtype == np.uint8 and cfg.scaling == "auto" and not shards.sequences
+    ):  # /255: nothing to learn or check, no pass
         data.scaling = scaling_from_ranges(cfg.scaling, np.zeros(1), np.ones(1), shards.dtype, is_image)
         return data
     features = math.prod(shards.row_shape)
@@ -443,7 +451,16 @@ def open_sharded(cfg: DataConfig, seed: int) -> ShardedData:
         for part in ("validation", "test"):
             for rows, _ in data.blocks(part):
                 _check_finite(rows.reshape(len(rows), -1), cfg.source, part)
-    data.scaling = scaling_from_ranges(cfg.scaling, low, high, shards.dtype, is_image)
+    if shards.sequences:  # per channel, as in memory
+        if cfg.scaling in ("zscore", "zscore_global"):
+            raise DataError(
+                f"data.scaling {cfg.scaling}: not available for streamed shard folders (use minmax or global)"
+            )
+        channels = data.sample_shape[-1]
+        low, high = low.reshape(-1, channels).min(axis=0), high.reshape(-1, channels).max(axis=0)
+        data.scaling = fit_channel_scaling(np.stack([low, high]), cfg.scaling, default="minmax")
+    else:
+        data.scaling = scaling_from_ranges(cfg.scaling, low, high, shards.dtype, is_image)
     scaled = data.scaling.apply(np.stack([low, high]).astype(np.float32))
     data.scaled_range = (float(scaled.min()), float(scaled.max()))
     return data
@@ -493,7 +510,7 @@ def read_shards_into_memory(root: Path, limit: int | None = None) -> RawData:
     x_test, y_test = whole("test")
     if x_train is None:
         raise DataError(f"{root}: the folder holds no training rows")
-    return RawData(x_train, y_train, x_test, y_test, shards.label_names)
+    return RawData(x_train, y_train, x_test, y_test, shards.label_names, sequences=shards.sequences)
 
 
 def check_streamable(optimizer_name: str) -> None:
@@ -511,12 +528,12 @@ def _read_into_memory(request: SourceRequest) -> RawData:
 
 
 def _sample_shape(request: SourceRequest) -> tuple[int, ...]:
-    return sample_shape_of(np.empty((0, *open_shards(Path(request.source)).row_shape)))
+    return open_shards(Path(request.source)).sample_shape
 
 
 SOURCE_KIND = SourceKind(
     "shard folder",
-    claims=lambda source: source not in BUILTIN_SOURCES and is_shard_folder(Path(source)),
+    claims=lambda request: request.source not in BUILTIN_SOURCES and is_shard_folder(Path(request.source)),
     read=_read_into_memory,
     stream=lambda cfg, seed: open_sharded(cfg, seed),
     sample_shape=_sample_shape,

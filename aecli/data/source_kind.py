@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from aecli.config import DataConfig
-    from aecli.data.arrays import RawData
+    from aecli.config import DataConfig, SequencesConfig, SeriesConfig, WindowConfig
+    from aecli.data.arrays import Dataset, RawData, Samples
+    from aecli.data.scaling import Scaling
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class SourceRequest:
     id_column: str | int | None = None
     mmap: bool = False  # an .npy file may be memory-mapped (read once, in order: `aecli prepare`)
     limit: int | None = None  # rows of each split that will be used: a streamed kind reads no more
+    series: SeriesConfig | None = None
+    window: WindowConfig | None = None
+    sequences: SequencesConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -35,11 +39,15 @@ class SourceKind:
 
     `read` returns every row in memory (validated afterwards by the caller); `stream`, for
     kinds too large for memory, opens the source for training block by block instead.
-    `sample_shape`, when given, answers `aecli validate` without reading the rows.
+    `sample_shape`, when given, answers `aecli validate` without reading the rows. A kind whose
+    samples are not rows (windows of a series) splits and scales them itself: `load` (training
+    data) and `load_for_model` (any data scored by a trained run).
     """
 
     name: str
-    claims: Callable[[str], bool]
+    claims: Callable[[SourceRequest], bool]
     read: Callable[[SourceRequest], RawData]
     stream: Callable[[DataConfig, int], Any] | None = None  # returns a streamed view, like shards.ShardedData
     sample_shape: Callable[[SourceRequest], tuple[int, ...]] | None = None
+    load: Callable[[DataConfig, int], Dataset] | None = None
+    load_for_model: Callable[[DataConfig, tuple[int, ...], Scaling], Samples] | None = None

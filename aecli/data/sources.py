@@ -1,7 +1,8 @@
 """The registry of source kinds: which module reads a given `data.source`.
 
-Order matters: the first kind that claims a source reads it, and `files` claims whatever is
-left (so a missing path gets its "no such file" message).
+Order matters: the first kind that claims a source reads it (a series or sequences layout, set
+in the data config, comes before any file type), and `files` claims whatever is left (so a
+missing path gets its "no such file" message).
 """
 
 from __future__ import annotations
@@ -9,15 +10,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from aecli.config import DataConfig
-from aecli.data import builtin, files, shards
+from aecli.data import builtin, files, sequences, series, shards
 from aecli.data.arrays import RawData, check_raw, sample_shape_of
 from aecli.data.source_kind import SourceKind, SourceRequest
 
-SOURCE_KINDS: tuple[SourceKind, ...] = (builtin.SOURCE_KIND, shards.SOURCE_KIND, files.SOURCE_KIND)
+SOURCE_KINDS: tuple[SourceKind, ...] = (
+    series.SOURCE_KIND,
+    sequences.SOURCE_KIND,
+    builtin.SOURCE_KIND,
+    shards.SOURCE_KIND,
+    files.SOURCE_KIND,
+)
 
 
-def source_kind(source: str) -> SourceKind:
-    return next(kind for kind in SOURCE_KINDS if kind.claims(source))
+def source_kind(request: SourceRequest) -> SourceKind:
+    return next(kind for kind in SOURCE_KINDS if kind.claims(request))
+
+
+def kind_of(cfg: DataConfig) -> SourceKind:
+    """The kind that reads the source a data config names."""
+    return source_kind(_request(cfg))
 
 
 def read_source(
@@ -42,23 +54,35 @@ def read_data(cfg: DataConfig, limit: int | None = None, mmap: bool = False) -> 
 
 
 def _read(request: SourceRequest) -> RawData:
-    raw = source_kind(request.source).read(request)
+    raw = source_kind(request).read(request)
     check_raw(raw, request.source)
     return raw
 
 
 def _request(cfg: DataConfig, limit: int | None = None, mmap: bool = False) -> SourceRequest:
-    return SourceRequest(cfg.source, cfg.labels_path, cfg.label_column, cfg.id_column, mmap, limit)
+    return SourceRequest(
+        cfg.source,
+        cfg.labels_path,
+        cfg.label_column,
+        cfg.id_column,
+        mmap,
+        limit,
+        cfg.series,
+        cfg.window if cfg.series is not None else None,
+        cfg.sequences,
+    )
 
 
 def peek_sample_shape(cfg: DataConfig) -> tuple[int, ...]:
     """The shape of one sample, read cheaply (no TensorFlow, no scikit-learn) for `aecli validate`."""
-    kind = source_kind(cfg.source)
+    request = _request(cfg)
+    kind = source_kind(request)
     if kind.sample_shape is not None:
-        return kind.sample_shape(_request(cfg))
-    return sample_shape_of(read_data(cfg).x_train)
+        return kind.sample_shape(request)
+    raw = read_data(cfg)
+    return sample_shape_of(raw.x_train, raw.sequences)
 
 
-def is_streamed(source: str) -> bool:
+def is_streamed(cfg: DataConfig) -> bool:
     """Whether training streams this source block by block instead of loading it."""
-    return source_kind(source).stream is not None
+    return kind_of(cfg).stream is not None

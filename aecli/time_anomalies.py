@@ -1,0 +1,201 @@
+"""Anomalies located in time: window errors become per-step scores, flagged steps become
+ranges, and labelled anomalies (a label column, or NAB-style windows) are scored against them.
+
+numpy only. A step's score comes from the windows that cover it: their mean, their max, or
+`all` (the smallest: a step is flagged only when every window covering it is over the
+threshold, as in the Keras example "Timeseries anomaly detection using an Autoencoder").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aecli.data.arrays import Timeline, show_time
+from aecli.errors import DataError, clip, shorten
+
+MAX_LABEL_FILE_BYTES = 64 * 2**20
+
+
+def step_scores(window_scores: np.ndarray, starts: np.ndarray, size: int, steps: int, points: str) -> np.ndarray:
+    """Per-step scores from per-window scores; steps no window covers are NaN."""
+    covered = (starts[:, None] + np.arange(size)).ravel()
+    repeated = np.repeat(window_scores.astype(np.float64), size)
+    if points == "mean":
+        total = np.bincount(covered, repeated, minlength=steps)
+        count = np.bincount(covered, minlength=steps)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return total / count
+    out = np.full(steps, -np.inf if points == "max" else np.inf)
+    (np.maximum if points == "max" else np.minimum).at(out, covered, repeated)
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def ranges_of(flags: np.ndarray) -> list[tuple[int, int]]:
+    """Contiguous runs of True as (first step, last step), inclusive."""
+    padded = np.r_[False, flags, False].astype(np.int8)
+    edges = np.diff(padded)
+    return list(zip(np.flatnonzero(edges == 1).tolist(), (np.flatnonzero(edges == -1) - 1).tolist(), strict=True))
+
+
+@dataclass
+class TimeAnomalies:
+    """Per-step scores and flags of one scored stretch, and the ranges they form."""
+
+    scores: np.ndarray
+    flags: np.ndarray
+    ranges: list[tuple[int, int]]
+    threshold: float
+    points: str
+
+    def range_rows(self, timeline: Timeline) -> list[dict[str, Any]]:
+        """anomalies.csv: one row per flagged range."""
+        rows = []
+        for first, last in self.ranges:
+            peak = first + int(np.nanargmax(self.scores[first : last + 1]))
+            rows.append(
+                {
+                    "start": _when(timeline, first),
+                    "end": _when(timeline, last),
+                    "steps": last - first + 1,
+                    "peak_time": _when(timeline, peak),
+                    "peak_score": float(self.scores[peak]),
+                }
+            )
+        return rows
+
+
+def locate_anomalies(window_scores: np.ndarray, timeline: Timeline, threshold: float, points: str) -> TimeAnomalies:
+    scores = step_scores(window_scores, timeline.starts, timeline.size, len(timeline.times), points)
+    flags = np.nan_to_num(scores, nan=-np.inf) > threshold
+    return TimeAnomalies(scores, flags, ranges_of(flags), threshold, points)
+
+
+def _when(timeline: Timeline, step: int) -> str:
+    moment = timeline.times[step]
+    return show_time(moment) if timeline.timed else str(int(moment))
+
+
+def detection_report(found: TimeAnomalies, labels: np.ndarray, timeline: Timeline) -> dict[str, Any]:
+    """Point-wise precision/recall/F1, which labelled windows were detected and how early, and
+    how many flagged ranges fall outside every labelled window."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        labels, found.flags, average="binary", pos_label=True, zero_division=0
+    )
+    windows = []
+    for first, last in ranges_of(labels):
+        hits = np.flatnonzero(found.flags[first : last + 1])
+        entry: dict[str, Any] = {
+            "start": _when(timeline, first),
+            "end": _when(timeline, last),
+            "detected": bool(len(hits)),
+        }
+        if len(hits):
+            entry["first_flag"] = _when(timeline, first + int(hits[0]))
+            entry["delay_steps"] = int(hits[0])
+            entry["delay_fraction"] = round(int(hits[0]) / (last - first + 1), 4)
+        windows.append(entry)
+    outside = [r for r in found.ranges if not labels[r[0] : r[1] + 1].any()]
+    return {
+        "point_precision": float(precision),
+        "point_recall": float(recall),
+        "point_f1": float(f1),
+        "labelled_steps": int(labels.sum()),
+        "flagged_steps": int(found.flags.sum()),
+        "labelled_windows": len(windows),
+        "windows_detected": sum(entry["detected"] for entry in windows),
+        "flagged_ranges": len(found.ranges),
+        "ranges_outside_windows": len(outside),
+        "windows": windows,
+    }
+
+
+def labels_from_windows(path: Path, source: str, timeline: Timeline) -> np.ndarray:
+    """Per-step labels from a NAB-style windows file, {file: [[start, end], ...]}, for the
+    evaluated file: its entry is the key that is its name, or that ends with /its name."""
+    entries = _read_windows_file(path)
+    name = os.path.basename(source)
+    matches = [key for key in entries if key in (source, name) or key.endswith("/" + name)]
+    if not matches:
+        named = clip(", ".join(entries) or "no files")
+        raise DataError(f"--anomaly-windows {path}: has no entry for {name}; it names {named}")
+    if len(matches) > 1:
+        raise DataError(f"--anomaly-windows {path}: {len(matches)} entries match {name}: {clip(', '.join(matches))}")
+    labels = np.zeros(len(timeline.times), bool)
+    for number, window in enumerate(entries[matches[0]], start=1):
+        if not isinstance(window, list) or len(window) != 2:
+            raise DataError(f"--anomaly-windows {path}: window {number} of {matches[0]} is not [start, end]")
+        first, last = (_moment(path, value, timeline) for value in window)
+        if last < first:
+            raise DataError(f"--anomaly-windows {path}: window {number} of {matches[0]} ends before it starts")
+        labels |= (timeline.times >= first) & (timeline.times <= last)
+    return labels
+
+
+def _read_windows_file(path: Path) -> dict[str, Any]:
+    try:
+        if path.stat().st_size > MAX_LABEL_FILE_BYTES:
+            raise DataError(f"--anomaly-windows {path}: larger than {MAX_LABEL_FILE_BYTES // 2**20} MiB")
+        with path.open(encoding="utf-8") as handle:
+            entries = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise DataError(f"--anomaly-windows {path}: cannot read it as JSON ({clip(str(exc))})") from None
+    if not isinstance(entries, dict) or not all(isinstance(v, list) for v in entries.values()):
+        raise DataError(f"--anomaly-windows {path}: expected {{file: [[start, end], ...]}} (NAB's layout)")
+    return entries
+
+
+def _moment(path: Path, value: Any, timeline: Timeline) -> Any:
+    if timeline.times.dtype.kind == "M":
+        if not isinstance(value, str):
+            raise DataError(f"--anomaly-windows {path}: {shorten(value)} is not a time (write times as text)")
+        try:
+            return np.datetime64(str(value).replace(" ", "T")).astype(timeline.times.dtype)
+        except ValueError:
+            raise DataError(f"--anomaly-windows {path}: {shorten(value)} is not a time") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(f"--anomaly-windows {path}: {shorten(value)} is not a number (this series is untimed)")
+    return value
+
+
+def stitch_windows(reconstructions: np.ndarray, timeline: Timeline) -> np.ndarray:
+    """(steps, channels): each step's reconstruction, averaged over the windows covering it
+    (NaN where none does)."""
+    steps, channels = len(timeline.times), reconstructions.shape[-1]
+    covered = (timeline.starts[:, None] + np.arange(timeline.size)).ravel()
+    count = np.bincount(covered, minlength=steps)[:, None]
+    total = np.zeros((steps, channels))
+    np.add.at(total, covered, reconstructions.reshape(-1, channels).astype(np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / count
+
+
+def stretch_steps(text: str, timeline: Timeline) -> tuple[int, int]:
+    """The first and last step of "START,END" (times, or step numbers for an untimed series)."""
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise DataError(f"--range {shorten(text)}: expected START,END, e.g. '2014-04-11 00:00,2014-04-12 00:00'")
+    times = timeline.times if timeline.timed else np.arange(len(timeline.times)) + timeline.offset
+    try:
+        if times.dtype.kind == "M":
+            bounds = [np.datetime64(part.replace(" ", "T")).astype(times.dtype) for part in parts]
+        else:
+            bounds = [float(part) for part in parts]
+    except ValueError:
+        kind = "times" if times.dtype.kind == "M" else "numbers (this series has no time column: steps)"
+        raise DataError(f"--range {shorten(text)}: START and END must be {kind}") from None
+    if bounds[1] < bounds[0]:
+        raise DataError(f"--range {shorten(text)}: END is before START")
+    inside = np.flatnonzero((times >= bounds[0]) & (times <= bounds[1]))
+    if not len(inside):
+        span = f"{_when(timeline, 0)} to {_when(timeline, len(times) - 1)}"
+        raise DataError(f"--range {shorten(text)}: no step of the series lies in it (the series runs from {span})")
+    return int(inside[0]), int(inside[-1])

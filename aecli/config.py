@@ -363,6 +363,11 @@ class ModelConfig(_Section):
     downsample: Literal["stride", "maxpool"] = Field(
         "stride", description="conv: halve the size per block by stride-2 convolutions or 2x2 max pooling"
     )
+    code: Literal["dense", "feature_map"] = Field(
+        "dense",
+        description="conv and conv1d: the code is a Dense layer of latent_dim units after the blocks (dense), or "
+        "the last block's output itself (feature_map, as in the Keras convolutional examples)",
+    )
     activation: Activation = "relu"
     latent_activation: Activation = "linear"
     output_activation: OutputActivation = Field(
@@ -394,6 +399,11 @@ class ModelConfig(_Section):
         if not self.has_blocks:
             reason = "applies to conv models only (kind conv or conv1d, or vae with body conv)"
             knobs.update(dict.fromkeys(("filters", "kernel_size", "downsample"), reason))
+        if self.kind not in ("conv", "conv1d"):
+            knobs["code"] = f"applies to model.kind conv and conv1d only, not {self.kind!r}"
+        elif self.code == "feature_map":
+            reason = "does not apply with code feature_map (the last block's output is the code)"
+            knobs.update(dict.fromkeys(("latent_dim", "latent_activation", "encoder", "decoder"), reason))
         return knobs
 
     @model_validator(mode="before")
@@ -405,6 +415,8 @@ class ModelConfig(_Section):
         data = dict(data)
         kind = data.get("kind")
         conv = kind in ("conv", "conv1d") or (kind == "vae" and data.get("body") == "conv")
+        if data.get("code") == "feature_map":
+            return data  # no dense layers at all
         if data.get("encoder") is None:
             data["encoder"] = [] if conv else list(RECURRENT_ENCODER if kind in ("lstm", "gru") else DENSE_ENCODER)
         if data.get("decoder") is None and isinstance(data["encoder"], list):
@@ -413,6 +425,9 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _check_family(self) -> ModelConfig:
+        regularized_code = self.regularization.sparsity is not None or self.regularization.activity_l1
+        if self.code == "feature_map" and regularized_code:
+            raise ValueError("regularization: sparsity and activity_l1 act on a dense code, not code feature_map")
         if self.is_recurrent and (not self.encoder or not self.decoder):
             raise ValueError(f"encoder: a {self.kind} model needs at least one recurrent layer in encoder and decoder")
         if self.kind == "vae" and (self.regularization.sparsity is not None or self.regularization.activity_l1):

@@ -123,77 +123,56 @@ class _Planner:
 
 def plan_autoencoder(cfg: ModelConfig, input_shape: tuple[int, ...]) -> list[LayerSpec]:
     """The layers of the encoder then the decoder, with output shapes and parameter counts."""
-    if cfg.kind == "conv1d":
-        return _plan_conv1d(cfg, input_shape)
     if cfg.is_recurrent:
         return _plan_recurrent(cfg, input_shape)
     planner = _Planner(cfg, input_shape)
-    if cfg.uses_conv:
-        _check_conv_input(cfg, input_shape)
-        for filters in cfg.filters:
-            if cfg.downsample == "maxpool":
-                planner.conv(filters, strides=1)
-                h, w, c = planner.shape
-                planner.add("MaxPooling2D", (math.ceil(h / 2), math.ceil(w / 2), c), pool_size=2, padding="same")
-            else:
-                planner.conv(filters, strides=2)
-    conv_shape = planner.shape
-    if len(planner.shape) > 1:
-        planner.add("Flatten", (math.prod(planner.shape),), name="flatten")
-    for units in cfg.encoder:
-        planner.dense(units, cfg.activation)
-    if cfg.kind == "vae":
-        code_input = planner.shape
-        planner.dense(cfg.latent_dim, "linear", name="z_mean", hidden=False)
-        planner.shape = code_input
-        planner.dense(cfg.latent_dim, "linear", name="z_log_var", hidden=False)
-        planner.add("Sampling", (cfg.latent_dim,), name="z")
-    else:
-        planner.dense(cfg.latent_dim, cfg.latent_activation, name="latent", hidden=False)
+    if cfg.has_blocks:
+        (_check_sequence_input if cfg.kind == "conv1d" else _check_conv_input)(cfg, input_shape)
+        _encoder_blocks(planner)
+    blocks_shape = planner.shape
+    dense_code = cfg.code == "dense"  # else the last block's feature map is the code
+    if dense_code:
+        if len(planner.shape) > 1:
+            planner.add("Flatten", (math.prod(planner.shape),), name="flatten")
+        for units in cfg.encoder:
+            planner.dense(units, cfg.activation)
+        if cfg.kind == "vae":
+            code_input = planner.shape
+            planner.dense(cfg.latent_dim, "linear", name="z_mean", hidden=False)
+            planner.shape = code_input
+            planner.dense(cfg.latent_dim, "linear", name="z_log_var", hidden=False)
+            planner.add("Sampling", (cfg.latent_dim,), name="z")
+        else:
+            planner.dense(cfg.latent_dim, cfg.latent_activation, name="latent", hidden=False)
 
     planner.part = "decoder"
-    for units in cfg.decoder:
+    for units in cfg.decoder if dense_code else ():
         planner.dense(units, cfg.activation)
-    features = math.prod(input_shape)
-    if cfg.uses_conv:
-        planner.dense(math.prod(conv_shape), cfg.activation)
-        planner.add("Reshape", conv_shape, target_shape=conv_shape)
-        for filters in reversed(cfg.filters):
-            planner.conv(filters, strides=2, transpose=True)
-        planner.conv(input_shape[-1], strides=1, activation=cfg.output_activation, name="reconstruction", hidden=False)
-    else:
-        planner.dense(features, cfg.output_activation, name="reconstruction", hidden=False)
+    if not cfg.has_blocks:
+        planner.dense(math.prod(input_shape), cfg.output_activation, name="reconstruction", hidden=False)
         if len(input_shape) > 1:
             planner.add("Reshape", tuple(input_shape), name="reshape", target_shape=tuple(input_shape))
-    return planner.specs
-
-
-def _plan_conv1d(cfg: ModelConfig, input_shape: tuple[int, ...]) -> list[LayerSpec]:
-    """Conv1D blocks (stride 2, or stride 1 and 2x max pooling) to a dense code, mirrored by
-    Conv1DTranspose blocks back to the window's length and channels."""
-    _check_sequence_input(cfg, input_shape)
-    planner = _Planner(cfg, input_shape)
-    for filters in cfg.filters:
-        if cfg.downsample == "maxpool":
-            planner.conv(filters, strides=1)
-            steps, channels = planner.shape
-            planner.add("MaxPooling1D", (math.ceil(steps / 2), channels), pool_size=2, padding="same")
-        else:
-            planner.conv(filters, strides=2)
-    conv_shape = planner.shape
-    planner.add("Flatten", (math.prod(conv_shape),), name="flatten")
-    for units in cfg.encoder:
-        planner.dense(units, cfg.activation)
-    planner.dense(cfg.latent_dim, cfg.latent_activation, name="latent", hidden=False)
-    planner.part = "decoder"
-    for units in cfg.decoder:
-        planner.dense(units, cfg.activation)
-    planner.dense(math.prod(conv_shape), cfg.activation)
-    planner.add("Reshape", conv_shape, target_shape=conv_shape)
+        return planner.specs
+    if dense_code:
+        planner.dense(math.prod(blocks_shape), cfg.activation)
+        planner.add("Reshape", blocks_shape, target_shape=blocks_shape)
     for filters in reversed(cfg.filters):
         planner.conv(filters, strides=2, transpose=True)
     planner.conv(input_shape[-1], strides=1, activation=cfg.output_activation, name="reconstruction", hidden=False)
     return planner.specs
+
+
+def _encoder_blocks(planner: _Planner) -> None:
+    """Convolution blocks (1-D or 2-D, by the input's rank), each halving every spatial size:
+    a stride-2 convolution, or a convolution and 2x max pooling."""
+    for filters in planner.cfg.filters:
+        if planner.cfg.downsample == "maxpool":
+            planner.conv(filters, strides=1)
+            *spatial, channels = planner.shape
+            pooled = (*(math.ceil(size / 2) for size in spatial), channels)
+            planner.add(f"MaxPooling{len(spatial)}D", pooled, pool_size=2, padding="same")
+        else:
+            planner.conv(filters, strides=2)
 
 
 def _plan_recurrent(cfg: ModelConfig, input_shape: tuple[int, ...]) -> list[LayerSpec]:
@@ -307,7 +286,8 @@ def _build(
     encoded = _apply(encoder_input, [spec for spec in plan if spec.part == "encoder"], cfg)
     encoder = keras.Model(encoder_input, encoded, name="encoder")
 
-    decoder_input = keras.Input(shape=(cfg.latent_dim,), name="code")
+    code_shape = [spec for spec in plan if spec.part == "encoder"][-1].output_shape
+    decoder_input = keras.Input(shape=code_shape, name="code")
     reconstruction = _apply(decoder_input, [spec for spec in plan if spec.part == "decoder"], cfg)
     decoder = keras.Model(decoder_input, reconstruction, name="decoder")
 

@@ -224,6 +224,8 @@ def test_sequences_are_scaled_per_channel_and_keep_their_shape(tmp_path: Path) -
         ({"kind": "lstm", "encoder": [8, 6], "latent_dim": 4}, (12, 3)),
         ({"kind": "gru", "encoder": [8], "latent_dim": 4}, (12, 1)),
         ({"kind": "dense", "encoder": [16], "latent_dim": 4}, (12, 3)),
+        ({"kind": "conv1d", "filters": [32, 16], "kernel_size": 7, "code": "feature_map"}, (288, 1)),
+        ({"kind": "conv", "filters": [8, 4], "code": "feature_map", "downsample": "maxpool"}, (16, 16, 1)),
     ],
 )
 def test_sequence_models_mirror_the_window_and_count_their_parameters(model: dict[str, Any], shape: tuple) -> None:
@@ -231,8 +233,24 @@ def test_sequence_models_mirror_the_window_and_count_their_parameters(model: dic
     plan = plan_autoencoder(config, shape)
     autoencoder = build_autoencoder(config, shape, plan=plan)
     assert autoencoder.model.output_shape == (None, *shape)
-    assert autoencoder.encoder.output_shape == (None, config.latent_dim)
+    if config.code == "feature_map":  # the last block's output: each block halves every spatial size
+        spatial = tuple(size // 2 ** len(config.filters) for size in shape[:-1])
+        assert autoencoder.encoder.output_shape == (None, *spatial, config.filters[-1])
+        assert not any(spec.kind == "Dense" for spec in plan)
+    else:
+        assert autoencoder.encoder.output_shape == (None, config.latent_dim)
     assert count_parameters(plan) == autoencoder.model.count_params()
+    if model.get("kernel_size") == 7:
+        assert count_parameters(plan) == 9_505  # the Keras time-series example's model
+
+
+def test_a_feature_map_code_takes_no_dense_knobs() -> None:
+    with pytest.raises(ConfigError, match="latent_dim: does not apply with code feature_map"):
+        build_config(base={"model": {"kind": "conv1d", "code": "feature_map", "latent_dim": 8}})
+    with pytest.raises(ConfigError, match="code: applies to model.kind conv and conv1d only"):
+        build_config(base={"model": {"kind": "vae", "code": "feature_map"}})
+    with pytest.raises(ConfigError, match="sparsity and activity_l1 act on a dense code"):
+        build_config(base={"model": {"kind": "conv", "code": "feature_map", "regularization": {"activity_l1": 1e-5}}})
 
 
 def test_sequence_models_refuse_other_data() -> None:

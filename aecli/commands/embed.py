@@ -61,6 +61,7 @@ def embed(request: EmbedRequest) -> EmbedOutcome:
         raise DataError(str(exc).replace("data.source", "input", 1)) from None
     encoder = load_model(run.path / "encoder.keras", compile=False)
     codes = predict_batched(encoder, samples.x, request.batch_size)
+    codes = codes.reshape(len(codes), -1)  # a feature-map code (model.code feature_map), flattened
     if out.suffix.lower() == ".npy":
         with atomic_path(out) as temp:
             np.save(temp, codes)

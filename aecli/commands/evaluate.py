@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from aecli.backend import select_backend
+from aecli.config import ModelConfig
 from aecli.data import Samples, label_codes, label_name, load_for_model, present_labels
 from aecli.data.arrays import Timeline
 from aecli.errors import DataError, EvaluationError
@@ -111,6 +112,7 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
         normal = ~evaluated.is_anomaly
     metrics = _reconstruction_metrics(run, evaluated, reconstructions, normal)
     codes = predict_batched(encoder, evaluated.x)
+    codes = codes.reshape(len(codes), -1)  # a feature-map code (model.code feature_map), flattened
     if evaluated.labels is not None:
         latent = latent_report(codes[normal], evaluated.labels[normal], seed=run.config.training.seed)
         if latent is not None:
@@ -369,8 +371,7 @@ def _report_blocks(run: TrainedRun, metrics: dict[str, Any]) -> list[tuple[str, 
             "table",
             {
                 "data": config.data.source,
-                "model": f"{config.model.kind}: encoder {config.model.encoder}, latent {config.model.latent_dim}, "
-                f"decoder {config.model.decoder}",
+                "model": _describe_model(config.model),
                 "optimizer": f"{config.optimizer.name} (learning rate {config.optimizer.learning_rate:g})",
                 "loss": config.loss.name,
                 "augmentation": config.data.augment.describe(),
@@ -406,6 +407,12 @@ def _report_blocks(run: TrainedRun, metrics: dict[str, Any]) -> list[tuple[str, 
         blocks += [("heading", "Latent space"), ("table", latent)]
     blocks.append(("image", ("latent.png", "Latent codes in two dimensions")))
     return blocks
+
+
+def _describe_model(model: ModelConfig) -> str:
+    if model.code == "feature_map" and model.has_blocks:
+        return f"{model.kind}: filters {model.filters}, the last block's feature map as the code"
+    return f"{model.kind}: encoder {model.encoder}, latent {model.latent_dim}, decoder {model.decoder}"
 
 
 def _time_blocks(in_time: dict[str, Any]) -> list[tuple[str, Any]]:

@@ -446,6 +446,13 @@ def reconstruct(
     for note in outcome.notes:
         typer.echo(f"note: {note}", err=True)
     console = _console()
+    if outcome.steps is not None:  # a stretch of a series
+        console.print(
+            f"reconstructed {outcome.steps} steps from {outcome.n_inputs} windows: mean mse {outcome.mean_mse:.5g}"
+        )
+        console.print(f"plot: {outcome.out_dir / 'reconstructions.png'}, values: series.csv", soft_wrap=True)
+        typer.echo(str(outcome.out_dir))
+        return
     console.print(f"reconstructed {outcome.n_inputs} input(s): mean mse {outcome.mean_mse:.5g}")
     if outcome.psnr_noisy is not None and outcome.psnr_reconstructed is not None:
         console.print(

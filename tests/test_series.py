@@ -407,6 +407,7 @@ def test_reconstruct_a_time_range_and_embed_the_windows(
     run, jump = series_run
     result = cli("reconstruct", run, jump, "--range", "2024-01-01 12:00,2024-01-01 13:00", "--out", tmp_path / "r")
     assert result.exit_code == 0, result.output
+    assert "reconstructed 13 steps from" in result.output
     with (tmp_path / "r" / "series.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 13 and rows[0]["time"] == "2024-01-01 12:00:00" and rows[0]["step"] == "144"

@@ -61,6 +61,7 @@ class ReconstructOutcome:
     psnr_noisy: float | None = None
     psnr_reconstructed: float | None = None
     notes: list[str] = field(default_factory=list)  # what was done to the inputs that a user should know
+    steps: int | None = None  # a stretch of a series: how many steps were rebuilt from the windows
 
 
 @dataclass
@@ -121,6 +122,7 @@ def reconstruct(request: ReconstructRequest) -> ReconstructOutcome:
         None if before is None else _mean_psnr(before),
         None if before is None else _mean_psnr(after),
         inputs.notes,
+        None if inputs.timeline is None else len(inputs.timeline.times[inputs.shown]),
     )
 
 

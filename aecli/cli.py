@@ -445,13 +445,16 @@ def reconstruct(
     outcome = _interruptible(lambda: reconstruct_inputs(request), "interrupted: no reconstruction folder written")
     for note in outcome.notes:
         typer.echo(f"note: {note}", err=True)
-    console = _console()
+    _print_reconstruction(_console(), outcome)
+    typer.echo(str(outcome.out_dir))
+
+
+def _print_reconstruction(console: Console, outcome: Any) -> None:
     if outcome.steps is not None:  # a stretch of a series
         console.print(
             f"reconstructed {outcome.steps} steps from {outcome.n_inputs} windows: mean mse {outcome.mean_mse:.5g}"
         )
         console.print(f"plot: {outcome.out_dir / 'reconstructions.png'}, values: series.csv", soft_wrap=True)
-        typer.echo(str(outcome.out_dir))
         return
     console.print(f"reconstructed {outcome.n_inputs} input(s): mean mse {outcome.mean_mse:.5g}")
     if outcome.psnr_noisy is not None and outcome.psnr_reconstructed is not None:
@@ -460,7 +463,6 @@ def reconstruct(
             f"(reconstructed), against the clean inputs"
         )
     console.print(f"grid: {outcome.out_dir / 'reconstructions.png'}, table: reconstructions.csv", soft_wrap=True)
-    typer.echo(str(outcome.out_dir))
 
 
 @app.command()

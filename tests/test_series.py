@@ -524,3 +524,18 @@ def test_numbers_in_a_windows_file_of_a_timed_series_are_refused(tmp_path: Path)
     (tmp_path / "w.json").write_text(json.dumps({"s.csv": [[1577836800, 1577840400]]}))
     with pytest.raises(DataError, match="1577836800 is not a time"):
         labels_from_windows(tmp_path / "w.json", "s.csv", timeline)
+
+
+def test_windows_too_large_for_memory_are_refused_before_allocating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aecli.data.series as series
+
+    path = write_series(tmp_path / "s.csv", periodic(300))
+    monkeypatch.setattr(series, "memory_bytes", lambda: 10_000)  # 5 KB for windows
+    with pytest.raises(DataError, match=r"windows of 24 steps need .* raise data.window.stride"):
+        load_dataset(series_config(path), seed=0)
+    monkeypatch.undo()
+    data = load_dataset(series_config(path, window={"size": 24, "stride": 5}), seed=0)
+    assert data.source_rows["train"][:3].tolist() == [0, 5, 10] and data.x_train.shape[1:] == (24, 1)
+    assert np.allclose(data.x_train[1, :, 0], data.scaling.apply(periodic(300)[5:29, None])[:, 0])

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from aecli.data.arrays import Dataset, RawData, Samples, Timeline, show_time, time_text
-from aecli.data.files import column_index
+from aecli.data.files import column_index, memory_bytes
 from aecli.data.labels import is_number
 from aecli.data.scaling import Scaling, aligned_empty, fit_channel_scaling
 from aecli.data.source_kind import SourceKind, SourceRequest
@@ -272,11 +272,23 @@ def window_starts(steps: int, size: int, stride: int, cover_end: bool = False) -
     return starts
 
 
+WINDOW_CHUNK = 4096  # windows copied at a time: the float64 temporary stays small
+
+
 def windows(scaled: np.ndarray, starts: np.ndarray, size: int) -> np.ndarray:
-    """(windows, size, channels) float32 in an aligned buffer (the fast path uses it without a copy)."""
+    """(windows, size, channels) float32 in an aligned buffer (the fast path uses it without a copy);
+    refused before allocating when the windows would not fit in half of this machine's memory."""
+    needed = len(starts) * size * scaled.shape[1] * 4
+    if needed > memory_bytes() // 2:
+        raise DataError(
+            f"data.window: {len(starts):,} windows of {size} steps need {needed / 2**30:.1f} GiB as float32, more "
+            "than half of this machine's memory; raise data.window.stride (or shorten the windows)"
+        )
     view = np.lib.stride_tricks.sliding_window_view(scaled, size, axis=0)  # (steps - size + 1, channels, size)
     out = aligned_empty((len(starts), size, scaled.shape[1]), np.dtype(np.float32))
-    out[...] = view[starts].transpose(0, 2, 1)
+    for first in range(0, len(starts), WINDOW_CHUNK):
+        chosen = starts[first : first + WINDOW_CHUNK]
+        out[first : first + len(chosen)] = view[chosen].transpose(0, 2, 1)
     return out
 
 

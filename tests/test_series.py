@@ -278,7 +278,7 @@ def test_step_scores_from_the_windows_covering_each_step() -> None:
 def test_flagged_ranges_and_detection_against_labelled_windows() -> None:
     times = (START + STEP * np.arange(12)).astype("datetime64[s]")
     timeline = Timeline(times, np.zeros((12, 1)), np.arange(10), 3, ["value"], True)
-    window_scores = np.array([0, 0, 0, 2, 2, 0, 0, 0, 2, 0], float)  # "all": steps 5 and ...
+    window_scores = np.array([0, 0, 0, 2, 2, 0, 0, 0, 2, 0], float)  # windows 3, 4 and 8 (of 3 steps) are over
     found = locate_anomalies(window_scores, timeline, threshold=1.0, points="max")
     assert found.ranges == [(3, 6), (8, 10)]
     assert found.range_rows(timeline)[0] == {
@@ -289,7 +289,7 @@ def test_flagged_ranges_and_detection_against_labelled_windows() -> None:
         "peak_score": 2.0,
     }
     labels = np.zeros(12, bool)
-    labels[4:8] = True  # detected 1 step late; the second range is outside it
+    labels[4:8] = True  # flagged from its first step; the range 8-10 lies outside it
     report = detection_report(found, labels, timeline)
     assert report["windows_detected"] == 1 and report["ranges_outside_windows"] == 1
     assert report["windows"][0]["delay_steps"] == 0 and report["windows"][0]["first_flag"] == "2024-01-01 00:20:00"

@@ -569,7 +569,8 @@ class TrainingConfig(_Section):
     jit_compile: bool | Literal["auto"] = Field(
         "auto",
         description="compile the training step with XLA; auto: on for dense models on a CPU and on GPUs, off for "
-        "convolutional models on a CPU (slower under XLA there); the resolved value is recorded in run.json",
+        "convolutional and recurrent models on a CPU (slower under XLA there); the resolved value is recorded in "
+        "run.json",
     )
     input_pipeline: Literal["tensor", "arrays", "keras"] = Field(
         "tensor",

@@ -24,6 +24,13 @@ def test_auto_is_the_default_and_turns_xla_off_for_conv_models_on_a_cpu() -> Non
         assert "Conv2D" in decision.reason and "without XLA" in decision.reason
 
 
+def test_auto_turns_xla_off_for_sequence_models_on_a_cpu() -> None:
+    for model, layer in (({"kind": "conv1d"}, "Conv1D"), ({"kind": "lstm"}, "LSTM"), ({"kind": "gru"}, "GRU")):
+        decision = resolve_jit_compile("auto", kinds_of(model, (32, 2)), "tensorflow", False, False)
+        assert decision.enabled is False and layer in decision.reason, model
+    assert resolve_jit_compile("auto", kinds_of({"kind": "dense"}, (32, 2)), "tensorflow", False, False).enabled
+
+
 def test_auto_keeps_xla_where_it_wins() -> None:
     dense = kinds_of({"kind": "dense"}, (784,))
     assert resolve_jit_compile("auto", dense, "tensorflow", False, False).enabled is True

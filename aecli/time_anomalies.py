@@ -73,6 +73,11 @@ class TimeAnomalies:
 
 def locate_anomalies(window_scores: np.ndarray, timeline: Timeline, threshold: float, points: str) -> TimeAnomalies:
     scores = step_scores(window_scores, timeline.starts, timeline.size, len(timeline.times), points)
+    return flag_steps(scores, threshold, points)
+
+
+def flag_steps(scores: np.ndarray, threshold: float, points: str) -> TimeAnomalies:
+    """Steps over the threshold (steps no window covers never are), and the ranges they form."""
     flags = np.nan_to_num(scores, nan=-np.inf) > threshold
     return TimeAnomalies(scores, flags, ranges_of(flags), threshold, points)
 

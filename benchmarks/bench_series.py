@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_kinds import steady  # the same steady-epoch rule as the other kinds (this folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 NAB = ROOT.parent / "shared" / "data" / "nab-example"
 CONFIG = ROOT / "configs" / "nab_conv1d.yaml"
@@ -127,10 +129,6 @@ def run_worker(kind: str, epochs: int) -> dict[str, Any]:
     if out.returncode:
         raise SystemExit(f"{kind} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def steady(runs: list[dict[str, Any]]) -> float:
-    return statistics.median(s for run in runs for s in run["seconds"][1:])
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ from aecli.reporting import (
 )
 from aecli.runs import AUGMENTED_SAMPLES, StagedOutputDir, check_new_output_dir, now_iso
 from aecli.thresholds import ThresholdSpec, parse_threshold, resolve_threshold
-from aecli.time_anomalies import TimeAnomalies, detection_report, labels_from_windows, locate_anomalies, step_scores
+from aecli.time_anomalies import TimeAnomalies, detection_report, flag_steps, labels_from_windows, step_scores
 from aecli.trained_run import TrainedRun, load_model, open_trained_run
 
 SCORES = ("mse", "mae", "bce")
@@ -290,7 +290,7 @@ def _anomalies_in_time(
     scores = step_scores(window_scores, timeline.starts, timeline.size, len(timeline.times), points)
     # contamination: that share of the steps (the other methods use the training windows' errors)
     threshold = resolve_threshold(threshold_spec, _training_scores(run, score), scores[np.isfinite(scores)])
-    found = locate_anomalies(window_scores, timeline, threshold, points)
+    found = flag_steps(scores, threshold, points)
     labels = timeline.labels
     if request.anomaly_windows is not None:
         labels = labels_from_windows(request.anomaly_windows, request.data or run.config.data.source, timeline)

@@ -275,17 +275,20 @@ def window_starts(steps: int, size: int, stride: int, cover_end: bool = False) -
 WINDOW_CHUNK = 4096  # windows copied at a time: the float64 temporary stays small
 
 
-def windows(scaled: np.ndarray, starts: np.ndarray, size: int) -> np.ndarray:
-    """(windows, size, channels) float32 in an aligned buffer (the fast path uses it without a copy);
-    refused before allocating when the windows would not fit in half of this machine's memory."""
-    needed = len(starts) * size * scaled.shape[1] * 4
+FLOAT32 = np.dtype(np.float32)
+
+
+def windows(scaled: np.ndarray, starts: np.ndarray, size: int, dtype: np.dtype = FLOAT32) -> np.ndarray:
+    """(windows, size, channels) in an aligned buffer (the fast path uses float32 windows without a
+    copy); refused before allocating when they would not fit in half of this machine's memory."""
+    needed = len(starts) * size * scaled.shape[1] * dtype.itemsize
     if needed > memory_bytes() // 2:
         raise DataError(
-            f"data.window: {len(starts):,} windows of {size} steps need {needed / 2**30:.1f} GiB as float32, more "
+            f"data.window: {len(starts):,} windows of {size} steps need {needed / 2**30:.1f} GiB as {dtype}, more "
             "than half of this machine's memory; raise data.window.stride (or shorten the windows)"
         )
     view = np.lib.stride_tricks.sliding_window_view(scaled, size, axis=0)  # (steps - size + 1, channels, size)
-    out = aligned_empty((len(starts), size, scaled.shape[1]), np.dtype(np.float32))
+    out = aligned_empty((len(starts), size, scaled.shape[1]), dtype)
     for first in range(0, len(starts), WINDOW_CHUNK):
         chosen = starts[first : first + WINDOW_CHUNK]
         out[first : first + len(chosen)] = view[chosen].transpose(0, 2, 1)
@@ -415,8 +418,7 @@ def read_series_windows(request: SourceRequest) -> RawData:
     if len(table.values) < size:
         raise DataError(f"data.window.size {size}: the series has {len(table.values)} steps, too few for one window")
     starts = window_starts(len(table.values), size, request.window.stride)
-    view = np.lib.stride_tricks.sliding_window_view(table.values, size, axis=0)[starts].transpose(0, 2, 1)
-    return RawData(np.ascontiguousarray(view), None, None, None, sequences=True)
+    return RawData(windows(table.values, starts, size, table.values.dtype), None, None, None, sequences=True)
 
 
 SOURCE_KIND = SourceKind(

@@ -212,7 +212,7 @@ def _train_new(
     command = shlex.join(["aecli", *sys.argv[1:]])
     outcome = train_run(settings, runs_dir, name, command, reporter=reporter, on_run_dir=on_run_dir)
     if not outcome.written:
-        console.print("worker finished: the chief worker writes the run directory")
+        console.print(_worker_finished(outcome.reading))
         return None
     return outcome.run_dir, outcome.metrics
 
@@ -228,9 +228,20 @@ def _resume_training(console: Console, run_dir: Path, reporter: Any) -> tuple[Pa
         return None
     console.print(f"resumed after epoch {resumed.from_epoch}")
     if not resumed.written:
-        console.print("worker finished: the chief worker writes the run directory")
+        console.print(_worker_finished(resumed.reading))
         return None
     return resumed.run_dir, resumed.metrics
+
+
+def _worker_finished(reading: dict[str, int] | None) -> str:
+    """What a non-chief worker says at the end: who writes the run, and what it read itself."""
+    line = "worker finished: the chief worker writes the run directory"
+    if reading is None:
+        return line
+    return (
+        f"{line}; this worker read {reading['files']} of {reading['files_in_folder']} shard files "
+        f"({reading['rows']:,} rows, {reading['bytes']:,} bytes)"
+    )
 
 
 def _print_training_summary(console: Console, metrics: dict[str, Any]) -> None:
@@ -558,6 +569,14 @@ def prepare(
     source: Annotated[str, typer.Argument(help="Any data source (same syntax as data.source).", show_default=False)],
     out_dir: Annotated[Path, typer.Argument(help="New folder to write the shards into.", show_default=False)],
     shard_size: Annotated[int, typer.Option(help="Rows per shard file.")] = 50_000,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            help="Files per split instead of --shard-size: a multiple of a cluster's worker count lets "
+            "each worker read only its own files.",
+            show_default=False,
+        ),
+    ] = None,
     encoding: Annotated[str, typer.Option("--format", help="tfrecord or npy.")] = "tfrecord",
     overrides: Annotated[
         list[str] | None, typer.Option("--set", "-s", help="data.KEY=VALUE: labels_path, label_column, limit.")
@@ -570,7 +589,7 @@ def prepare(
     data = prepare_data_config(source, overrides or [])
     console = _console()
     outcome = _interruptible(
-        lambda: prepare_shards(data, out_dir, shard_size, encoding, say=console.print),
+        lambda: prepare_shards(data, out_dir, shard_size, encoding, say=console.print, shards=shards),
         f"interrupted: nothing written to {out_dir}",
     )
     console.print(

@@ -681,11 +681,6 @@ class AecliConfig(_Section):
                 "data.augment: augmentation runs in the tf.data input pipeline, and training.input_pipeline keras "
                 "hands numpy arrays to fit instead; use input_pipeline tensor (the default) or arrays"
             )
-        if self.training.distribute.strategy == "multi_worker" and self.training.noise is not None:
-            raise ValueError(
-                "training.noise: denoising is not available with distribute.strategy multi_worker yet "
-                "(use mirrored, or none)"
-            )
         stopping = self.training.early_stopping
         if stopping is not None and stopping.monitor == "val_loss" and self.data.validation_split == 0:
             raise ValueError(

@@ -15,12 +15,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from aecli.backend import import_tensorflow
 from aecli.config import DistributeConfig
-from aecli.errors import ConfigError
+from aecli.data.sharing import WorkerShare
+from aecli.errors import AecliError, ConfigError
 
 TF_CONFIG_EXAMPLE = (
     'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\''
@@ -40,6 +45,11 @@ class ClusterTask:
     def is_chief(self) -> bool:
         """The chief writes the run: task type `chief`, or worker 0 when the cluster names no chief."""
         return self.kind == "chief" or (self.kind == "worker" and self.index == 0 and not self.has_chief)
+
+    @property
+    def pipeline(self) -> int:
+        """This task's input pipeline, numbered as tf.distribute numbers them: the chief first."""
+        return self.index + 1 if self.kind == "worker" and self.has_chief else self.index
 
 
 def read_cluster_task(environ: dict[str, str] | None = None) -> ClusterTask:
@@ -84,6 +94,7 @@ class Placement:
     chief: bool = True
     workers: int = 1
     multi_worker: bool = False  # batches carry no targets (see layers.MultiWorkerTrainer)
+    pipeline: int = 0  # this worker's input pipeline (0 .. workers - 1)
 
     @property
     def distributed(self) -> bool:
@@ -97,6 +108,52 @@ class Placement:
         """The strategy's scope, in which models and optimizers are created (a no-op without one)."""
         return contextlib.nullcontext() if self.strategy is None else self.strategy.scope()
 
+    def share(self) -> WorkerShare | None:
+        """For a cluster of several workers: this worker's share of a shard folder, and the
+        collectives through which the workers combine what they read."""
+        if not self.multi_worker or self.workers < 2:
+            return None
+        tf, strategy = import_tensorflow(), self.strategy
+
+        def gather(array: np.ndarray) -> np.ndarray:
+            local = tf.constant(array)
+            with cluster_errors():
+                values = strategy.experimental_distribute_values_from_function(lambda _: local)
+                return np.asarray(strategy.gather(values, axis=0))
+
+        def distribute(make: Callable[[], Any]) -> Any:
+            # Each worker builds its own pipeline (its own files): nothing is left to auto-sharding.
+            return strategy.distribute_datasets_from_function(lambda _: make())
+
+        return WorkerShare(self.pipeline, self.workers, gather, distribute)
+
+
+class ClusterError(AecliError):
+    """A worker (or the chief) of a multi-worker cluster stopped: the others cannot go on alone.
+    The run keeps its last finished epoch and continues when every worker resumes it."""
+
+    exit_code = 4
+
+
+@contextlib.contextmanager
+def cluster_errors(run_dir: Any = None) -> Iterator[None]:
+    """TensorFlow's report of a lost worker (a collective aborted, a peer that stopped sending
+    heartbeats) as a ClusterError saying which task and what to do."""
+    tf = import_tensorflow()
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.InternalError, tf.errors.AbortedError) as exc:
+        message = str(exc)
+        if "Collective ops is aborted" not in message and not isinstance(exc, tf.errors.UnavailableError):
+            raise
+        tasks = sorted(set(re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", message.split("unhealthy", 1)[-1])))
+        who = ", ".join(f"{job} {task}" for job, task in tasks) or "another task"
+        where = "RUN_DIR (the chief's run directory)" if run_dir is None else str(run_dir)
+        raise ClusterError(
+            f"the cluster lost {who} (it stopped answering); start every worker again with "
+            f"aecli train --resume {where} to continue from the last finished epoch"
+        ) from None
+
 
 def place(cfg: DistributeConfig) -> Placement:
     """The placement for `cfg`; call before any other TensorFlow work (see the module's docstring)."""
@@ -105,7 +162,8 @@ def place(cfg: DistributeConfig) -> Placement:
     if cfg.strategy == "multi_worker":
         task = read_cluster_task()  # a clear error before TensorFlow tries to reach the cluster
         tf = import_tensorflow()
-        return Placement(tf.distribute.MultiWorkerMirroredStrategy(), task.is_chief, task.workers, multi_worker=True)
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        return Placement(strategy, task.is_chief, task.workers, multi_worker=True, pipeline=task.pipeline)
     tf = import_tensorflow()
     if cfg.devices is not None:
         known = {device.name.lower() for device in tf.config.list_logical_devices()}

@@ -8,7 +8,7 @@ the mean over samples. The range is 1 for data scaled to [0, 1].
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,10 +103,13 @@ class SplitReport:
 
 def report_split(model: Any, data: TrainingData, part: str, per_class: bool) -> SplitReport:
     """One split of the training data (in memory, or streamed a batch at a time with only the
-    per-sample errors kept), reconstructed by `model`; `per_class` adds metrics per label."""
+    per-sample errors kept), reconstructed by `model`; `per_class` adds metrics per label.
+    A worker of a cluster reading its own share of a shard folder reports its rows, and every
+    worker gets the whole split's errors (a collective: every worker calls this, in turn)."""
     names = data.label_names if per_class else None
     if isinstance(data, ShardedData):
-        return streamed_reconstruction_report(model, data.batches(part, PREDICT_BATCH_SIZE), names)
+        gather = None if data.share is None else data.share.gather
+        return streamed_reconstruction_report(model, data.batches(part, PREDICT_BATCH_SIZE), names, gather)
     x, y = data.split(part)
     metrics, errors = reconstruction_report(x, predict_batched(model, x), y if per_class else None, names)
     return SplitReport(metrics, errors, y, data.origin(part))
@@ -116,28 +119,37 @@ def streamed_reconstruction_report(
     model: Any,
     batches: Iterable[tuple[np.ndarray, np.ndarray | None, np.ndarray]],
     label_names: list[str] | None = None,
+    gather: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> SplitReport:
     """`reconstruction_report` over batches of (x, labels, source rows) for data larger than
     memory: only per-sample errors, labels and rows are kept. bce is reported when every batch
-    lies in [0, 1]."""
-    parts: list[dict[str, np.ndarray]] = []
-    label_parts: list[np.ndarray] = []
-    row_parts: list[np.ndarray] = []
+    lies in [0, 1]. `gather` (data.sharing.WorkerShare's) joins every worker's rows, in
+    source-row order, as one process reading the whole split would have them."""
+    blocks = [np.empty((0, len(_TABLE)))]
     low, high = math.inf, -math.inf
     for x, y, rows in batches:
-        parts.append(per_sample_errors(x, predict_batched(model, x)))
-        row_parts.append(rows)
-        if y is not None:
-            label_parts.append(y)
+        errors = per_sample_errors(x, predict_batched(model, x))
+        columns = {"source_row": rows, "label": np.full(len(x), np.nan) if y is None else y, **errors}
+        block = np.stack([columns.get(name, np.full(len(x), np.nan)) for name in _TABLE], axis=1)
+        blocks.append(block.astype(np.float64))
         low, high = min(low, float(x.min())), max(high, float(x.max()))
-    if not parts:
+    table = np.concatenate(blocks)
+    if gather is not None:
+        table = gather(table)
+        table = table[np.argsort(table[:, 0], kind="stable")]
+        ranges = gather(np.array([[low, high]]))
+        low, high = float(ranges[:, 0].min()), float(ranges[:, 1].max())
+    if not len(table):
         raise EvaluationError("nothing to evaluate: the split holds no rows")
-    names = [name for name in parts[0] if all(name in part for part in parts)]
-    errors = {name: np.concatenate([part[name] for part in parts]) for name in names}
-    labels = np.concatenate(label_parts) if len(label_parts) == len(parts) else None
+    errors = {name: table[:, i] for i, name in enumerate(_TABLE) if i >= 2 and not np.isnan(table[:, i]).any()}
+    known = not np.isnan(table[:, 1]).any()
     data_range = 1.0 if low >= 0.0 and high <= 1.0 else (high - low) or 1.0
+    labels = table[:, 1].astype(np.int64) if known else None
     metrics = summarize_errors(errors, labels, label_names, data_range)
-    return SplitReport(metrics, errors, labels, {"source_row": np.concatenate(row_parts)})
+    return SplitReport(metrics, errors, labels, {"source_row": table[:, 0].astype(np.int64)})
+
+
+_TABLE = ("source_row", "label", "mse", "mae", "bce")  # what a streamed report keeps per sample
 
 
 def summarize_errors(

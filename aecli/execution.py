@@ -70,7 +70,7 @@ class ExecutionPlan:
             training.seed,
             training.input_pipeline,
             self.inputs_only,
-            noise,
+            None if self.inputs_only else noise,  # the multi-worker trainer corrupts its own inputs
             self.block_steps,
             augment,
         )

@@ -273,6 +273,8 @@ def fit_inputs(data: TrainingData) -> tuple[np.ndarray | Stream, np.ndarray | St
 
 
 def make_feeds(train: np.ndarray | Stream, validation: np.ndarray | Stream | None, options: FeedOptions) -> Feeds:
+    if isinstance(train, Stream) and train.data.share is not None:
+        return _worker_feeds(train, validation, options)
     if isinstance(train, Stream):
         inputs_only, noise = options.inputs_only, options.noise
         val = None
@@ -283,6 +285,32 @@ def make_feeds(train: np.ndarray | Stream, validation: np.ndarray | Stream | Non
         )
         return Feeds(batches, val, options)
     return _array_feeds(train, validation if isinstance(validation, np.ndarray) else None, options)
+
+
+def _worker_feeds(train: Stream, validation: np.ndarray | Stream | None, options: FeedOptions) -> Feeds:
+    """One worker's feeds over its own shard files (see data.sharing): every worker must take
+    the same number of steps (each step is a collective), so the training rows repeat and an
+    epoch is the global row count's worth of global batches; validation is a fixed number of
+    batches per worker, the largest share's, a smaller share cycling through its rows again."""
+    share = train.data.share
+    assert share is not None
+    local, shuffle, seed, augment = (
+        share.local_batch(options.batch_size),
+        options.shuffle,
+        options.seed,
+        options.augment,
+    )
+    batches = share.distribute(lambda: train.worker_dataset(local, shuffle, seed, augment=augment))
+    steps = math.ceil(train.rows / options.batch_size)
+    val = None
+    if isinstance(validation, Stream):
+        # As few batches as the largest share needs, no larger than they must be: a pass over the
+        # validation rows reads every file of the share (the rows are spread over all of them).
+        largest = max(train.data.worker_counts["validation"])
+        val_steps = math.ceil(largest / share.local_batch(VALIDATION_BATCH_SIZE))
+        val_local = math.ceil(largest / val_steps)
+        val = share.distribute(lambda: validation.worker_dataset(val_local, False, seed, val_steps))
+    return Feeds(batches, val, options, steps)
 
 
 def _array_feeds(x_train: np.ndarray, x_val: np.ndarray | None, options: FeedOptions) -> Feeds:
@@ -373,6 +401,26 @@ class Stream:
             batches = batches.map(lambda x: (x, x))
         return with_data_sharding(batches.prefetch(2))
 
+    def worker_dataset(
+        self, local: int, shuffle: bool, seed: int, steps: int | None = None, augment: Augment | None = None
+    ) -> Any:
+        """This worker's batches of `local` rows from its own shard files (inputs only, see
+        layers.MultiWorkerTrainer): endless (training) or `steps` batches (validation), its rows
+        repeating as often as that takes; augmented with draws of its own."""
+        tf = import_tensorflow()
+        share = self.data.share
+        assert share is not None
+        rows = self._rows(shuffle, seed + share.index).repeat()
+        if steps is not None:
+            rows = rows.take(steps * local)
+        batches = rows.batch(local, drop_remainder=True).map(self._scaler(), num_parallel_calls=PIPELINE_THREADS)
+        if augment is not None:
+            batches = _with_draws(batches, seed + share.index).map(augment)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        # untuned: tf.data's shuffle-and-repeat fusion would read passes ahead to fill its buffer.
+        return untuned(batches.prefetch(2)).with_options(options)
+
     def _rows(self, shuffle: bool, seed: int) -> Any:
         """The part's raw rows, block order and rows reshuffled every epoch when `shuffle`."""
         tf = import_tensorflow()
@@ -390,6 +438,8 @@ class Stream:
         rows = raw.unbatch()
         if shuffle:
             buffer = max(BLOCK_ROWS, SHUFFLE_BUFFER_BYTES // data.shards.row_bytes)
+            if data.share is not None:  # a buffer beyond the share would fill from the next passes
+                buffer = min(buffer, max(data.worker_counts[part]))
             rows = rows.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
         return rows
 

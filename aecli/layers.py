@@ -15,6 +15,9 @@ from typing import Any
 import keras
 from keras import ops
 
+from aecli.backend import import_tensorflow
+from aecli.noise import corrupt_tensor, parse_noise
+
 _EPSILON = 1e-7
 
 
@@ -146,14 +149,28 @@ class MultiWorkerTrainer(keras.Model):
     - fit reduces every logged metric "along axis 0", which scalars lack, so the steps log
       them with shape (1,); the reduced result is the scalar mean over workers.
 
+    Denoising (`noise`, e.g. "gaussian:0.2") corrupts each batch here, as the batches carry no
+    targets: with TensorFlow's stateless draws seeded by `noise_seed`, the replica's id (every
+    worker draws its own noise) and the training step (fresh every step); a validation batch's
+    noise is seeded by its content, so it is the same in every epoch and val_loss compares.
+
     Only checkpoints hold this wrapper; the run's model.keras is the autoencoder itself.
     """
 
-    def __init__(self, autoencoder: keras.Model, shaped_logs: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        autoencoder: keras.Model,
+        shaped_logs: bool = True,
+        noise: str | None = None,
+        noise_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.autoencoder = autoencoder
         # Keras reduces "along axis 0" only in a cluster of several workers; alone, it keeps scalars.
         self.shaped_logs = shaped_logs
+        self.noise, self.noise_seed = noise, noise_seed
+        self._symbolically_built = False
 
     def call(self, inputs: Any, training: bool = False) -> Any:
         return self.autoencoder(inputs, training=training)
@@ -166,11 +183,36 @@ class MultiWorkerTrainer(keras.Model):
             return self.autoencoder.compute_loss(x, y, y_pred, sample_weight, training)
         return super().compute_loss(x, y, y_pred, sample_weight, training)
 
+    def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
+        """Keras builds the model from a first batch at the start of every fit and evaluate: a
+        batch read (and reduced across workers) only for its shape and thrown away, which on a
+        shard share costs a pass over the worker's files (a shuffled stream yields nothing
+        before its buffer is full). The shape is the autoencoder's input: built from zeros of
+        it, once, on every worker alike."""
+        if not self._symbolically_built:
+            inner = self.autoencoder
+            shape = tuple((inner.encoder if isinstance(inner, VariationalAutoencoder) else inner).input_shape[1:])
+            super()._maybe_symbolic_build(data_batch=ops.zeros((1, *shape), dtype="float32"))
+            self._symbolically_built = True
+
     def train_step(self, data: Any) -> Any:
-        return self._shaped(super().train_step(data))
+        return self._shaped(super().train_step(self._with_noise(data, training=True)))
 
     def test_step(self, data: Any) -> Any:
-        return self._shaped(super().test_step(data))
+        return self._shaped(super().test_step(self._with_noise(data, training=False)))
+
+    def _with_noise(self, clean: Any, training: bool) -> Any:
+        """(corrupted, clean) for denoising, else the batch as it came (its own target)."""
+        if self.noise is None:
+            return clean
+        tf = import_tensorflow()
+        replica = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int64)
+        if training:
+            draw = tf.cast(self.optimizer.iterations, tf.int64)
+        else:  # the batch's own bits: the same noise for the same batch, epoch after epoch
+            draw = tf.cast(tf.bitcast(tf.reduce_sum(tf.cast(clean, tf.float32)), tf.int32), tf.int64)
+        stream = tf.constant(self.noise_seed * 2 + (0 if training else 1), tf.int64) * 1_000_003 + replica
+        return corrupt_tensor(clean, parse_noise(self.noise, "training.noise"), tf.stack([stream, draw])), clean
 
     def _shaped(self, logs: dict[str, Any]) -> dict[str, Any]:
         return {name: ops.reshape(value, (1,)) for name, value in logs.items()} if self.shaped_logs else logs
@@ -187,6 +229,8 @@ class MultiWorkerTrainer(keras.Model):
             "trainable": self.trainable,
             "autoencoder": keras.saving.serialize_keras_object(self.autoencoder),
             "shaped_logs": self.shaped_logs,
+            "noise": self.noise,
+            "noise_seed": self.noise_seed,
         }
 
     @classmethod

@@ -10,6 +10,7 @@ import ctypes
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,7 +22,7 @@ from aecli.atomic import save_atomic
 from aecli.augment import Augment
 from aecli.backend import import_tensorflow
 from aecli.config import LossConfig, LRScheduleConfig, OptimizerConfig, TrainingConfig
-from aecli.distribute import Placement
+from aecli.distribute import Placement, cluster_errors
 from aecli.errors import DataError, TrainingDivergedError
 from aecli.execution import ExecutionPlan, fused_train_function, plan_for_model, raise_pending_interrupt
 from aecli.feeds import Feeds, Stream, make_feeds
@@ -216,7 +217,8 @@ def fit_autoencoder(
             trained, x_train, trained.jit_compile, noise, training.seed, augmented_blocks=augment is not None
         )
     try:
-        seconds = _fit(trained, feeds, training, callbacks, resume, streamed=not isinstance(x_train, np.ndarray))
+        with cluster_errors(run_dir if placement.chief else None) if placement.multi_worker else nullcontext():
+            seconds = _fit(trained, feeds, training, callbacks, resume, streamed=not isinstance(x_train, np.ndarray))
     finally:
         if plan.fused:  # it takes index blocks and holds the training data: not for later fits
             trained.train_function = None
@@ -241,8 +243,15 @@ def _compile(
     with placement.scope():
         keras_optimizer = model.optimizer if resume is not None else build_optimizer(optimizer, learning_rate)
         # The wrapper keeps the model's dtype policy, so that mixed precision still gets loss scaling.
+        noise = noise_spec(training.noise)
         trained = (
-            MultiWorkerTrainer(model, shaped_logs=placement.workers > 1, dtype=model.dtype_policy)
+            MultiWorkerTrainer(
+                model,
+                shaped_logs=placement.workers > 1,
+                noise=None if noise is None else str(noise),
+                noise_seed=training.seed,
+                dtype=model.dtype_policy,
+            )
             if plan.inputs_only
             else model
         )

@@ -122,8 +122,13 @@ def _cell_configs(request: CompareRequest) -> tuple[list[Cell], dict[Cell, Aecli
         except ConfigError as exc:
             raise ConfigError(f"--vary {cell.group}: {exc}") from None
         if configs[cell].training.distribute.strategy == "multi_worker":
-            # A multi-worker strategy lives as long as its process: one run per process.
-            raise ConfigError("training.distribute.strategy: multi_worker trains one run per process; use aecli train")
+            # TensorFlow joins a process to its cluster once (collective ops are configured when
+            # its runtime starts) and cannot leave it or rejoin with another model.
+            raise ConfigError(
+                "training.distribute.strategy: multi_worker joins this process to its TF_CONFIG cluster once, "
+                "for one model, and TensorFlow cannot tear that down to train the next cell; start each cell "
+                "on every worker with aecli train CONFIG --set KEY=VALUE instead"
+            )
     return cells, configs
 
 

@@ -53,13 +53,22 @@ def prepare_data_config(source: str, overrides: Sequence[str]) -> DataConfig:
 
 
 def prepare_shards(
-    cfg: DataConfig, out_dir: Path, shard_size: int, encoding: str, say: Callable[[str], None] = print
+    cfg: DataConfig,
+    out_dir: Path,
+    shard_size: int,
+    encoding: str,
+    say: Callable[[str], None] = print,
+    shards: int | None = None,
 ) -> PrepareOutcome:
-    """Write `cfg.source` (its train and test sets, each capped at cfg.limit) to `out_dir`."""
+    """Write `cfg.source` (its train and test sets, each capped at cfg.limit) to `out_dir`, in
+    files of `shard_size` rows, or with `shards` in that many files per split (as evenly as the
+    rows allow): a multiple of a cluster's worker count lets each worker read only its own."""
     if encoding not in ENCODINGS:
         raise ConfigError(f"--format {encoding!r}: expected one of {', '.join(ENCODINGS)}")
     if shard_size < 1:
         raise ConfigError(f"--shard-size {shard_size}: expected a positive number of rows")
+    if shards is not None and shards < 1:
+        raise ConfigError(f"--shards {shards}: expected a positive number of files per split")
     if out_dir.exists():
         raise RunError(f"{out_dir}: already exists; prepare writes a new folder (choose another name)")
     raw = read_data(cfg, mmap=True)
@@ -79,7 +88,8 @@ def prepare_shards(
                 continue
             x = x[: cfg.limit] if cfg.limit else x
             y = None if y is None else np.asarray(y[: len(x)], np.int64)
-            splits[name] = _write_split(partial, name, x, y, shard_size, encoding, dtype)
+            size = shard_size if shards is None else max(1, -(-len(x) // shards))
+            splits[name] = _write_split(partial, name, x, y, size, encoding, dtype)
             say(f"{name}: {len(x):,} rows in {len(splits[name].shards)} shard(s)")
         manifest = {
             "format": FORMAT,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import platform
 import shutil
 import tempfile
@@ -25,9 +26,9 @@ from aecli.backend import import_tensorflow, select_backend
 from aecli.config import AecliConfig, AnomalyConfig, config_to_yaml, load_config
 from aecli.data import TrainingData, is_streamed, open_training_data
 from aecli.data.shards import ShardedData, check_streamable
-from aecli.distribute import Placement, check_mixed_precision, place
+from aecli.distribute import ClusterError, Placement, check_mixed_precision, cluster_errors, place
 from aecli.errors import ConfigError, DataError, RunError, TrainingDivergedError, as_storage_error
-from aecli.evaluation import error_statistics, report_split
+from aecli.evaluation import SplitReport, error_statistics, report_split
 from aecli.fingerprints import check_unchanged, fingerprint
 from aecli.models import (
     Autoencoder,
@@ -61,6 +62,7 @@ class TrainOutcome:
     run_dir: Path
     metrics: dict[str, Any]
     written: bool = True  # False on a non-chief worker: its scratch run directory is gone
+    reading: dict[str, int] | None = None  # what this process read of a shard folder
 
 
 def train_run(
@@ -78,7 +80,7 @@ def train_run(
     """
     select_backend(config.runtime.backend)
     placement = place(config.training.distribute)  # before anything else touches TensorFlow
-    dataset = _training_data(config)
+    dataset = _training_data(config, placement)
     _check_loss_matches_data(config, dataset)
     check_augment(config.data.augment, dataset.sample_shape)
     plan = plan_autoencoder(config.model, dataset.sample_shape)
@@ -102,8 +104,9 @@ def train_run(
         "model": {"kind": config.model.kind, "parameters": count_parameters(plan)},
         "backend": config.runtime.backend,
         "replicas": placement.replicas,
+        **_worker_reading(dataset, placement),
     }
-    scratch = None if placement.chief else Path(tempfile.mkdtemp(prefix="aecli-worker-"))
+    scratch = None if placement.chief else worker_scratch()
     try:
         run_dir = _new_run_dir(scratch or runs_dir, name, config, record)
         if on_run_dir and placement.chief:
@@ -114,7 +117,30 @@ def train_run(
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    return TrainOutcome(run_dir, metrics, written=placement.chief)
+    return TrainOutcome(run_dir, metrics, written=placement.chief, reading=_reading(dataset))
+
+
+def worker_scratch() -> Path:
+    """A non-chief worker's scratch folder, named after its process; folders left by workers
+    that were killed (their process is gone) are removed first."""
+    for stale in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = stale.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
+
+
+SCRATCH_PREFIX = "aecli-worker-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _new_run_dir(parent: Path, name: str, config: AecliConfig, record: dict[str, Any]) -> Path:
@@ -135,6 +161,7 @@ class ResumeOutcome:
     metrics: dict[str, Any] | None  # None when the run had already completed
     from_epoch: int = 0
     written: bool = True  # False on a non-chief worker, which resumed in a scratch copy
+    reading: dict[str, int] | None = None  # what this process read of a shard folder
 
 
 def resume_run(run_dir: Path, reporter: Any = None) -> ResumeOutcome:
@@ -151,7 +178,7 @@ def resume_run(run_dir: Path, reporter: Any = None) -> ResumeOutcome:
         return _resume_in(run_dir, config, placement, reporter)
     # A non-chief worker resumes from the chief's run directory (a shared file system) in a
     # scratch copy, so it reads the same checkpoint and writes nothing the chief owns.
-    scratch = Path(tempfile.mkdtemp(prefix="aecli-worker-"))
+    scratch = worker_scratch()
     try:
         copy = Path(shutil.copytree(run_dir, scratch / run_dir.name))
         return dataclasses.replace(_resume_in(copy, config, placement, reporter), run_dir=run_dir, written=False)
@@ -172,13 +199,13 @@ def _resume_in(run_dir: Path, config: AecliConfig, placement: Placement, reporte
                 "model and optimizer; restore it, or train a new run with the edited config"
             )
         check_unchanged(recorded_fingerprints(info), force=False)
-        dataset = _training_data(config)
+        dataset = _training_data(config, placement)
         plan = plan_autoencoder(config.model, dataset.sample_shape)
         resumes = [*info.get("resumed", []), {"at": now_iso(), "from_epoch": 0 if state is None else state.epoch}]
         update_run_info(run_dir, status="running", finished=None, error=None, resumed=resumes)
         attempt = _Attempt(config, dataset, run_dir, reporter, placement, plan, state)
         metrics = _run_guarded(attempt, resume=True, previous_info=info)
-    return ResumeOutcome(run_dir, metrics, 0 if state is None else state.epoch)
+    return ResumeOutcome(run_dir, metrics, 0 if state is None else state.epoch, reading=_reading(dataset))
 
 
 def _checked_resume_state(run_dir: Path, config: AecliConfig) -> ResumeState | None:
@@ -225,6 +252,9 @@ def _run_guarded(attempt: _Attempt, resume: bool, previous_info: dict[str, Any] 
         # epoch, and the run continues from it once there is space.
         _record_end(run_dir, status="interrupted", error=str(storage))
         raise storage from None
+    except ClusterError as exc:  # another worker stopped: the finished epochs are kept
+        _record_end(run_dir, status="interrupted", error=str(exc))
+        raise
     except KeyboardInterrupt:
         state = read_resume_state(run_dir)
         if state is not None:  # the finished epochs, readable without opening the checkpoint
@@ -261,10 +291,29 @@ def _record_end(run_dir: Path, **changes: Any) -> None:
         update_run_info(run_dir, **{"finished": now_iso(), **changes})
 
 
-def _training_data(config: AecliConfig) -> TrainingData:
+def _training_data(config: AecliConfig, placement: Placement) -> TrainingData:
     if is_streamed(config.data):  # refused before a pass over the data
         check_streamable(config.optimizer.name)
-    return open_training_data(config.data, seed=config.training.seed)
+    data = open_training_data(config.data, seed=config.training.seed, share=placement.share())
+    if isinstance(data, ShardedData) and data.share is not None:
+        data.share.check_batch(config.training.batch_size)
+    return data
+
+
+def _worker_reading(data: TrainingData, placement: Placement) -> dict[str, Any]:
+    """For run.json on a cluster: whether each worker reads only its own files, and if not why."""
+    if not placement.multi_worker:
+        return {}
+    if not isinstance(data, ShardedData):
+        note = "in-memory data: every worker reads the whole source and keeps every n-th batch"
+        return {"worker_input": {"files_per_worker": "all", "note": note}}
+    if data.share is None:
+        return {"worker_input": {"files_per_worker": "all", "note": data.sharing_note}}
+    return {"worker_input": {"files_per_worker": "own", "workers": data.share.count}}
+
+
+def _reading(data: TrainingData) -> dict[str, int] | None:
+    return data.reading() if isinstance(data, ShardedData) else None
 
 
 def _check_loss_matches_data(config: AecliConfig, dataset: TrainingData) -> None:
@@ -334,14 +383,25 @@ def _train_and_report(attempt: _Attempt) -> dict[str, Any]:
     for part in ("model", "encoder", "decoder"):
         save_atomic(run_dir / f"{part}.keras", getattr(autoencoder, part).save)
     write_history_csv(run_dir / "history.csv", result.history)
-    if not placement.chief:
+    shared = isinstance(data, ShardedData) and data.share is not None
+    if not placement.chief and not shared:
         return {}  # a non-chief worker: its scratch run is discarded, so is any report
     # A distributed model's predictions would go through the strategy (collective ops every
-    # worker must join): the report uses the saved model, as a plain single-device copy.
+    # worker must join): the report uses the saved model, as a plain single-device copy. Workers
+    # that read their own files each report those rows, and the chief gathers them.
     model = autoencoder.model if not placement.distributed else load_model(run_dir / "model.keras")
+    started = time.perf_counter()
+    with cluster_errors(run_dir if placement.chief else None) if shared else contextlib.nullcontext():
+        test = report_split(model, data, "test", per_class=True)
+        train = report_split(model, data, "train", per_class=False)
+    if not placement.chief:
+        return {}
     summary = _training_summary(result, config.training.epochs, int(model.count_params()), placement)
-    metrics = _error_report(model, data, run_dir, summary, config.anomaly)
+    metrics = _error_report(test, train, data, run_dir, summary, config.anomaly)
+    metrics["evaluation_seconds"] = time.perf_counter() - started
     write_metrics_json(run_dir / "metrics.json", metrics)
+    if isinstance(data, ShardedData):
+        update_run_info(run_dir, reading=data.reading())
     return metrics
 
 
@@ -365,13 +425,15 @@ def _plot_augmented(
 
 
 def _error_report(
-    model: Any, data: TrainingData, run_dir: Path, training: dict[str, Any], anomaly: AnomalyConfig
+    test: SplitReport,
+    train: SplitReport,
+    data: TrainingData,
+    run_dir: Path,
+    training: dict[str, Any],
+    anomaly: AnomalyConfig,
 ) -> dict[str, Any]:
     """errors.csv and train_errors.csv (per sample), and the metrics.json body: test-split
     reconstruction, how training went, and the training errors that anomaly thresholds use."""
-    started = time.perf_counter()
-    test = report_split(model, data, "test", per_class=True)
-    train = report_split(model, data, "train", per_class=False)
     write_errors_csv(run_dir / "errors.csv", test.errors, test.labels, data.label_names, origin=test.origin)
     write_errors_csv(run_dir / "train_errors.csv", train.errors, train.labels, data.label_names, origin=train.origin)
     metrics, train_report = test.metrics, train.metrics
@@ -392,7 +454,6 @@ def _error_report(
     }
     if notes:  # e.g. gaps in a series' time, or values filled: said with the results
         metrics["data_notes"] = notes
-    metrics["evaluation_seconds"] = time.perf_counter() - started
     return metrics
 
 

@@ -11,17 +11,19 @@ from aecli.data.arrays import Dataset, Rows, Samples, fit_to_model, sample_shape
 from aecli.data.labels import class_mask
 from aecli.data.scaling import Scaling, fit_channel_scaling, fit_scaling
 from aecli.data.shards import ShardedData
+from aecli.data.sharing import WorkerShare
 from aecli.data.sources import kind_of, read_data
 from aecli.errors import DataError
 
 TrainingData = Dataset | ShardedData
 
 
-def open_training_data(cfg: DataConfig, seed: int) -> TrainingData:
+def open_training_data(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> TrainingData:
     """Arrays in memory, or for a source too large for memory (a shard folder) a streamed view
-    of it; either way split (seeded) and scaled the same way."""
+    of it; either way split (seeded) and scaled the same way. `share`: this process is one
+    worker of a cluster, and a streamed source is read a share of its files per worker."""
     kind = kind_of(cfg)
-    return load_dataset(cfg, seed) if kind.stream is None else kind.stream(cfg, seed)
+    return load_dataset(cfg, seed) if kind.stream is None else kind.stream(cfg, seed, share)
 
 
 def load_dataset(cfg: DataConfig, seed: int, test_only: bool = False) -> Dataset:

@@ -30,6 +30,7 @@ from aecli.config import BUILTIN_SOURCES, DataConfig
 from aecli.data.arrays import Dataset, RawData, sample_shape_of
 from aecli.data.labels import label_codes
 from aecli.data.scaling import Scaling, fit_channel_scaling, scaling_from_ranges
+from aecli.data.sharing import ReadCounter, WorkerShare
 from aecli.data.source_kind import SourceKind, SourceRequest
 from aecli.errors import ConfigError, DataError
 
@@ -218,8 +219,12 @@ class ShardedData:
     seed: int
     scaling: Scaling = field(init=False)
     scaled_range: tuple[float, float] = (0.0, 1.0)
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # rows of each part, over every worker
     class_codes: list[int] | None = None  # data.classes as label codes (see data.label_codes)
+    share: WorkerShare | None = None  # multi-worker training: this worker reads only its own files
+    worker_counts: dict[str, list[int]] = field(default_factory=dict)  # with `share`: rows per worker
+    sharing_note: str | None = None  # why a cluster's workers each read every file, when they do
+    reads: ReadCounter = field(default_factory=ReadCounter)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -274,15 +279,26 @@ class ShardedData:
             keep &= np.isin(labels, self.class_codes)
         return keep
 
-    def count(self, part: str) -> int:
-        """Rows in `part`, from row indices (and labels) alone: no file is read."""
+    def count(self, part: str, files: tuple[Shard, ...] | None = None) -> int:
+        """Rows in `part` (within `files`, by default all of its split's), from row indices (and
+        labels) alone: no file is read."""
         split = self.shards.splits[self._source_split(part)]
         total = 0
-        for start in range(0, split.rows, 1 << 20):
-            index = np.arange(start, min(split.rows, start + (1 << 20)))
-            labels = None if split.labels is None else split.labels[index]
-            total += int(self._keep(part, index, labels).sum())
+        for shard in split.shards if files is None else files:
+            for start in range(shard.first, shard.first + shard.rows, 1 << 20):
+                index = np.arange(start, min(shard.first + shard.rows, start + (1 << 20)))
+                labels = None if split.labels is None else split.labels[index]
+                total += int(self._keep(part, index, labels).sum())
         return total
+
+    def files(self, part: str) -> tuple[Shard, ...]:
+        """The shard files this process reads for `part`: all, or under a share its own."""
+        shards = self.shards.splits[self._source_split(part)].shards
+        return shards if self.share is None else self.share.own(shards)
+
+    def reading(self) -> dict[str, int]:
+        """What this process has read so far, next to the folder's size in files."""
+        return self.reads.to_dict(sum(len(split.shards) for split in self.shards.splits.values()))
 
     def blocks(
         self, part: str, rng: np.random.Generator | None = None
@@ -298,7 +314,9 @@ class ShardedData:
         """`blocks`, with each row's position in its source split (the folder's train or test shards)."""
         split = self.shards.splits[self._source_split(part)]
         reader = _npy_blocks if self.shards.encoding == "npy" else _tfrecord_blocks
-        for first, rows in reader(self.shards, split, rng):
+        limit = self.cfg.limit  # files wholly past data.limit hold no kept row: not read at all
+        files = tuple(shard for shard in self.files(part) if limit is None or shard.first < limit)
+        for first, rows in reader(self.shards, files, rng, self.reads):
             index = np.arange(first, first + len(rows))
             labels = None if split.labels is None else split.labels[first : first + len(rows)]
             keep = self._keep(part, index, labels)
@@ -369,9 +387,9 @@ class ShardedData:
 
 
 def _npy_blocks(
-    shards: ShardSet, split: ShardSplit, rng: np.random.Generator | None
+    shards: ShardSet, files: tuple[Shard, ...], rng: np.random.Generator | None, reads: ReadCounter | None = None
 ) -> Iterator[tuple[int, np.ndarray]]:
-    spans = [(shard, start) for shard in split.shards for start in range(0, shard.rows, BLOCK_ROWS)]
+    spans = [(shard, start) for shard in files for start in range(0, shard.rows, BLOCK_ROWS)]
     if rng is not None:
         spans = [spans[i] for i in rng.permutation(len(spans))]
     for shard, start in spans:
@@ -384,17 +402,23 @@ def _npy_blocks(
             raise DataError(f"{shard.path}: cannot read it ({exc.strerror or exc})") from None
         if len(buffer) != count * shards.row_bytes:
             raise DataError(f"{shard.path}: shorter than its header says (truncated while in use?)")
+        if reads is not None:
+            reads.add(shard.path.name, count, len(buffer))
         yield shard.first + start, np.frombuffer(buffer, shards.dtype).reshape((count, *shards.row_shape))
 
 
 def _tfrecord_blocks(
-    shards: ShardSet, split: ShardSplit, rng: np.random.Generator | None, limit: int | None = None
+    shards: ShardSet,
+    files: tuple[Shard, ...],
+    rng: np.random.Generator | None,
+    reads: ReadCounter | None = None,
+    limit: int | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     tf = import_tensorflow()
-    order = list(range(len(split.shards))) if rng is None else list(rng.permutation(len(split.shards)))
+    order = list(range(len(files))) if rng is None else list(rng.permutation(len(files)))
     spec = {"x": tf.io.FixedLenFeature([], tf.string)}
     for position in order:
-        shard = split.shards[position]
+        shard = files[position]
         records = tf.data.TFRecordDataset(str(shard.path))
         records = (records if limit is None else records.take(limit)).batch(BLOCK_ROWS)
         first = shard.first
@@ -404,6 +428,8 @@ def _tfrecord_blocks(
                 rows = tf.reshape(tf.io.decode_raw(parsed, tf.as_dtype(shards.dtype)), (-1, *shards.row_shape))
                 if first + int(rows.shape[0]) > shard.first + shard.rows:
                     raise DataError(f"{shard.path}: holds more rows than the {shard.rows} its manifest lists")
+                if reads is not None:  # payload bytes, as for .npy shards (records add a few bytes each)
+                    reads.add(shard.path.name, int(rows.shape[0]), int(rows.shape[0]) * shards.row_bytes)
                 yield first, rows.numpy()
                 first += int(rows.shape[0])
         except tf.errors.OpError as exc:
@@ -413,44 +439,33 @@ def _tfrecord_blocks(
             raise DataError(f"{shard.path}: holds {first - shard.first} rows, its manifest says {shard.rows}")
 
 
-def open_sharded(cfg: DataConfig, seed: int) -> ShardedData:
+def open_sharded(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> ShardedData:
     """Open a shard folder for `cfg`: count each part's rows and fit the scaling in one
-    streaming pass over the training rows (which also checks them for NaN and inf)."""
+    streaming pass over the training rows (which also checks them for NaN and inf).
+
+    With `share` (a multi-worker cluster), this worker reads only its own files when every
+    worker's files hold training (and validation) rows; the scaling statistics are then combined
+    over the workers. Otherwise every worker reads every file, and `sharing_note` says why."""
     shards = open_shards(Path(cfg.source))
     if cfg.labels_path is not None or cfg.label_column is not None or cfg.id_column is not None:
         raise DataError(_OWN_LABELS.format(source=cfg.source))
     if cfg.classes is not None and shards.splits["train"].labels is None:
         raise DataError("data.classes: the source has no labels to filter on")
-    if shards.encoding == "tfrecord":
-        _check_first_records(shards)
     data = ShardedData(shards, cfg, seed)
     if cfg.classes is not None:
         data.class_codes = label_codes(cfg.classes, shards.label_names, "data.classes")
     data.counts = {part: data.count(part) for part in ("train", "validation", "test")}
-    own_test = "test" in shards.splits
-    for part, fix in (
-        ("train", "lower the split fractions or widen data.classes / data.limit"),
-        ("validation", "raise data.validation_split or data.limit, or set it to 0"),
-        ("test", "the folder's test shards hold no rows" if own_test else "raise data.test_split or data.limit"),
-    ):
-        if data.counts[part] == 0 and (part != "validation" or cfg.validation_split > 0):
-            raise DataError(f"data.source {cfg.source}: the {part} split is empty; {fix}")
-    is_image = data.is_image
+    _check_parts_hold_rows(data)
+    if share is not None:
+        _share_files(data, share)
+    if shards.encoding == "tfrecord":
+        _check_first_records(shards, data.share)
     if (
         shards.dtype == np.uint8 and cfg.scaling == "auto" and not shards.sequences
     ):  # /255: nothing to learn or check, no pass
-        data.scaling = scaling_from_ranges(cfg.scaling, np.zeros(1), np.ones(1), shards.dtype, is_image)
+        data.scaling = scaling_from_ranges(cfg.scaling, np.zeros(1), np.ones(1), shards.dtype, data.is_image)
         return data
-    features = math.prod(shards.row_shape)
-    low, high = np.full(features, np.inf), np.full(features, -np.inf)
-    for rows, _ in data.blocks("train"):
-        flat = rows.reshape(len(rows), -1)
-        _check_finite(flat, cfg.source, "training")
-        low, high = np.minimum(low, flat.min(axis=0)), np.maximum(high, flat.max(axis=0))
-    if shards.dtype.kind == "f":  # like in-memory data, no split may hold NaN or inf
-        for part in ("validation", "test"):
-            for rows, _ in data.blocks(part):
-                _check_finite(rows.reshape(len(rows), -1), cfg.source, part)
+    low, high = _training_ranges(data)
     if shards.sequences:  # per channel, as in memory
         if cfg.scaling in ("zscore", "zscore_global"):
             raise DataError(
@@ -460,18 +475,90 @@ def open_sharded(cfg: DataConfig, seed: int) -> ShardedData:
         low, high = low.reshape(-1, channels).min(axis=0), high.reshape(-1, channels).max(axis=0)
         data.scaling = fit_channel_scaling(np.stack([low, high]), cfg.scaling, default="minmax")
     else:
-        data.scaling = scaling_from_ranges(cfg.scaling, low, high, shards.dtype, is_image)
+        data.scaling = scaling_from_ranges(cfg.scaling, low, high, shards.dtype, data.is_image)
     scaled = data.scaling.apply(np.stack([low, high]).astype(np.float32))
     data.scaled_range = (float(scaled.min()), float(scaled.max()))
     return data
 
 
-def _check_first_records(shards: ShardSet) -> None:
-    """Read one record of every TFRecord shard: a file that is not one fails here, before a run
-    starts (damage further in is found while streaming, and also named)."""
+def _check_parts_hold_rows(data: ShardedData) -> None:
+    cfg = data.cfg
+    own_test = "test" in data.shards.splits
+    for part, fix in (
+        ("train", "lower the split fractions or widen data.classes / data.limit"),
+        ("validation", "raise data.validation_split or data.limit, or set it to 0"),
+        ("test", "the folder's test shards hold no rows" if own_test else "raise data.test_split or data.limit"),
+    ):
+        if data.counts[part] == 0 and (part != "validation" or cfg.validation_split > 0):
+            raise DataError(f"data.source {cfg.source}: the {part} split is empty; {fix}")
+
+
+def _share_files(data: ShardedData, share: WorkerShare) -> None:
+    """Give this worker its own files, if every worker's files hold rows of each part it trains
+    on (a worker with none would have no batches to contribute to a collective step)."""
+    train_files = data.shards.splits["train"].shards
+    workers = range(share.count)
+    counts = {
+        part: [data.count(part, share.own(train_files, worker)) for worker in workers]
+        for part in ("train", "validation")
+    }
+    if len(train_files) < share.count:
+        data.sharing_note = (
+            f"the folder has {len(train_files)} training shard file(s) for {share.count} workers, so every "
+            f"worker reads all of them and keeps every {share.count}-th batch; prepare it with "
+            f"--shards {share.count} (or a multiple) for each worker to read only its own files"
+        )
+    elif empty := [
+        worker
+        for worker in workers
+        if counts["train"][worker] == 0 or (data.cfg.validation_split > 0 and counts["validation"][worker] == 0)
+    ]:
+        data.sharing_note = (
+            f"worker {empty[0]}'s shard files hold no training or validation rows (data.limit, data.classes or "
+            "small files), so every worker reads all files and keeps every n-th batch"
+        )
+    else:
+        data.share, data.worker_counts = share, counts
+
+
+def _training_ranges(data: ShardedData) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature minimum and maximum of the training rows (over every worker's files, under a
+    share), after checking every part this process reads for NaN and inf."""
+    cfg, shards = data.cfg, data.shards
+    features = math.prod(shards.row_shape)
+    low, high = np.full(features, np.inf), np.full(features, -np.inf)
+    problem = None
+    try:
+        for rows, _ in data.blocks("train"):
+            flat = rows.reshape(len(rows), -1)
+            _check_finite(flat, cfg.source, "training")
+            low, high = np.minimum(low, flat.min(axis=0)), np.maximum(high, flat.max(axis=0))
+        if shards.dtype.kind == "f":  # like in-memory data, no split may hold NaN or inf
+            for part in ("validation", "test"):
+                for rows, _ in data.blocks(part):
+                    _check_finite(rows.reshape(len(rows), -1), cfg.source, part)
+    except DataError as exc:
+        if data.share is None:
+            raise
+        problem = exc  # said after the gather, which every worker must join
+    if data.share is None:
+        return low, high
+    summary = data.share.gather(np.concatenate([low, high, [0.0 if problem is None else 1.0]])[None])
+    if problem is not None:
+        raise problem
+    if summary[:, -1].any():
+        worker = int(np.flatnonzero(summary[:, -1])[0])
+        raise DataError(f"data.source {cfg.source}: worker {worker}'s shard files hold NaN or inf; clean or drop them")
+    return summary[:, :features].min(axis=0), summary[:, features:-1].max(axis=0)
+
+
+def _check_first_records(shards: ShardSet, share: WorkerShare | None = None) -> None:
+    """Read one record of every TFRecord shard (of this worker's, under a share): a file that is
+    not one fails here, before a run starts (damage further in is found while streaming, and
+    also named)."""
     for split in shards.splits.values():
-        for shard in split.shards:
-            first = next(_tfrecord_blocks(shards, ShardSplit((shard,), shard.rows, None), None, limit=1), None)
+        for shard in split.shards if share is None else share.own(split.shards):
+            first = next(_tfrecord_blocks(shards, (shard,), None, limit=1), None)
             if first is None and shard.rows:
                 raise DataError(f"{shard.path}: holds no rows, its manifest says {shard.rows}")
 
@@ -500,7 +587,7 @@ def read_shards_into_memory(root: Path, limit: int | None = None) -> RawData:
             return None, None
         wanted = min(split.rows, limit or split.rows)
         blocks = []
-        for first, block in reader(shards, split, None):
+        for first, block in reader(shards, split.shards, None):
             if first >= wanted:
                 break
             blocks.append(block[: wanted - first])
@@ -535,6 +622,6 @@ SOURCE_KIND = SourceKind(
     "shard folder",
     claims=lambda request: request.source not in BUILTIN_SOURCES and is_shard_folder(Path(request.source)),
     read=_read_into_memory,
-    stream=lambda cfg, seed: open_sharded(cfg, seed),
+    stream=open_sharded,
     sample_shape=_sample_shape,
 )

@@ -47,7 +47,8 @@ class SourceKind:
     name: str
     claims: Callable[[SourceRequest], bool]
     read: Callable[[SourceRequest], RawData]
-    stream: Callable[[DataConfig, int], Any] | None = None  # returns a streamed view, like shards.ShardedData
+    # (config, seed, worker share or None) -> a streamed view, like shards.ShardedData
+    stream: Callable[..., Any] | None = None
     sample_shape: Callable[[SourceRequest], tuple[int, ...]] | None = None
     load: Callable[[DataConfig, int], Dataset] | None = None
     load_for_model: Callable[[DataConfig, tuple[int, ...], Scaling], Samples] | None = None

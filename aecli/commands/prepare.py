@@ -63,14 +63,7 @@ def prepare_shards(
     """Write `cfg.source` (its train and test sets, each capped at cfg.limit) to `out_dir`, in
     files of `shard_size` rows, or with `shards` in that many files per split (as evenly as the
     rows allow): a multiple of a cluster's worker count lets each worker read only its own."""
-    if encoding not in ENCODINGS:
-        raise ConfigError(f"--format {encoding!r}: expected one of {', '.join(ENCODINGS)}")
-    if shard_size < 1:
-        raise ConfigError(f"--shard-size {shard_size}: expected a positive number of rows")
-    if shards is not None and shards < 1:
-        raise ConfigError(f"--shards {shards}: expected a positive number of files per split")
-    if out_dir.exists():
-        raise RunError(f"{out_dir}: already exists; prepare writes a new folder (choose another name)")
+    _check_options(out_dir, shard_size, encoding, shards)
     raw = read_data(cfg, mmap=True)
     # One little-endian dtype for both splits: TFRecord rows are decoded little-endian, and
     # IDX files (and some .npy files) are big-endian.
@@ -116,6 +109,17 @@ def prepare_shards(
         sum(len(split.shards) for split in splits.values()),
         sum(path.stat().st_size for path in out_dir.iterdir()),
     )
+
+
+def _check_options(out_dir: Path, shard_size: int, encoding: str, shards: int | None) -> None:
+    if encoding not in ENCODINGS:
+        raise ConfigError(f"--format {encoding!r}: expected one of {', '.join(ENCODINGS)}")
+    if shard_size < 1:
+        raise ConfigError(f"--shard-size {shard_size}: expected a positive number of rows")
+    if shards is not None and shards < 1:
+        raise ConfigError(f"--shards {shards}: expected a positive number of files per split")
+    if out_dir.exists():
+        raise RunError(f"{out_dir}: already exists; prepare writes a new folder (choose another name)")
 
 
 @dataclass

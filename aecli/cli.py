@@ -177,7 +177,7 @@ def train(
             _exit_interrupted(
                 interrupt,
                 f"interrupted: run kept at {started_dirs[0]} (status interrupted); continue it with "
-                f"aecli train --resume {started_dirs[0]}"
+                f"aecli train --resume {started_dirs[0]}" + (" on every worker" if os.environ.get("TF_CONFIG") else "")
                 if started_dirs
                 else "interrupted before a run directory was created",
             )
@@ -568,7 +568,9 @@ def compare(
 def prepare(
     source: Annotated[str, typer.Argument(help="Any data source (same syntax as data.source).", show_default=False)],
     out_dir: Annotated[Path, typer.Argument(help="New folder to write the shards into.", show_default=False)],
-    shard_size: Annotated[int, typer.Option(help="Rows per shard file.")] = 50_000,
+    shard_size: Annotated[
+        int | None, typer.Option(help="Rows per shard file (default 50,000).", show_default=False)
+    ] = None,
     shards: Annotated[
         int | None,
         typer.Option(

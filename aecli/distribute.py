@@ -51,6 +51,12 @@ class ClusterTask:
         """This task's input pipeline, numbered as tf.distribute numbers them: the chief first."""
         return self.index + 1 if self.kind == "worker" and self.has_chief else self.index
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every training task's name as TF_CONFIG spells it, in pipeline order."""
+        workers = self.workers - (1 if self.has_chief else 0)
+        return (("chief",) if self.has_chief else ()) + tuple(f"worker {i}" for i in range(workers))
+
 
 def read_cluster_task(environ: dict[str, str] | None = None) -> ClusterTask:
     """Parse TF_CONFIG, with one-line errors for the mistakes people make writing it by hand."""
@@ -94,7 +100,7 @@ class Placement:
     chief: bool = True
     workers: int = 1
     multi_worker: bool = False  # batches carry no targets (see layers.MultiWorkerTrainer)
-    pipeline: int = 0  # this worker's input pipeline (0 .. workers - 1)
+    task: ClusterTask | None = None  # multi_worker: this process's task in TF_CONFIG
 
     @property
     def distributed(self) -> bool:
@@ -108,24 +114,31 @@ class Placement:
         """The strategy's scope, in which models and optimizers are created (a no-op without one)."""
         return contextlib.nullcontext() if self.strategy is None else self.strategy.scope()
 
+    @property
+    def one_replica_per_worker(self) -> bool:
+        return self.replicas == self.workers
+
     def share(self) -> WorkerShare | None:
-        """For a cluster of several workers: this worker's share of a shard folder, and the
-        collectives through which the workers combine what they read."""
-        if not self.multi_worker or self.workers < 2:
+        """For a cluster of several workers with one replica each: this worker's share of a
+        shard folder, and the collectives through which the workers combine what they read.
+        (A worker with several GPUs would need its share split again per replica: not done.)"""
+        if self.task is None or self.workers < 2 or not self.one_replica_per_worker:
             return None
         tf, strategy = import_tensorflow(), self.strategy
 
         def gather(array: np.ndarray) -> np.ndarray:
             local = tf.constant(array)
-            with cluster_errors():
-                values = strategy.experimental_distribute_values_from_function(lambda _: local)
-                return np.asarray(strategy.gather(values, axis=0))
+            values = strategy.experimental_distribute_values_from_function(lambda _: local)
+            return np.asarray(strategy.gather(values, axis=0))
 
         def distribute(make: Callable[[], Any]) -> Any:
             # Each worker builds its own pipeline (its own files): nothing is left to auto-sharding.
             return strategy.distribute_datasets_from_function(lambda _: make())
 
-        return WorkerShare(self.pipeline, self.workers, gather, distribute)
+        return WorkerShare(self.task.pipeline, self.workers, gather, distribute, self.task.names)
+
+
+_REMOTE = re.compile(r"remote target (/job:\w+/replica:\d+/task:\d+)")
 
 
 class ClusterError(AecliError):
@@ -136,22 +149,26 @@ class ClusterError(AecliError):
 
 
 @contextlib.contextmanager
-def cluster_errors(run_dir: Any = None) -> Iterator[None]:
-    """TensorFlow's report of a lost worker (a collective aborted, a peer that stopped sending
-    heartbeats) as a ClusterError saying which task and what to do."""
+def cluster_errors(placement: Placement, next_step: str) -> Iterator[None]:
+    """On a cluster, TensorFlow's report of a lost task (a collective aborted because a peer
+    stopped sending heartbeats) as a ClusterError naming the task and saying `next_step`."""
+    if not placement.multi_worker:
+        yield
+        return
     tf = import_tensorflow()
     try:
         yield
     except (tf.errors.UnavailableError, tf.errors.InternalError, tf.errors.AbortedError) as exc:
         message = str(exc)
-        if "Collective ops is aborted" not in message and not isinstance(exc, tf.errors.UnavailableError):
-            raise
-        tasks = sorted(set(re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", message.split("unhealthy", 1)[-1])))
+        if "unhealthy" not in message and "Collective ops is aborted" not in message:
+            raise  # not a lost peer (e.g. a storage error): a bug or its own error, as it came
+        # The lost task is listed after "unhealthy" (heartbeats missed), or, when the connection
+        # to it broke first, named as the remote target of the failed call.
+        named = message.split("unhealthy", 1)[1] if "unhealthy" in message else " ".join(_REMOTE.findall(message))
+        tasks = sorted(set(re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", named)))
         who = ", ".join(f"{job} {task}" for job, task in tasks) or "another task"
-        where = "RUN_DIR (the chief's run directory)" if run_dir is None else str(run_dir)
         raise ClusterError(
-            f"the cluster lost {who} (it stopped answering); start every worker again with "
-            f"aecli train --resume {where} to continue from the last finished epoch"
+            f"the cluster lost {who} (it stopped answering; its own output says why); {next_step}"
         ) from None
 
 
@@ -163,7 +180,7 @@ def place(cfg: DistributeConfig) -> Placement:
         task = read_cluster_task()  # a clear error before TensorFlow tries to reach the cluster
         tf = import_tensorflow()
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        return Placement(strategy, task.is_chief, task.workers, multi_worker=True, pipeline=task.pipeline)
+        return Placement(strategy, task.is_chief, task.workers, multi_worker=True, task=task)
     tf = import_tensorflow()
     if cfg.devices is not None:
         known = {device.name.lower() for device in tf.config.list_logical_devices()}

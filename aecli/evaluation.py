@@ -101,6 +101,9 @@ class SplitReport:
     origin: dict[str, np.ndarray]
 
 
+_TABLE = ("source_row", "label", "mse", "mae", "bce")  # what a streamed report keeps per sample
+
+
 def report_split(model: Any, data: TrainingData, part: str, per_class: bool) -> SplitReport:
     """One split of the training data (in memory, or streamed a batch at a time with only the
     per-sample errors kept), reconstructed by `model`; `per_class` adds metrics per label.
@@ -141,15 +144,17 @@ def streamed_reconstruction_report(
         low, high = float(ranges[:, 0].min()), float(ranges[:, 1].max())
     if not len(table):
         raise EvaluationError("nothing to evaluate: the split holds no rows")
-    errors = {name: table[:, i] for i, name in enumerate(_TABLE) if i >= 2 and not np.isnan(table[:, i]).any()}
+    # mse and mae always; bce where every worker's every batch had it (NaN marks its absence)
+    errors = {
+        name: table[:, i]
+        for i, name in enumerate(_TABLE[2:], start=2)
+        if name != "bce" or not np.isnan(table[:, i]).any()
+    }
     known = not np.isnan(table[:, 1]).any()
     data_range = 1.0 if low >= 0.0 and high <= 1.0 else (high - low) or 1.0
     labels = table[:, 1].astype(np.int64) if known else None
     metrics = summarize_errors(errors, labels, label_names, data_range)
     return SplitReport(metrics, errors, labels, {"source_row": table[:, 0].astype(np.int64)})
-
-
-_TABLE = ("source_row", "label", "mse", "mae", "bce")  # what a streamed report keeps per sample
 
 
 def summarize_errors(

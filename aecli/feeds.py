@@ -405,14 +405,22 @@ class Stream:
         self, local: int, shuffle: bool, seed: int, steps: int | None = None, augment: Augment | None = None
     ) -> Any:
         """This worker's batches of `local` rows from its own shard files (inputs only, see
-        layers.MultiWorkerTrainer): endless (training) or `steps` batches (validation), its rows
-        repeating as often as that takes; augmented with draws of its own."""
+        layers.MultiWorkerTrainer): endless (training, its rows repeating) or `steps` batches
+        (validation: its rows, then as many of its first rows again as the batches need, kept in
+        memory after the first epoch so that filling them costs no second pass over its files);
+        augmented with draws of its own."""
         tf = import_tensorflow()
         share = self.data.share
         assert share is not None
-        rows = self._rows(shuffle, seed + share.index).repeat()
-        if steps is not None:
-            rows = rows.take(steps * local)
+        if steps is None:
+            rows = self._rows(shuffle, seed + share.index).repeat()
+        else:
+            filler = steps * local - self.data.worker_counts[self.part][share.index]
+            rows = self._rows(False, seed)
+            if filler > 0:
+                rows = rows.concatenate(self._rows(False, seed).repeat().take(filler).cache())
+            # Known length: Keras counts the batches instead of running off the end (and warning).
+            rows = rows.apply(tf.data.experimental.assert_cardinality(steps * local))
         batches = rows.batch(local, drop_remainder=True).map(self._scaler(), num_parallel_calls=PIPELINE_THREADS)
         if augment is not None:
             batches = _with_draws(batches, seed + share.index).map(augment)

@@ -144,8 +144,10 @@ class MultiWorkerTrainer(keras.Model):
     """Trains a wrapped autoencoder under MultiWorkerMirroredStrategy, around two Keras 3 bugs
     in `fit` with that strategy (keras-team/keras#20585):
 
-    - fit reduces the first batch across workers and fails when the batch is a (x, y) tuple,
-      so batches are the inputs alone and the target is the input;
+    - fit reduces the first batch across workers (to build the model from it) and fails when
+      the batch is a (x, y) tuple, so batches are the inputs alone and the target is the input
+      (the model is now built from zeros of its input shape instead, see _maybe_symbolic_build,
+      but datasets keep the inputs-only form that needs);
     - fit reduces every logged metric "along axis 0", which scalars lack, so the steps log
       them with shape (1,); the reduced result is the scalar mean over workers.
 

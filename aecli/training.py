@@ -10,7 +10,6 @@ import ctypes
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,7 +21,7 @@ from aecli.atomic import save_atomic
 from aecli.augment import Augment
 from aecli.backend import import_tensorflow
 from aecli.config import LossConfig, LRScheduleConfig, OptimizerConfig, TrainingConfig
-from aecli.distribute import Placement, cluster_errors
+from aecli.distribute import Placement
 from aecli.errors import DataError, TrainingDivergedError
 from aecli.execution import ExecutionPlan, fused_train_function, plan_for_model, raise_pending_interrupt
 from aecli.feeds import Feeds, Stream, make_feeds
@@ -217,8 +216,7 @@ def fit_autoencoder(
             trained, x_train, trained.jit_compile, noise, training.seed, augmented_blocks=augment is not None
         )
     try:
-        with cluster_errors(run_dir if placement.chief else None) if placement.multi_worker else nullcontext():
-            seconds = _fit(trained, feeds, training, callbacks, resume, streamed=not isinstance(x_train, np.ndarray))
+        seconds = _fit(trained, feeds, training, callbacks, resume, streamed=not isinstance(x_train, np.ndarray))
     finally:
         if plan.fused:  # it takes index blocks and holds the training data: not for later fits
             trained.train_function = None

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -73,23 +74,23 @@ def train(shards: Path, workers: int, epochs: int, scratch: Path) -> dict[str, A
     cluster = {"worker": [f"localhost:{port}" for port in free_ports(workers)]}
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     started = time.perf_counter()
-    processes = [
-        subprocess.Popen(
-            [*args, "--set", "training.distribute=multi_worker"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})},
-        )
-        for index in range(workers)
-    ]
-    outputs = []
-    for process in processes:
-        out, err = process.communicate(timeout=1800)
-        if process.returncode:
-            raise SystemExit(f"worker failed ({process.returncode}): {err.strip().splitlines()[-1:]}")
-        outputs.append(out)
-    return _summary(outputs, time.perf_counter() - started)
+    logs = [(scratch / f"worker-{index}.out", scratch / f"worker-{index}.err") for index in range(workers)]
+    processes = []
+    for index, (out, err) in enumerate(logs):  # files, not pipes: a full pipe would stall the cluster
+        with out.open("w") as stdout, err.open("w") as stderr:
+            spec = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            processes.append(
+                subprocess.Popen(
+                    [*args, "--set", "training.distribute=multi_worker"],
+                    stdout=stdout,
+                    stderr=stderr,
+                    env={**env, "TF_CONFIG": json.dumps(spec)},
+                )
+            )
+    for process, (_, err) in zip(processes, logs, strict=True):
+        if process.wait(timeout=1800):
+            raise SystemExit(f"worker failed ({process.returncode}): {err.read_text().strip().splitlines()[-1:]}")
+    return _summary([out.read_text() for out, _ in logs], time.perf_counter() - started)
 
 
 def _summary(outputs: list[str], wall: float) -> dict[str, Any]:
@@ -102,7 +103,8 @@ def _summary(outputs: list[str], wall: float) -> dict[str, Any]:
         reads.append({"files": int(files), "files_in_folder": int(total), "rows": _int(rows), "bytes": _int(payload)})
     with (run / "history.csv").open() as handle:
         seconds = [float(row["seconds"]) for row in csv.DictReader(handle)]
-    steps = math.ceil(info["data"]["train"] / 256) * len(seconds)  # configs/mnist.yaml: batch 256
+    batch = yaml.safe_load((run / "config.yaml").read_text())["training"]["batch_size"]
+    steps = math.ceil(info["data"]["train"] / batch) * len(seconds)
     return {
         "reads": reads,
         "steps_per_s": steps / sum(seconds),
@@ -151,8 +153,9 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"Command: `python benchmarks/bench_workers.py --epochs {args.epochs}` (part of `make bench`). Data: "
         + ("the MNIST test images (../shared/data/mnist)" if "mnist" in results["data"] else "synthetic MNIST rows")
         + f" written by `aecli prepare --format npy --shards 8` ({split['train']:,} training, "
-        f"{split['validation']:,} validation and {split['test']:,} test rows), `configs/mnist.yaml` (batch 256), "
-        f"{args.epochs} epochs, local worker processes on this machine's 2 cores. Rows and bytes: everything "
+        f"{split['validation']:,} validation and {split['test']:,} test rows), `configs/mnist.yaml` (batch 128), "
+        f"{args.epochs} epochs, local worker processes on this machine's {os.cpu_count()} cores. Rows and bytes: "
+        "everything "
         "the process decoded from the folder over the whole run (the scaling check, every epoch's training "
         "and validation passes, the final report), counted where rows are read. One process for comparison.",
         "",
@@ -171,8 +174,9 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
         + ", ".join(f"{row['setup']} {row['test_mse']:.4f}" for row in results["rows"])
         + ". A worker decodes a little more than 1/N of one process: its training stream reads its next "
         "pass ahead (the shuffle buffer fills before the first batch), once wasted at the end of training, and "
-        "a share with fewer validation rows than the largest cycles through some again. Steps/s: every worker "
-        "runs on the same two cores and every step all-reduces the gradients over local gRPC, so it says what "
+        "a share with fewer validation rows than the largest reads some of its first ones again to fill its "
+        "batches (once: they are kept in memory for later epochs). Steps/s: every worker "
+        "runs on the same cores and every step all-reduces the gradients over local gRPC, so it says what "
         'a worker costs here, not how separate machines scale (see README "Scaling out" for the arithmetic).',
         "",
     ]

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -107,34 +108,50 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start_workers(tmp_path: Path, count: int, *args: str) -> list[subprocess.Popen]:
+@dataclass
+class Worker:
+    """A worker process and the files its output goes to."""
+
+    process: subprocess.Popen
+    out: Path
+    err: Path
+
+    def output(self, timeout: float = 300) -> tuple[str, str]:
+        """Wait for it to end; its stdout and stderr."""
+        piped = self.process.communicate(timeout=timeout)[0] if self.process.stdout is not None else None
+        self.process.wait(timeout=timeout)
+        return piped if piped is not None else self.out.read_text(), self.err.read_text()
+
+
+def start_workers(tmp_path: Path, count: int, *args: str) -> list[Worker]:
     """`count` local worker processes of one cluster running `aecli train ARGS`, their scratch
-    folders under tmp_path/tmp (which the test checks are left empty)."""
+    folders under tmp_path/tmp (which the test checks are left empty). Worker 0's stdout is a
+    pipe (to follow its epochs); everything else goes to files, since a worker blocked on a full
+    pipe that nobody reads would stall the whole cluster."""
     cluster = {"worker": [f"localhost:{free_port()}" for _ in range(count)]}
     scratch = tmp_path / "tmp"
     scratch.mkdir(exist_ok=True)
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "aecli", "train", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={
-                **os.environ,
-                "PYTHONUNBUFFERED": "1",
-                "TMPDIR": str(scratch),
-                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
-            },
-        )
-        for index in range(count)
-    ]
+    workers = []
+    for index in range(count):
+        out, err = (tmp_path / f"worker-{index}-{free_port()}.{kind}" for kind in ("out", "err"))
+        spec = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(scratch), "TF_CONFIG": json.dumps(spec)}
+        with out.open("w") as stdout, err.open("w") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "aecli", "train", *args],
+                stdout=subprocess.PIPE if index == 0 else stdout,
+                stderr=stderr,
+                text=True,
+                env=env,
+            )
+        workers.append(Worker(process, out, err))
     return workers
 
 
-def finish(workers: list[subprocess.Popen]) -> list[str]:
-    outputs = [worker.communicate(timeout=300) for worker in workers]
+def finish(workers: list[Worker]) -> list[str]:
+    outputs = [worker.output() for worker in workers]
     for worker, (_, err) in zip(workers, outputs, strict=True):
-        assert worker.returncode == 0, err
+        assert worker.process.returncode == 0, err
     return [out for out, _ in outputs]
 
 
@@ -170,7 +187,7 @@ def shard_folder(tmp_path: Path, files: int) -> Path:
     from aecli.commands.prepare import prepare_shards
     from aecli.config import DataConfig
 
-    out = prepare_shards(DataConfig(source="digits"), tmp_path / "shards", 1, "npy", lambda _: None, shards=files)
+    out = prepare_shards(DataConfig(source="digits"), tmp_path / "shards", None, "npy", lambda _: None, shards=files)
     return out.out_dir
 
 
@@ -190,7 +207,9 @@ def test_workers_over_a_shard_folder_each_read_their_own_files(count: int, cli, 
     outputs = finish(workers)
     run = last_line(outputs[0])
     info = json.loads((run / "run.json").read_text())
-    assert info["status"] == "completed" and info["worker_input"] == {"files_per_worker": "own", "workers": count}
+    assert info["status"] == "completed"
+    assert info["worker_input"]["files_per_worker"] == "own" and info["worker_input"]["workers"] == count
+    assert sum(info["worker_input"]["training_rows"]) == info["data"]["train"]
     reads = [info["reading"]] + [
         {"files": int(found[0]), "rows": int(found[1].replace(",", ""))}
         for out in outputs[1:]
@@ -227,10 +246,10 @@ def test_a_lost_worker_or_chief_stops_the_cluster_and_a_resume_completes_every_e
     )
     runs = tmp_path / "runs"
     workers = start_workers(tmp_path, 2, str(config), "--runs-dir", str(runs), "--quiet", *WORKER[1:])
-    wait_for_epoch_of(workers[0], 2, 8)
-    workers[1].kill()  # kill -9: no chance to say goodbye
-    _, err = workers[0].communicate(timeout=120)
-    assert workers[0].returncode == 4, err
+    wait_for_epoch_of(workers[0].process, 2, 8)
+    workers[1].process.kill()  # kill -9: no chance to say goodbye
+    _, err = workers[0].output(timeout=120)
+    assert workers[0].process.returncode == 4, err
     assert err.strip().splitlines()[-1].startswith("error: the cluster lost worker 1")
     (run,) = runs.iterdir()
     assert f"aecli train --resume {run}" in err
@@ -239,11 +258,11 @@ def test_a_lost_worker_or_chief_stops_the_cluster_and_a_resume_completes_every_e
 
     # Every worker starts again on the run; this time the chief dies.
     workers = start_workers(tmp_path, 2, "--resume", str(run), "--quiet")
-    wait_for_epoch_of(workers[0], 5, 8)
-    workers[0].kill()
-    _, err = workers[1].communicate(timeout=120)
-    assert workers[1].returncode == 4, err
-    assert "error: the cluster lost worker 0" in err and len(err.strip().splitlines()[-1:]) == 1
+    wait_for_epoch_of(workers[0].process, 5, 8)
+    workers[0].process.kill()
+    _, err = workers[1].output(timeout=120)
+    assert workers[1].process.returncode == 4, err
+    assert err.strip().splitlines()[-1].startswith("error: the cluster lost worker 0 (it stopped answering")
     finished = json.loads((run / "checkpoints" / "state.json").read_text())["epoch"]
     assert 4 <= finished < 8
 
@@ -389,3 +408,63 @@ def test_compare_refuses_multi_worker(cli, tiny_config, tmp_path: Path) -> None:
     result = cli("compare", config, "--vary", "optimizer.name=sgd,adam", "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 2 and "cannot tear that down to train the next cell" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_cluster_with_a_chief_numbers_the_chief_first_and_names_every_task() -> None:
+    spec = {"cluster": {"chief": ["c:1"], "worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}
+    task = read_cluster_task({"TF_CONFIG": json.dumps(spec)})
+    assert (task.pipeline, task.workers, task.names) == (2, 3, ("chief", "worker 0", "worker 1"))
+    plain = {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}
+    assert read_cluster_task({"TF_CONFIG": json.dumps(plain)}).pipeline == 1
+
+
+def test_a_lost_peer_becomes_a_one_line_cluster_error_and_other_errors_pass_through() -> None:
+    import tensorflow as tf
+
+    from aecli.distribute import ClusterError, Placement, cluster_errors
+
+    cluster = Placement(multi_worker=True, workers=2)
+    lost = (
+        "Collective ops is aborted by: Error reported from /job:worker/task:0: The following tasks are "
+        "unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1\nThe tasks have crashed."
+    )
+    with pytest.raises(ClusterError) as caught, cluster_errors(cluster, "do X"):
+        raise tf.errors.UnavailableError(None, None, lost)
+    assert str(caught.value) == "the cluster lost worker 1 (it stopped answering; its own output says why); do X"
+    assert caught.value.exit_code == 4
+    reset = (
+        "{{function_node __wrapped__CollectiveReduceV2_device_/job:worker/replica:0/task:1/device:CPU:0}} "
+        "Collective ops is aborted by: recvmsg:Connection reset by peer\nAdditional GRPC error information from "
+        "remote target /job:worker/replica:0/task:0 while calling /tensorflow.WorkerService/CompleteInstance"
+    )
+    with pytest.raises(ClusterError, match="^the cluster lost worker 0 "), cluster_errors(cluster, "do X"):
+        raise tf.errors.UnavailableError(None, None, reset)  # the chief gone: its connection reset
+    # e.g. storage: not a lost peer
+    with pytest.raises(tf.errors.UnavailableError), cluster_errors(cluster, "do X"):
+        raise tf.errors.UnavailableError(None, None, "file system unavailable")
+    # one process: nothing to translate
+    with pytest.raises(tf.errors.UnavailableError), cluster_errors(Placement(), "do X"):
+        raise tf.errors.UnavailableError(None, None, lost)
+
+
+def test_the_cluster_trainer_draws_fresh_training_noise_and_fixed_validation_noise() -> None:
+    import keras
+    import numpy as np
+
+    from aecli.layers import MultiWorkerTrainer
+
+    inputs = keras.Input((16,))
+    trainer = MultiWorkerTrainer(keras.Model(inputs, keras.layers.Dense(16)(inputs)), noise="mask:0.5")
+    trainer.compile(optimizer="adam", loss="mse")
+    clean = np.random.default_rng(0).uniform(0.1, 1.0, (64, 16)).astype("float32")
+    noisy, target = (np.asarray(t) for t in trainer._with_noise(clean, training=True))
+    np.testing.assert_array_equal(target, clean)  # the target stays clean
+    masked = noisy == 0
+    assert 0.4 < masked.mean() < 0.6 and np.array_equal(noisy[~masked], clean[~masked])
+    trainer.optimizer.iterations.assign_add(1)  # the next step: fresh noise
+    assert not np.array_equal(np.asarray(trainer._with_noise(clean, training=True)[0]), noisy)
+    first = np.asarray(trainer._with_noise(clean, training=False)[0])
+    trainer.optimizer.iterations.assign_add(1)  # validation: the same batch, the same noise
+    np.testing.assert_array_equal(np.asarray(trainer._with_noise(clean, training=False)[0]), first)
+    assert not np.array_equal(np.asarray(trainer._with_noise(clean[::-1], training=False)[0]), first[::-1])
+    assert MultiWorkerTrainer.from_config(trainer.get_config()).noise == "mask:0.5"

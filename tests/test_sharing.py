@@ -66,7 +66,7 @@ class ThreadCluster:
 def folder(tmp_path: Path, shards: int, rows: int = 1000, dtype: str = "float32") -> Path:
     source = numbered_rows(tmp_path, rows, dtype=dtype)
     cfg = DataConfig(source=str(source), labels_path=tmp_path / "labels.npy")
-    return prepare_shards(cfg, tmp_path / "shards", 50_000, "npy", say=lambda _: None, shards=shards).out_dir
+    return prepare_shards(cfg, tmp_path / "shards", None, "npy", say=lambda _: None, shards=shards).out_dir
 
 
 def rows_of(data: ShardedData, part: str) -> set[int]:
@@ -97,7 +97,8 @@ def test_each_worker_reads_only_its_own_files_and_together_they_read_the_folder_
         seen = [rows_of(data, part) for data in shares]
         assert sum(len(s) for s in seen) == len(set().union(*seen)) == alone.counts[part]
         assert set().union(*seen) == rows_of(alone, part)
-        assert [len(s) for s in seen] == shares[0].worker_counts.get(part, [len(s) for s in seen])
+        if part != "test":  # what each worker was told it holds, which decides the steps
+            assert [len(s) for s in seen] == shares[0].worker_counts[part]
     # The scaling comes from every worker's training rows: the same as one process's.
     for data in shares:
         np.testing.assert_array_equal(data.scaling.offset, alone.scaling.offset)
@@ -159,7 +160,7 @@ def test_nan_in_one_workers_files_stops_every_worker_with_the_reason(tmp_path: P
             errors[share.index] = str(exc)
 
     ThreadCluster(2).run(opened)
-    assert errors[0] == f"data.source {shards}: worker 1's shard files hold NaN or inf; clean or drop them"
+    assert errors[0] == f"data.source {shards}: worker 1's shard files are damaged or hold NaN or inf"
     assert "NaN or inf" in errors[1]  # its own message, naming the split
 
 
@@ -176,6 +177,13 @@ def test_prepare_writes_as_many_files_per_split_as_asked(tmp_path: Path) -> None
     assert sorted(p.name for p in out.glob("train-*.npy") if ".labels" not in p.name) == [
         f"train-{n:05d}-of-00003.npy" for n in range(3)
     ]
-    assert [len(np.load(p)) for p in sorted(out.glob("train-*-of-00003.npy"))] == [334, 334, 332]
+    assert [len(np.load(p)) for p in sorted(out.glob("train-*-of-00003.npy"))] == [333, 333, 334]
+    few = prepare_shards(DataConfig(source=str(tmp_path / "rows.npy")), tmp_path / "few", None, "npy", print, 4)
+    assert few.shards == 4
     with pytest.raises(ConfigError, match="--shards 0"):
-        prepare_shards(DataConfig(source="digits"), tmp_path / "other", 100, "npy", lambda _: None, shards=0)
+        prepare_shards(DataConfig(source="digits"), tmp_path / "other", None, "npy", lambda _: None, shards=0)
+    with pytest.raises(ConfigError, match="--shard-size and --shards both"):
+        prepare_shards(DataConfig(source="digits"), tmp_path / "other", 100, "npy", lambda _: None, shards=2)
+    (tmp_path / "tiny").mkdir()
+    tiny = numbered_rows(tmp_path / "tiny", rows=3)  # fewer rows than files asked for: a file a row
+    assert prepare_shards(DataConfig(source=str(tiny)), tmp_path / "t", None, "npy", print, shards=8).shards == 3

@@ -6,6 +6,7 @@ is renamed into place at the end, and an existing folder is never written into.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -20,6 +21,8 @@ from aecli.config import DataConfig, build_config
 from aecli.data.shards import FORMAT, LABELS_SUFFIX, MANIFEST
 from aecli.data.sources import read_data
 from aecli.errors import ConfigError, RunError
+
+SHARD_ROWS = 50_000  # rows per file unless --shard-size or --shards says otherwise
 
 ENCODINGS = ("tfrecord", "npy")
 # What prepare reads; splits, classes and scaling are training's business (shards keep every row, raw).
@@ -55,14 +58,15 @@ def prepare_data_config(source: str, overrides: Sequence[str]) -> DataConfig:
 def prepare_shards(
     cfg: DataConfig,
     out_dir: Path,
-    shard_size: int,
+    shard_size: int | None,
     encoding: str,
     say: Callable[[str], None] = print,
     shards: int | None = None,
 ) -> PrepareOutcome:
     """Write `cfg.source` (its train and test sets, each capped at cfg.limit) to `out_dir`, in
-    files of `shard_size` rows, or with `shards` in that many files per split (as evenly as the
-    rows allow): a multiple of a cluster's worker count lets each worker read only its own."""
+    files of `shard_size` rows (default SHARD_ROWS), or with `shards` in that many files per
+    split (as evenly as the rows allow): a multiple of a cluster's worker count lets each worker
+    read only its own."""
     _check_options(out_dir, shard_size, encoding, shards)
     raw = read_data(cfg, mmap=True)
     # One little-endian dtype for both splits: TFRecord rows are decoded little-endian, and
@@ -81,8 +85,8 @@ def prepare_shards(
                 continue
             x = x[: cfg.limit] if cfg.limit else x
             y = None if y is None else np.asarray(y[: len(x)], np.int64)
-            size = shard_size if shards is None else max(1, -(-len(x) // shards))
-            splits[name] = _write_split(partial, name, x, y, size, encoding, dtype)
+            bounds = _bounds(len(x), shard_size or SHARD_ROWS, shards)
+            splits[name] = _write_split(partial, name, x, y, bounds, encoding, dtype)
             say(f"{name}: {len(x):,} rows in {len(splits[name].shards)} shard(s)")
         manifest = {
             "format": FORMAT,
@@ -111,10 +115,12 @@ def prepare_shards(
     )
 
 
-def _check_options(out_dir: Path, shard_size: int, encoding: str, shards: int | None) -> None:
+def _check_options(out_dir: Path, shard_size: int | None, encoding: str, shards: int | None) -> None:
+    if shard_size is not None and shards is not None:
+        raise ConfigError("--shard-size and --shards both say how to cut the files: give one")
     if encoding not in ENCODINGS:
         raise ConfigError(f"--format {encoding!r}: expected one of {', '.join(ENCODINGS)}")
-    if shard_size < 1:
+    if shard_size is not None and shard_size < 1:
         raise ConfigError(f"--shard-size {shard_size}: expected a positive number of rows")
     if shards is not None and shards < 1:
         raise ConfigError(f"--shards {shards}: expected a positive number of files per split")
@@ -132,18 +138,27 @@ class WrittenSplit:
         return {"shards": self.shards, **({"labels": self.labels} if self.labels else {})}
 
 
+def _bounds(rows: int, shard_size: int, shards: int | None) -> list[int]:
+    """Where each file's rows start, and the end: files of `shard_size` rows, or `shards` files
+    whose sizes differ by at most one row (as many as there are rows, if fewer)."""
+    if shards is None:
+        return [*range(0, rows, shard_size), rows] if rows else [0, 0]
+    count = max(1, min(shards, rows))
+    return [rows * number // count for number in range(count + 1)]
+
+
 def _write_split(
-    folder: Path, name: str, x: np.ndarray, y: np.ndarray | None, shard_size: int, encoding: str, dtype: np.dtype
+    folder: Path, name: str, x: np.ndarray, y: np.ndarray | None, bounds: list[int], encoding: str, dtype: np.dtype
 ) -> WrittenSplit:
-    count = max(1, -(-len(x) // shard_size))
+    count = len(bounds) - 1
     shards: list[dict[str, str | int]] = []
-    for number in range(count):
-        rows = np.ascontiguousarray(x[number * shard_size : (number + 1) * shard_size], dtype=dtype)
+    for number, (start, end) in enumerate(itertools.pairwise(bounds)):
+        rows = np.ascontiguousarray(x[start:end], dtype=dtype)
         stem = f"{name}-{number:05d}-of-{count:05d}"
         if encoding == "npy":
             np.save(folder / f"{stem}.npy", rows)
             if y is not None:
-                np.save(folder / f"{stem}{LABELS_SUFFIX}", y[number * shard_size : (number + 1) * shard_size])
+                np.save(folder / f"{stem}{LABELS_SUFFIX}", y[start:end])
             shards.append({"file": f"{stem}.npy", "rows": len(rows)})
         else:
             _write_tfrecord(folder / f"{stem}.tfrecord", rows)

@@ -11,6 +11,7 @@ import dataclasses
 import os
 import platform
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -80,7 +81,8 @@ def train_run(
     """
     select_backend(config.runtime.backend)
     placement = place(config.training.distribute)  # before anything else touches TensorFlow
-    dataset = _training_data(config, placement)
+    with cluster_errors(placement, "start every worker again with the same command"):
+        dataset = _training_data(config, placement)
     _check_loss_matches_data(config, dataset)
     check_augment(config.data.augment, dataset.sample_shape)
     plan = plan_autoencoder(config.model, dataset.sample_shape)
@@ -112,7 +114,8 @@ def train_run(
         if on_run_dir and placement.chief:
             on_run_dir(run_dir)
         with run_lock(run_dir):
-            attempt = _Attempt(config, dataset, run_dir, reporter, placement, plan)
+            shown = run_dir if placement.chief else None  # a non-chief's run_dir is its scratch
+            attempt = _Attempt(config, dataset, run_dir, reporter, placement, plan, shown_dir=shown)
             metrics = _run_guarded(attempt, resume=False)
     finally:
         if scratch is not None:
@@ -120,17 +123,19 @@ def train_run(
     return TrainOutcome(run_dir, metrics, written=placement.chief, reading=_reading(dataset))
 
 
+SCRATCH_PREFIX = "aecli-worker-"
+
+
 def worker_scratch() -> Path:
-    """A non-chief worker's scratch folder, named after its process; folders left by workers
-    that were killed (their process is gone) are removed first."""
-    for stale in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
-        pid = stale.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+    """A non-chief worker's scratch folder, named after its host and process; folders left on
+    this host by workers that were killed (their process is gone) are removed first. (Other
+    hosts' folders are never touched: a shared TMPDIR may hold live workers' folders.)"""
+    mine = f"{SCRATCH_PREFIX}{socket.gethostname()}-"
+    for stale in Path(tempfile.gettempdir()).glob(f"{mine}*"):
+        pid = stale.name.removeprefix(mine).split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
-
-
-SCRATCH_PREFIX = "aecli-worker-"
+    return Path(tempfile.mkdtemp(prefix=f"{mine}{os.getpid()}-"))
 
 
 def _alive(pid: int) -> bool:
@@ -175,20 +180,24 @@ def resume_run(run_dir: Path, reporter: Any = None) -> ResumeOutcome:
     if not config.training.checkpoint.last:
         raise RunError(f"run {run_dir} kept no last checkpoint (training.checkpoint.last is off): train it again")
     if placement.chief:
-        return _resume_in(run_dir, config, placement, reporter)
+        return _resume_in(run_dir, config, placement, reporter, run_dir)
     # A non-chief worker resumes from the chief's run directory (a shared file system) in a
     # scratch copy, so it reads the same checkpoint and writes nothing the chief owns.
     scratch = worker_scratch()
     try:
         copy = Path(shutil.copytree(run_dir, scratch / run_dir.name))
-        return dataclasses.replace(_resume_in(copy, config, placement, reporter), run_dir=run_dir, written=False)
+        resumed = _resume_in(copy, config, placement, reporter, run_dir)
+        return dataclasses.replace(resumed, run_dir=run_dir, written=False)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _resume_in(run_dir: Path, config: AecliConfig, placement: Placement, reporter: Any) -> ResumeOutcome:
+def _resume_in(
+    run_dir: Path, config: AecliConfig, placement: Placement, reporter: Any, shown_dir: Path
+) -> ResumeOutcome:
     """Everything a resume needs is checked before run.json changes: a refused resume leaves
-    the run exactly as it was (status included)."""
+    the run exactly as it was (status included). `shown_dir`: the run as users know it (a
+    non-chief worker resumes in a scratch copy of it)."""
     with run_lock(run_dir):
         state = _checked_resume_state(run_dir, config)
         info = read_run_info(run_dir)
@@ -199,11 +208,12 @@ def _resume_in(run_dir: Path, config: AecliConfig, placement: Placement, reporte
                 "model and optimizer; restore it, or train a new run with the edited config"
             )
         check_unchanged(recorded_fingerprints(info), force=False)
-        dataset = _training_data(config, placement)
+        with cluster_errors(placement, _resume_step(shown_dir)):
+            dataset = _training_data(config, placement)
         plan = plan_autoencoder(config.model, dataset.sample_shape)
         resumes = [*info.get("resumed", []), {"at": now_iso(), "from_epoch": 0 if state is None else state.epoch}]
         update_run_info(run_dir, status="running", finished=None, error=None, resumed=resumes)
-        attempt = _Attempt(config, dataset, run_dir, reporter, placement, plan, state)
+        attempt = _Attempt(config, dataset, run_dir, reporter, placement, plan, state, shown_dir)
         metrics = _run_guarded(attempt, resume=True, previous_info=info)
     return ResumeOutcome(run_dir, metrics, 0 if state is None else state.epoch, reading=_reading(dataset))
 
@@ -233,6 +243,16 @@ class _Attempt:
     placement: Placement
     plan: list[LayerSpec]
     state: ResumeState | None = None  # where a resumed run continues from
+    shown_dir: Path | None = None  # the run users resume (None: a new run's non-chief worker)
+
+    def resume_step(self) -> str:
+        return _resume_step(self.shown_dir)
+
+
+def _resume_step(run_dir: Path | None) -> str:
+    """What to do after a lost worker: every worker resumes the run."""
+    where = str(run_dir) if run_dir is not None else "RUN_DIR (the run directory the chief printed)"
+    return f"start every worker again with aecli train --resume {where} to continue from the last finished epoch"
 
 
 def _run_guarded(attempt: _Attempt, resume: bool, previous_info: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -242,7 +262,8 @@ def _run_guarded(attempt: _Attempt, resume: bool, previous_info: dict[str, Any] 
     refused (a config or run error) so that a refused resume changes nothing."""
     run_dir = attempt.run_dir
     try:
-        metrics = _train_and_report(attempt)
+        with cluster_errors(attempt.placement, attempt.resume_step()):
+            metrics = _train_and_report(attempt)
     except OSError as exc:
         storage = as_storage_error(exc)
         if storage is None:
@@ -292,12 +313,12 @@ def _record_end(run_dir: Path, **changes: Any) -> None:
 
 
 def _training_data(config: AecliConfig, placement: Placement) -> TrainingData:
+    share = placement.share()
     if is_streamed(config.data):  # refused before a pass over the data
         check_streamable(config.optimizer.name)
-    data = open_training_data(config.data, seed=config.training.seed, share=placement.share())
-    if isinstance(data, ShardedData) and data.share is not None:
-        data.share.check_batch(config.training.batch_size)
-    return data
+        if share is not None:
+            share.check_batch(config.training.batch_size)
+    return open_training_data(config.data, seed=config.training.seed, share=share)
 
 
 def _worker_reading(data: TrainingData, placement: Placement) -> dict[str, Any]:
@@ -308,8 +329,12 @@ def _worker_reading(data: TrainingData, placement: Placement) -> dict[str, Any]:
         note = "in-memory data: every worker reads the whole source and keeps every n-th batch"
         return {"worker_input": {"files_per_worker": "all", "note": note}}
     if data.share is None:
-        return {"worker_input": {"files_per_worker": "all", "note": data.sharing_note}}
-    return {"worker_input": {"files_per_worker": "own", "workers": data.share.count}}
+        note = data.sharing_note or (
+            "a cluster of one worker" if placement.workers < 2 else "workers with several replicas (GPUs) each"
+        )
+        return {"worker_input": {"files_per_worker": "all", "note": note}}
+    rows = data.worker_counts["train"]
+    return {"worker_input": {"files_per_worker": "own", "workers": data.share.count, "training_rows": rows}}
 
 
 def _reading(data: TrainingData) -> dict[str, int] | None:
@@ -391,9 +416,8 @@ def _train_and_report(attempt: _Attempt) -> dict[str, Any]:
     # that read their own files each report those rows, and the chief gathers them.
     model = autoencoder.model if not placement.distributed else load_model(run_dir / "model.keras")
     started = time.perf_counter()
-    with cluster_errors(run_dir if placement.chief else None) if shared else contextlib.nullcontext():
-        test = report_split(model, data, "test", per_class=True)
-        train = report_split(model, data, "train", per_class=False)
+    test = report_split(model, data, "test", per_class=True)
+    train = report_split(model, data, "train", per_class=False)
     if not placement.chief:
         return {}
     summary = _training_summary(result, config.training.epochs, int(model.count_params()), placement)

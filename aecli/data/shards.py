@@ -458,14 +458,12 @@ def open_sharded(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -
     _check_parts_hold_rows(data)
     if share is not None:
         _share_files(data, share)
-    if shards.encoding == "tfrecord":
-        _check_first_records(shards, data.share)
-    if (
-        shards.dtype == np.uint8 and cfg.scaling == "auto" and not shards.sequences
-    ):  # /255: nothing to learn or check, no pass
+    # uint8 images scaled /255: nothing to learn or check, no pass over the rows
+    fixed = shards.dtype == np.uint8 and cfg.scaling == "auto" and not shards.sequences
+    low, high = _checked_ranges(data, with_ranges=not fixed)
+    if fixed:
         data.scaling = scaling_from_ranges(cfg.scaling, np.zeros(1), np.ones(1), shards.dtype, data.is_image)
         return data
-    low, high = _training_ranges(data)
     if shards.sequences:  # per channel, as in memory
         if cfg.scaling in ("zscore", "zscore_global"):
             raise DataError(
@@ -514,42 +512,57 @@ def _share_files(data: ShardedData, share: WorkerShare) -> None:
         if counts["train"][worker] == 0 or (data.cfg.validation_split > 0 and counts["validation"][worker] == 0)
     ]:
         data.sharing_note = (
-            f"worker {empty[0]}'s shard files hold no training or validation rows (data.limit, data.classes or "
+            f"{share.name(empty[0])}'s shard files hold no training or validation rows (data.limit, data.classes or "
             "small files), so every worker reads all files and keeps every n-th batch"
         )
     else:
         data.share, data.worker_counts = share, counts
 
 
-def _training_ranges(data: ShardedData) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature minimum and maximum of the training rows (over every worker's files, under a
-    share), after checking every part this process reads for NaN and inf."""
-    cfg, shards = data.cfg, data.shards
-    features = math.prod(shards.row_shape)
+def _checked_ranges(data: ShardedData, with_ranges: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Check the files this process reads (a TFRecord shard's first record; NaN and inf in
+    every part) and, `with_ranges`, the training rows' per-feature minimum and maximum.
+
+    Under a share every worker checks its own files, then all of them exchange the outcome (and
+    their ranges): a problem in one worker's files stops every worker with the reason, instead
+    of leaving the others waiting in the next collective for a worker that has gone."""
+    features = math.prod(data.shards.row_shape) if with_ranges else 0
     low, high = np.full(features, np.inf), np.full(features, -np.inf)
-    problem = None
     try:
-        for rows, _ in data.blocks("train"):
-            flat = rows.reshape(len(rows), -1)
-            _check_finite(flat, cfg.source, "training")
-            low, high = np.minimum(low, flat.min(axis=0)), np.maximum(high, flat.max(axis=0))
-        if shards.dtype.kind == "f":  # like in-memory data, no split may hold NaN or inf
-            for part in ("validation", "test"):
-                for rows, _ in data.blocks(part):
-                    _check_finite(rows.reshape(len(rows), -1), cfg.source, part)
+        if data.shards.encoding == "tfrecord":
+            _check_first_records(data.shards, data.share)
+        if with_ranges:
+            low, high = _local_ranges(data)
     except DataError as exc:
         if data.share is None:
             raise
-        problem = exc  # said after the gather, which every worker must join
+        problem: DataError | None = exc  # raised after the exchange, which every worker must join
+    else:
+        problem = None
     if data.share is None:
         return low, high
     summary = data.share.gather(np.concatenate([low, high, [0.0 if problem is None else 1.0]])[None])
     if problem is not None:
         raise problem
     if summary[:, -1].any():
-        worker = int(np.flatnonzero(summary[:, -1])[0])
-        raise DataError(f"data.source {cfg.source}: worker {worker}'s shard files hold NaN or inf; clean or drop them")
+        worker = data.share.name(int(np.flatnonzero(summary[:, -1])[0]))
+        raise DataError(f"data.source {data.cfg.source}: {worker}'s shard files are damaged or hold NaN or inf")
     return summary[:, :features].min(axis=0), summary[:, features:-1].max(axis=0)
+
+
+def _local_ranges(data: ShardedData) -> tuple[np.ndarray, np.ndarray]:
+    cfg, shards = data.cfg, data.shards
+    features = math.prod(shards.row_shape)
+    low, high = np.full(features, np.inf), np.full(features, -np.inf)
+    for rows, _ in data.blocks("train"):
+        flat = rows.reshape(len(rows), -1)
+        _check_finite(flat, cfg.source, "training")
+        low, high = np.minimum(low, flat.min(axis=0)), np.maximum(high, flat.max(axis=0))
+    if shards.dtype.kind == "f":  # like in-memory data, no split may hold NaN or inf
+        for part in ("validation", "test"):
+            for rows, _ in data.blocks(part):
+                _check_finite(rows.reshape(len(rows), -1), cfg.source, part)
+    return low, high
 
 
 def _check_first_records(shards: ShardSet, share: WorkerShare | None = None) -> None:

@@ -34,6 +34,10 @@ class WorkerShare:
     count: int
     gather: Callable[[np.ndarray], np.ndarray]
     distribute: Callable[[Callable[[], Any]], Any]
+    names: tuple[str, ...] = ()  # each worker's name in TF_CONFIG ("worker 1", "chief"), by index
+
+    def name(self, worker: int) -> str:
+        return self.names[worker] if worker < len(self.names) else f"worker {worker}"
 
     def own(self, files: tuple[File, ...], worker: int | None = None) -> tuple[File, ...]:
         """The files a worker (this one by default) reads: every `count`-th, from its index."""

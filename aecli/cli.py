@@ -48,8 +48,9 @@ ForceOption = Annotated[
 ThresholdOption = Annotated[
     str | None,
     typer.Option(
-        help="max, percentile:95 or mean_std:1 (of the training errors), contamination:0.1, or a number "
-        "(default: the run's anomaly.threshold)."
+        help="max, percentile:95 or mean_std:1 (of the training errors), fpr:0.01 (of the validation rows), "
+        "contamination:0.1, best_f1 (on the evaluated labels), or a number (default: the run's calibrated "
+        "threshold, thresholds.json)."
     ),
 ]
 AnomalyWindowsOption = Annotated[
@@ -361,6 +362,114 @@ def evaluate(
     _print_evaluation_summary(console, outcome.metrics)
     console.print(f"report: {outcome.report_html} (plots and metrics.json beside it)", soft_wrap=True)
     typer.echo(str(outcome.out_dir))
+
+
+@app.command()
+@reports_errors
+def threshold(
+    run_dir: Annotated[Path, typer.Argument(help="A completed run directory.", show_default=False)],
+    method: Annotated[
+        str,
+        typer.Option(
+            help="max, percentile:Q, mean_std:K or contamination:F (of the training errors), fpr:F (flags a share F "
+            "of held-out normal data), best_f1 (needs labels), value:V or a number.",
+            show_default=False,
+        ),
+    ],
+    score: Annotated[str | None, typer.Option(help="mse, mae or bce (default: the run's anomaly score).")] = None,
+    normal_data: Annotated[
+        str | None, typer.Option(help="fpr: normal rows to measure it on (default: the run's validation split).")
+    ] = None,
+    normal_classes: Annotated[
+        str | None, typer.Option(help="best_f1: labels of the test split that are normal (e.g. 0,1).")
+    ] = None,
+    anomaly_data: Annotated[
+        str | None, typer.Option(help="best_f1: a source whose rows are all anomalies (the test split is normal).")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="data.KEY=VALUE for those sources.")
+    ] = None,
+) -> None:
+    """Choose a run's anomaly threshold again from its stored errors (no retraining): it becomes
+    the threshold evaluate and every flag use; earlier ones stay in thresholds.json."""
+    from aecli.commands.threshold import ThresholdRequest, set_threshold
+
+    labels = _parse_labels(normal_classes, "--normal-classes")
+    request = ThresholdRequest(
+        run_dir=run_dir,
+        method=method,
+        score=score,
+        normal_data=normal_data,
+        normal_classes=None if labels is None else [str(label) for label in labels],
+        anomaly_data=anomaly_data,
+        data_overrides=overrides or [],
+        command=shlex.join(["aecli", *sys.argv[1:]]),
+    )
+    outcome = set_threshold(request)
+    chosen = outcome.threshold
+    table = Table(title=f"threshold {chosen.method} on {chosen.score}")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("threshold", f"{chosen.value:.6g}")
+    table.add_row("computed from", chosen.computed_from)
+    rate = chosen.expected_false_positive_rate
+    table.add_row("expected false-positive rate", "n/a (no held-out normal data)" if rate is None else f"{rate:.2%}")
+    for source, (flagged, rows) in outcome.flagged.items():
+        table.add_row(f"flags in {source}", f"{flagged:,} of {rows:,}")
+    if outcome.previous is not None:
+        table.add_row("replaces", f"{outcome.previous['method']} = {outcome.previous['value']:.6g} (kept as previous)")
+    _console().print(table)
+    typer.echo(str(run_dir / "thresholds.json"))
+
+
+@app.command()
+@reports_errors
+def score(
+    run_dir: Annotated[Path, typer.Argument(help="A completed run directory.", show_default=False)],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="Data to score: a CSV, JSON lines, .npy or any source the run reads; - reads CSV or JSON lines "
+            "from stdin.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path | None, typer.Option(help="A new CSV file for the results (default: stdout).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per model call.")] = 1024,
+    top_k: Annotated[int, typer.Option(help="Input elements listed per row, largest squared residual first.")] = 3,
+    score_name: Annotated[
+        str | None, typer.Option("--score", help="mse, mae or bce (default: the run's anomaly score).")
+    ] = None,
+    threshold: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead of the run's calibrated threshold: max, percentile:Q, mean_std:K, fpr:F or a number."
+        ),
+    ] = None,
+    id_column: Annotated[str | None, typer.Option(help="A CSV/JSON column that names each row.")] = None,
+    fail_on_anomaly: Annotated[
+        int | None, typer.Option(help="Exit with this code (1-125) when any row is flagged.", show_default=False)
+    ] = None,
+    backend: BackendOption = None,
+) -> None:
+    """Score new data in bounded memory: per row the error, the flag at the run's threshold and the
+    input elements that contributed most (stdout, or --out)."""
+    from aecli.commands.score import ScoreRequest, score_input
+
+    if fail_on_anomaly is not None and not 1 <= fail_on_anomaly <= 125:
+        raise ConfigError(f"--fail-on-anomaly {fail_on_anomaly}: expected an exit code from 1 to 125")
+    request = ScoreRequest(run_dir, source, out, batch_size, top_k, score_name, threshold, id_column, backend=backend)
+    outcome = _interruptible(
+        lambda: score_input(request, sys.stdin, sys.stdout),
+        "interrupted: " + ("nothing written" if out else "rows so far were written to stdout"),
+    )
+    typer.echo(
+        f"scored {outcome.rows:,} rows: {outcome.flagged:,} flagged ({outcome.score} > {outcome.threshold:.6g}, "
+        f"{outcome.method})" + (f"; results in {out}" if out else ""),
+        err=True,
+    )
+    if fail_on_anomaly is not None and outcome.flagged:
+        raise typer.Exit(fail_on_anomaly)
 
 
 def _print_evaluation_summary(console: Console, metrics: dict[str, Any]) -> None:

@@ -607,7 +607,8 @@ class AnomalyConfig(_Section):
     threshold: str = Field(
         "percentile:95",
         description="max (largest training error), percentile:Q or mean_std:K of the training errors, "
-        "contamination:F (flag that share of the evaluated data), or a number",
+        "fpr:F (flags a share F of the held-out normal validation rows), contamination:F (flag that share of "
+        "the evaluated data), or a number; best_f1 needs labelled anomalies: set it with aecli threshold",
     )
     points: Literal["mean", "max", "all"] | None = Field(
         None,
@@ -680,6 +681,16 @@ class AecliConfig(_Section):
             raise ValueError(
                 "data.augment: augmentation runs in the tf.data input pipeline, and training.input_pipeline keras "
                 "hands numpy arrays to fit instead; use input_pipeline tensor (the default) or arrays"
+            )
+        threshold = self.anomaly.threshold
+        if threshold == "best_f1":
+            raise ValueError(
+                "anomaly.threshold: best_f1 needs labelled anomalies, which training has not; train with another "
+                "threshold, then choose it with aecli threshold RUN --method best_f1 --normal-classes ..."
+            )
+        if threshold.startswith("fpr:") and self.data.validation_split == 0:
+            raise ValueError(
+                "anomaly.threshold: fpr is measured on the validation rows: needs data.validation_split > 0"
             )
         stopping = self.training.early_stopping
         if stopping is not None and stopping.monitor == "val_loss" and self.data.validation_split == 0:

@@ -15,7 +15,7 @@ import numpy as np
 from aecli.atomic import read_json
 from aecli.backend import import_tensorflow
 from aecli.config import AecliConfig, DataConfig, build_config, load_config
-from aecli.data import Dataset, Scaling, load_dataset
+from aecli.data import Dataset, Samples, Scaling, load_dataset, load_for_model
 from aecli.errors import AecliError, DataError, RunError, clip
 from aecli.fingerprints import check_unchanged
 from aecli.runs import REQUIRED_ARTIFACTS, read_run_info, recorded_fingerprints
@@ -50,6 +50,15 @@ class TrainedRun:
                 if getattr(own, key) is not None:
                     data[key] = getattr(own, key)
         return build_config(base={"data": data}, overrides=overrides, allowed=("data",), command=option).data
+
+    def read_samples(self, source: str, overrides: Sequence[str], option: str) -> Samples:
+        """Every row of a source named on the command line, read the way the run read its data
+        and scaled for its model; errors name the option."""
+        cfg = self.data_config_for(source, overrides, option)
+        try:
+            return load_for_model(cfg, self.sample_shape, self.scaling)
+        except DataError as exc:
+            raise DataError(str(exc).replace("data.source", option, 1)) from None
 
     def test_split(self, force: bool) -> Dataset:
         """The run's own test split, rebuilt from its data files: refused when a file changed

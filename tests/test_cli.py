@@ -159,7 +159,8 @@ def test_light_commands_never_import_heavy_libraries(tiny_config, tmp_path: Path
         runner = CliRunner()
         for args in (["--help"], ["validate", {str(config)!r}], ["schema"], ["train", "--bogus"],
                      ["validate", "/nonexistent.yaml"], ["validate", {str(sharded)!r}], ["prepare", "--help"],
-                     ["validate", {str(series_config)!r}], ["embed", "--help"]):
+                     ["validate", {str(series_config)!r}], ["embed", "--help"], ["score", "--help"],
+                     ["threshold", "--help"]):
             result = runner.invoke(app, args)
             assert result.exit_code in (0, 2), result.output
         heavy = [m for m in ("tensorflow", "keras", "sklearn", "matplotlib") if m in sys.modules]

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from aecli.backend import select_backend
+from aecli.calibration import VALIDATION_ERRORS, active_threshold, stored_errors
 from aecli.config import ModelConfig
-from aecli.data import Samples, label_codes, label_name, load_for_model, present_labels
+from aecli.data import Samples, label_codes, label_name, present_labels
 from aecli.data.arrays import Timeline
-from aecli.errors import DataError, EvaluationError
+from aecli.errors import EvaluationError
 from aecli.evaluation import (
     anomaly_report,
     latent_report,
@@ -96,7 +97,7 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
     becomes the output folder only when complete."""
     run = open_trained_run(request.run_dir, needs=("history.csv",))
     select_backend(request.backend or run.config.runtime.backend)
-    score, threshold_spec = _checked_options(run, request)
+    score, threshold_choice = _checked_options(run, request)
     history = read_history_csv(run.path / "history.csv")
     evaluated = _evaluated_data(run, request)
 
@@ -119,12 +120,12 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
             metrics["latent"] = latent
 
     scores = errors[score]
-    anomaly, threshold, flags = _anomaly_metrics(run, score, evaluated, scores, threshold_spec)
+    anomaly, threshold, flags = _anomaly_metrics(run, score, evaluated, scores, threshold_choice)
     if anomaly is not None:
         metrics["anomaly"] = anomaly
     in_time = None
     if evaluated.timeline is not None:
-        in_time = _anomalies_in_time(run, request, evaluated.timeline, scores, score, threshold_spec)
+        in_time = _anomalies_in_time(run, request, evaluated.timeline, scores, score, threshold_choice)
         metrics["anomalies_in_time"] = in_time.metrics
     metrics = {"run": str(run.path), "data": evaluated.description, "evaluated": now_iso(), **metrics}
     points, method = project_2d(codes, "tsne" if request.tsne else "pca", seed=run.config.training.seed)
@@ -151,14 +152,43 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
     return EvaluateOutcome(final, metrics, final / "report.html")
 
 
-def _checked_options(run: TrainedRun, request: EvaluateRequest) -> tuple[str, ThresholdSpec]:
+@dataclass(frozen=True)
+class _ThresholdChoice:
+    spec: ThresholdSpec
+    origin: str  # where it comes from, for the report
+    method: str  # how it was chosen, e.g. "fpr:0.01" (for a calibrated one, its value is `spec`'s)
+
+    def resolve(self, run: TrainedRun, score: str, scores: np.ndarray, is_anomaly: np.ndarray | None) -> float:
+        normal = (
+            stored_errors(run.path, VALIDATION_ERRORS, score, "validation") if self.spec.needs == "normal" else None
+        )
+        normal_scores = None if normal is None else normal.scores
+        return resolve_threshold(self.spec, _training_scores(run, score), scores, normal_scores, is_anomaly)
+
+
+def _threshold_choice(run: TrainedRun, request: EvaluateRequest, score: str) -> _ThresholdChoice:
+    """--threshold, else the run's calibrated threshold (thresholds.json) when it is on this score,
+    else the run's configured one."""
+    if request.threshold is not None:
+        spec = parse_threshold(request.threshold)
+        return _ThresholdChoice(spec, "--threshold", str(spec))
+    calibrated = active_threshold(run.path, score)
+    if calibrated is not None:
+        origin = "the run's calibrated threshold (thresholds.json)"
+        method = str(calibrated["method"])
+        return _ThresholdChoice(ThresholdSpec("value", float(calibrated["value"])), origin, method)
+    spec = parse_threshold(run.metrics["train_errors"]["default_threshold"])
+    return _ThresholdChoice(spec, "anomaly.threshold", str(spec))
+
+
+def _checked_options(run: TrainedRun, request: EvaluateRequest) -> tuple[str, _ThresholdChoice]:
     """The options checked against each other and the run, before anything is read: the score
     and threshold to use (by default what training recorded)."""
     score = request.score or str(run.metrics["train_errors"].get("score", "mse"))
     if score not in SCORES:
         raise EvaluationError(f"--score {score!r}: expected one of {', '.join(SCORES)}")
     _check_series_options(run, request)
-    threshold_spec = parse_threshold(request.threshold or run.metrics["train_errors"]["default_threshold"])
+    threshold = _threshold_choice(run, request, score)
     if request.normal_classes is not None and request.anomaly_data is not None:
         raise EvaluationError("--normal-classes and --anomaly-data are two ways to label anomalies: use one")
     if request.data is not None and request.anomaly_data is not None and _same_file(request.data, request.anomaly_data):
@@ -166,7 +196,7 @@ def _checked_options(run: TrainedRun, request: EvaluateRequest) -> tuple[str, Th
             "--anomaly-data: the same source as --data; its samples cannot be both normal and anomalies"
         )
     check_new_output_dir(request.out)
-    return score, threshold_spec
+    return score, threshold
 
 
 def _same_file(first: str, second: str) -> bool:
@@ -177,17 +207,17 @@ def _same_file(first: str, second: str) -> bool:
 
 
 def _anomaly_metrics(
-    run: TrainedRun, score: str, evaluated: _Evaluated, scores: np.ndarray, threshold_spec: ThresholdSpec
+    run: TrainedRun, score: str, evaluated: _Evaluated, scores: np.ndarray, choice: _ThresholdChoice
 ) -> tuple[dict[str, Any] | None, float | None, dict[str, np.ndarray]]:
     """When the evaluated samples are labelled normal or anomalous: the anomaly report, the
     threshold, and the per-sample columns (is_anomaly, flagged) for errors.csv."""
     if evaluated.is_anomaly is None:
         return None, None, {}
-    train_scores = _training_scores(run, score)
-    threshold = resolve_threshold(threshold_spec, train_scores, scores)
+    threshold = choice.resolve(run, score, scores, evaluated.is_anomaly)
     report = {
         "score": score,
-        "threshold_spec": str(threshold_spec),
+        "threshold_spec": choice.method,
+        "threshold_from": choice.origin,
         **({"normal_classes": evaluated.normal_classes} if evaluated.normal_classes is not None else {}),
         **anomaly_report(scores, evaluated.is_anomaly, threshold),
     }
@@ -226,7 +256,7 @@ def _evaluated_data(run: TrainedRun, request: EvaluateRequest) -> _Evaluated:
             timeline=dataset.timelines.get("test"),
         )
     else:
-        samples = _load_option(run, request.data, request.data_overrides, "--data")
+        samples = run.read_samples(request.data, request.data_overrides, "--data")
         evaluated = _Evaluated(
             samples.x,
             samples.y,
@@ -241,7 +271,7 @@ def _evaluated_data(run: TrainedRun, request: EvaluateRequest) -> _Evaluated:
     if inherited:
         normal_classes = run.config.data.classes  # trained on these: every other label is an anomaly
     if request.anomaly_data is not None:
-        anomalies = _load_option(run, request.anomaly_data, request.data_overrides, "--anomaly-data")
+        anomalies = run.read_samples(request.anomaly_data, request.data_overrides, "--anomaly-data")
         _add_anomalies(evaluated, anomalies)
         evaluated.description += f", with {_rows_read(request.anomaly_data, anomalies)} as anomalies"
     elif normal_classes is not None:
@@ -283,13 +313,13 @@ def _anomalies_in_time(
     timeline: Timeline,
     window_scores: np.ndarray,
     score: str,
-    threshold_spec: ThresholdSpec,
+    choice: _ThresholdChoice,
 ) -> _InTime:
     """Per-step scores of the evaluated stretch, flagged ranges, and with labels the detection table."""
     points = request.points or run.config.anomaly.points or "mean"
     scores = step_scores(window_scores, timeline.starts, timeline.size, len(timeline.times), points)
     # contamination: that share of the steps (the other methods use the training windows' errors)
-    threshold = resolve_threshold(threshold_spec, _training_scores(run, score), scores[np.isfinite(scores)])
+    threshold = choice.resolve(run, score, scores[np.isfinite(scores)], None)
     found = flag_steps(scores, threshold, points)
     labels = timeline.labels
     if request.anomaly_windows is not None:
@@ -297,7 +327,8 @@ def _anomalies_in_time(
     metrics: dict[str, Any] = {
         "score": score,
         "points": points,
-        "threshold_spec": str(threshold_spec),
+        "threshold_spec": choice.method,
+        "threshold_from": choice.origin,
         "threshold": threshold,
         "steps": len(timeline.times),
         "windows": len(timeline.starts),
@@ -340,15 +371,6 @@ def _add_anomalies(evaluated: _Evaluated, anomalies: Samples) -> None:
     evaluated.origin["source"] = np.r_[
         np.full(len(evaluated.x) - n, "evaluated", object), np.full(n, "anomaly-data", object)
     ]
-
-
-def _load_option(run: TrainedRun, source: str, overrides: list[str], option: str) -> Samples:
-    """Read a source named on the command line the way the run reads its data; errors name the option."""
-    cfg = run.data_config_for(source, overrides, option)
-    try:
-        return load_for_model(cfg, run.sample_shape, run.scaling)
-    except DataError as exc:
-        raise DataError(str(exc).replace("data.source", option, 1)) from None
 
 
 def _training_scores(run: TrainedRun, score: str) -> np.ndarray:

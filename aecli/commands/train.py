@@ -24,6 +24,7 @@ import aecli
 from aecli.atomic import save_atomic, write_json_atomic, write_text_atomic
 from aecli.augment import augmented_examples, augmenter, check_augment
 from aecli.backend import import_tensorflow, select_backend
+from aecli.calibration import VALIDATION_ERRORS, Errors, calibrate, record_threshold
 from aecli.config import AecliConfig, AnomalyConfig, config_to_yaml, load_config
 from aecli.data import TrainingData, is_streamed, open_training_data
 from aecli.data.shards import ShardedData, check_streamable
@@ -54,7 +55,7 @@ from aecli.runs import (
     run_lock,
     update_run_info,
 )
-from aecli.thresholds import parse_threshold, resolve_threshold
+from aecli.thresholds import parse_threshold
 from aecli.trained_run import check_keras_archive, load_model
 
 
@@ -418,10 +419,11 @@ def _train_and_report(attempt: _Attempt) -> dict[str, Any]:
     started = time.perf_counter()
     test = report_split(model, data, "test", per_class=True)
     train = report_split(model, data, "train", per_class=False)
+    held_out = report_split(model, data, "validation", per_class=False) if data.shapes()["validation"] else None
     if not placement.chief:
         return {}
     summary = _training_summary(result, config.training.epochs, int(model.count_params()), placement)
-    metrics = _error_report(test, train, data, run_dir, summary, config.anomaly)
+    metrics = _error_report(test, train, held_out, data, run_dir, summary, config.anomaly)
     metrics["evaluation_seconds"] = time.perf_counter() - started
     write_metrics_json(run_dir / "metrics.json", metrics)
     if isinstance(data, ShardedData):
@@ -451,29 +453,38 @@ def _plot_augmented(
 def _error_report(
     test: SplitReport,
     train: SplitReport,
+    validation: SplitReport | None,
     data: TrainingData,
     run_dir: Path,
     training: dict[str, Any],
     anomaly: AnomalyConfig,
 ) -> dict[str, Any]:
-    """errors.csv and train_errors.csv (per sample), and the metrics.json body: test-split
-    reconstruction, how training went, and the training errors that anomaly thresholds use."""
-    write_errors_csv(run_dir / "errors.csv", test.errors, test.labels, data.label_names, origin=test.origin)
-    write_errors_csv(run_dir / "train_errors.csv", train.errors, train.labels, data.label_names, origin=train.origin)
+    """errors.csv, train_errors.csv and val_errors.csv (per sample), thresholds.json, and the
+    metrics.json body: test-split reconstruction, how training went, and the training errors
+    that anomaly thresholds use."""
+    names = data.label_names
+    write_errors_csv(run_dir / "errors.csv", test.errors, test.labels, names, origin=test.origin)
+    write_errors_csv(run_dir / "train_errors.csv", train.errors, train.labels, names, origin=train.origin)
+    if validation is not None:  # held-out normal data: what fpr thresholds are measured on
+        write_errors_csv(run_dir / VALIDATION_ERRORS, validation.errors, validation.labels, names, validation.origin)
     metrics, train_report = test.metrics, train.metrics
     score = anomaly.score if anomaly.score in train.errors else "mse"
     notes = list(data.description.get("notes", []))
     if score != anomaly.score:
         notes.append(f"anomaly.score {anomaly.score} needs data in [0, 1], which this data is not: mse is recorded")
     train_scores = train.errors[score]
-    threshold = parse_threshold(anomaly.threshold)
+    spec = parse_threshold(anomaly.threshold)
+    normal = None if validation is None else Errors(validation.errors[score], f"validation split ({VALIDATION_ERRORS})")
+    threshold = calibrate(spec, score, Errors(train_scores, "training split (train_errors.csv)"), normal)
+    if spec.needs != "scored":  # contamination flags a share of whatever is evaluated: no fixed value
+        record_threshold(run_dir, threshold)
     metrics["split"] = "test"
     metrics["training"] = training
     metrics["train_errors"] = {
         "score": score,
         **error_statistics(train_scores),
-        "default_threshold": str(threshold),
-        "default_threshold_value": resolve_threshold(threshold, train_scores, train_scores),
+        "default_threshold": str(spec),
+        "default_threshold_value": threshold.value,
         "reconstruction": train_report["reconstruction"],
     }
     if notes:  # e.g. gaps in a series' time, or values filled: said with the results

@@ -1,0 +1,205 @@
+"""`aecli score`: score new data with a trained run, in bounded memory, to a file or stdout.
+
+Per row: where it came from (source_row, and id or label when the input has them), the run's
+error measure, the flag at the run's threshold (its calibrated one, thresholds.json, unless
+--threshold says otherwise), and the input elements that contributed most to the error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import itertools
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from aecli.atomic import atomic_path
+from aecli.backend import select_backend
+from aecli.calibration import VALIDATION_ERRORS, Errors, active_threshold, calibrate, stored_errors
+from aecli.errors import DataError, EvaluationError, RunError
+from aecli.evaluation import predict_batched
+from aecli.scoring import (
+    CHUNK_ROWS,
+    Chunk,
+    Columns,
+    Scored,
+    array_chunks,
+    csv_chunks,
+    element_names,
+    format_top,
+    jsonl_chunks,
+    looks_like_json_lines,
+    score_chunks,
+)
+from aecli.thresholds import parse_threshold
+from aecli.trained_run import TrainedRun, load_model, open_trained_run
+
+SCORES = ("mse", "mae", "bce")
+
+
+@dataclass
+class ScoreRequest:
+    run_dir: Path
+    source: str  # a data source, or "-": CSV or JSON lines on stdin
+    out: Path | None = None  # default: stdout
+    batch_size: int = 1024
+    top_k: int = 3
+    score: str | None = None
+    threshold: str | None = None
+    id_column: str | None = None
+    chunk_rows: int = CHUNK_ROWS
+    backend: str | None = None  # default: the run's
+
+
+@dataclass
+class ScoreOutcome:
+    rows: int
+    flagged: int
+    score: str
+    threshold: float
+    method: str
+
+
+def score_input(request: ScoreRequest, stdin: IO[str], stdout: IO[str]) -> ScoreOutcome:
+    """Score every row of the request's input; results go to `request.out` (written whole or not
+    at all) or, row by row, to `stdout`."""
+    if request.batch_size < 1 or request.top_k < 0:
+        raise EvaluationError("--batch-size must be >= 1 and --top-k >= 0")
+    if request.out is not None and request.out.exists():
+        raise RunError(f"--out {request.out}: already exists; score writes a new file")
+    run = open_trained_run(request.run_dir, needs=("train_errors.csv",))
+    score, threshold, method = _threshold(run, request)
+    names, chunks, as_json = _chunks(run, request, stdin)
+    select_backend(request.backend or run.config.runtime.backend)
+    model = load_model(run.path / "model.keras", compile=False)
+    scored = score_chunks(
+        chunks,
+        lambda x: predict_batched(model, x, request.batch_size),
+        run.sample_shape,
+        run.scaling,
+        score,
+        threshold,
+        element_names(run.sample_shape, names),
+        request.top_k,
+        "stdin" if request.source == "-" else request.source,
+    )
+    with _destination(request.out, stdout) as handle:
+        rows, flagged = _write(scored, handle, score, as_json)
+    return ScoreOutcome(rows, flagged, score, threshold, method)
+
+
+def _threshold(run: TrainedRun, request: ScoreRequest) -> tuple[str, float, str]:
+    """The score, the threshold's value, and how it was chosen."""
+    score = request.score or str(run.metrics["train_errors"].get("score", "mse"))
+    if score not in SCORES:
+        raise EvaluationError(f"--score {score!r}: expected one of {', '.join(SCORES)}")
+    calibrated = None if request.threshold else active_threshold(run.path, score)
+    if calibrated is not None:
+        return score, float(calibrated["value"]), f"{calibrated['method']} (thresholds.json)"
+    spec = parse_threshold(request.threshold or run.metrics["train_errors"]["default_threshold"])
+    if spec.needs == "labelled":
+        raise EvaluationError(f"threshold {spec}: needs labels; choose it first with aecli threshold --method {spec}")
+    train = stored_errors(run.path, "train_errors.csv", score, "training split")
+    if train is None:
+        raise RunError(f"run {run.path} has no train_errors.csv")
+    normal = stored_errors(run.path, VALIDATION_ERRORS, score, "validation split") if spec.needs == "normal" else None
+    # contamination:F, which needs every score first, is taken in aecli threshold's sense: of the training rows
+    return score, calibrate(spec, score, Errors(train.scores, train.source), normal).value, str(spec)
+
+
+def _chunks(run: TrainedRun, request: ScoreRequest, stdin: IO[str]) -> tuple[list[str] | None, Iterator[Chunk], bool]:
+    """Feature names (for tables), the input's chunks, and whether it is JSON lines."""
+    own = run.config.data
+    columns = Columns(request.id_column or own.id_column, own.label_column)
+    source = request.source
+    if source == "-":
+        lines = iter(stdin)
+        head = next((line for line in lines if line.strip()), "")
+        if not head:
+            raise DataError("stdin: no rows to score")
+        stream = itertools.chain([head], lines)
+        reader = jsonl_chunks if looks_like_json_lines(head) else csv_chunks
+        names, chunks = reader(stream, "stdin", columns, request.chunk_rows)
+        return names, chunks, reader is jsonl_chunks
+    path = Path(source)
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".jsonl", ".ndjson") and path.is_file():
+        handle = _opened(path)
+        reader = csv_chunks if suffix == ".csv" else jsonl_chunks
+        names, chunks = reader(handle, source, columns, request.chunk_rows)
+        return names, _closing(chunks, handle), False
+    if suffix == ".npy" and path.is_file():
+        try:  # memory-mapped: read a chunk at a time
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{source}: not a readable .npy file ({exc})") from None
+        if array.dtype.kind not in "biuf" or array.ndim < 2:
+            raise DataError(f"{source}: expected numeric rows, got shape {array.shape} ({array.dtype})")
+        return None, array_chunks(array, request.chunk_rows), False
+    samples = run.read_samples(source, [], "INPUT")  # any other source the run reads: whole, then chunked
+    return None, array_chunks(samples.x, request.chunk_rows, scaled=True), False
+
+
+def _opened(path: Path) -> IO[str]:
+    try:
+        return path.open(newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot open it ({exc.strerror or exc})") from None
+
+
+def _closing(chunks: Iterator[Chunk], handle: IO[str]) -> Iterator[Chunk]:
+    with handle:
+        yield from chunks
+
+
+@contextlib.contextmanager
+def _destination(out: Path | None, stdout: IO[str]) -> Iterator[IO[str]]:
+    """stdout, or a new file that appears only once every row is written."""
+    if out is None:
+        yield stdout
+        return
+    with atomic_path(out) as temp, temp.open("w", newline="", encoding="utf-8") as handle:
+        yield handle
+
+
+def _write(scored: Iterator[Scored], handle: IO[str], score: str, as_json: bool) -> tuple[int, int]:
+    """Rows out as they are scored: CSV (or JSON lines for JSON-lines input); the counts."""
+    writer = None if as_json else csv.writer(handle, lineterminator="\n")
+    rows = flagged = 0
+    for part in scored:
+        chunk = part.chunk
+        if writer is not None and rows == 0:
+            writer.writerow(_header(chunk, score))
+        for i in range(len(part.scores)):
+            origin: dict[str, Any] = {"source_row": chunk.first + i}
+            if chunk.ids is not None:
+                origin["id"] = chunk.ids[i]
+            if chunk.labels is not None:
+                origin["label"] = chunk.labels[i]
+            flag = int(part.flagged[i])
+            if writer is None:
+                top = dict(part.top[i])
+                record = {**origin, score: float(part.scores[i]), "flagged": flag, "top_features": top}
+                handle.write(json.dumps(record) + "\n")
+            else:
+                writer.writerow([*origin.values(), f"{part.scores[i]:.8g}", flag, format_top(part.top[i])])
+        rows += len(part.scores)
+        flagged += int(part.flagged.sum())
+        handle.flush()  # a pipeline downstream sees each chunk as soon as it is scored
+    return rows, flagged
+
+
+def _header(chunk: Chunk, score: str) -> list[str]:
+    return [
+        "source_row",
+        *(["id"] if chunk.ids is not None else []),
+        *(["label"] if chunk.labels is not None else []),
+        score,
+        "flagged",
+        "top_features",
+    ]

@@ -109,8 +109,8 @@ def _table_chunk(
     for offset, row in enumerate(rows):
         if len(row) != width:
             raise DataError(f"{name}: line {first_line + offset} has {len(row)} columns, expected {width}")
-    try:
-        x = np.array([[row[i] for i in kept] for row in rows], dtype=np.float64)
+    try:  # (no copy of the rows when every column is a feature)
+        x = np.array(rows if len(kept) == width else [[row[i] for i in kept] for row in rows], dtype=np.float64)
     except ValueError:
         for offset, row in enumerate(rows):
             for i in kept:

@@ -45,6 +45,7 @@ ForceOption = Annotated[
         "--force", help="Use the run's data files even if their content changed since training (see run.json)."
     ),
 ]
+RunArgument = Annotated[Path, typer.Argument(help="A completed run directory.", show_default=False)]
 ThresholdOption = Annotated[
     str | None,
     typer.Option(
@@ -310,7 +311,7 @@ def _parse_int_list(text: str | None, option: str) -> list[int] | None:
 @app.command()
 @reports_errors
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="A completed run directory.", show_default=False)],
+    run_dir: RunArgument,
     data: Annotated[
         str | None,
         typer.Option(
@@ -367,7 +368,7 @@ def evaluate(
 @app.command()
 @reports_errors
 def threshold(
-    run_dir: Annotated[Path, typer.Argument(help="A completed run directory.", show_default=False)],
+    run_dir: RunArgument,
     method: Annotated[
         str,
         typer.Option(
@@ -425,7 +426,7 @@ def threshold(
 @app.command()
 @reports_errors
 def score(
-    run_dir: Annotated[Path, typer.Argument(help="A completed run directory.", show_default=False)],
+    run_dir: RunArgument,
     source: Annotated[
         str,
         typer.Argument(
@@ -515,7 +516,7 @@ def _print_evaluation_summary(console: Console, metrics: dict[str, Any]) -> None
 @app.command()
 @reports_errors
 def reconstruct(
-    run_dir: Annotated[Path, typer.Argument(help="A completed run directory.", show_default=False)],
+    run_dir: RunArgument,
     inputs: Annotated[
         list[Path] | None,
         typer.Argument(help="Image files (PNG/JPG...) or data files (IDX, .npz, .npy, .csv).", show_default=False),
@@ -588,7 +589,7 @@ def _print_reconstruction(console: Console, outcome: Any) -> None:
 @app.command()
 @reports_errors
 def embed(
-    run_dir: Annotated[Path, typer.Argument(help="A completed run directory.", show_default=False)],
+    run_dir: RunArgument,
     input: Annotated[
         str,
         typer.Argument(

@@ -359,7 +359,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     # written by bench_streaming.py, which make bench runs first, and by --sweep
-    parts = [args.out / name for name in ("kinds.md", "ops.md", "series.md", "workers.md", "score.md", "sweep.md", "streaming.md")]
+    parts = [
+        args.out / name
+        for name in ("kinds.md", "ops.md", "series.md", "workers.md", "score.md", "sweep.md", "streaming.md")
+    ]
     extra = "".join("\n" + part.read_text() for part in parts if part.exists())
     (ROOT / "BENCHMARKS.md").write_text(render(results, args) + extra)
     print((ROOT / "BENCHMARKS.md").read_text())

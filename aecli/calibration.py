@@ -26,6 +26,15 @@ from aecli.thresholds import ThresholdSpec, false_positive_rate, resolve_thresho
 
 THRESHOLDS_FILE = "thresholds.json"
 VALIDATION_ERRORS = "val_errors.csv"
+SCORES = ("mse", "mae", "bce")  # the per-sample error measures a threshold can be on
+
+
+def chosen_score(requested: str | None, metrics: dict[str, Any]) -> str:
+    """--score, or the score the run's threshold was recorded on."""
+    score = requested or str(metrics["train_errors"].get("score", "mse"))
+    if score not in SCORES:
+        raise EvaluationError(f"--score {score!r}: expected one of {', '.join(SCORES)}")
+    return score
 
 
 @dataclass(frozen=True)
@@ -70,8 +79,8 @@ def calibrate(
     needs = spec.needs
     if needs == "normal" and normal is None:
         raise EvaluationError(
-            f"threshold {spec}: needs held-out normal data; the run has no validation errors "
-            f"({VALIDATION_ERRORS}), so give --normal-data FILE"
+            f"threshold {spec}: needs held-out normal data, and the run stores no validation errors "
+            f"({VALIDATION_ERRORS}); calibrate it with aecli threshold RUN --method {spec} --normal-data FILE"
         )
     if needs == "labelled" and (labelled is None or labelled.is_anomaly is None):
         raise EvaluationError(f"threshold {spec}: needs labels: give --normal-classes or --anomaly-data FILE")
@@ -83,14 +92,15 @@ def calibrate(
         None if normal is None else normal.scores,
         None if labelled is None else labelled.is_anomaly,
     )
-    reference = normal  # what it flags of held-out normal data, when the run has some
+    # What it flags of held-out normal data; for fpr those are the rows it was chosen on.
+    rate_on = None if normal is None else normal.described() + (" (chosen on them)" if needs == "normal" else "")
     return Threshold(
         method=str(spec),
         score=score,
         value=value,
         computed_from="the method's own number" if source is None else source.described(),
-        expected_false_positive_rate=None if reference is None else false_positive_rate(value, reference.scores),
-        false_positive_rate_on=None if reference is None else reference.described(),
+        expected_false_positive_rate=None if normal is None else false_positive_rate(value, normal.scores),
+        false_positive_rate_on=rate_on,
         created=now_iso(),
         command=command,
     )
@@ -125,6 +135,13 @@ def record_threshold(run_dir: Path, threshold: Threshold) -> dict[str, Any]:
     updated = {"active": threshold.to_dict(), "previous": previous}
     write_json_atomic(run_dir / THRESHOLDS_FILE, updated)
     return updated
+
+
+def training_errors(run_dir: Path, score: str) -> Errors:
+    errors = stored_errors(run_dir, "train_errors.csv", score, "training split")
+    if errors is None:
+        raise RunError(f"run {run_dir} has no train_errors.csv to set a threshold from")
+    return errors
 
 
 def stored_errors(run_dir: Path, name: str, score: str, what: str) -> Errors | None:

@@ -449,7 +449,12 @@ def score(
     ] = None,
     id_column: Annotated[str | None, typer.Option(help="A CSV/JSON column that names each row.")] = None,
     fail_on_anomaly: Annotated[
-        int | None, typer.Option(help="Exit with this code (1-125) when any row is flagged.", show_default=False)
+        int | None,
+        typer.Option(
+            help="Exit with this code (1-125) when any row is flagged; 5 or above keeps it apart from aecli's "
+            "own error codes.",
+            show_default=False,
+        ),
     ] = None,
     backend: BackendOption = None,
 ) -> None:
@@ -460,10 +465,14 @@ def score(
     if fail_on_anomaly is not None and not 1 <= fail_on_anomaly <= 125:
         raise ConfigError(f"--fail-on-anomaly {fail_on_anomaly}: expected an exit code from 1 to 125")
     request = ScoreRequest(run_dir, source, out, batch_size, top_k, score_name, threshold, id_column, backend=backend)
-    outcome = _interruptible(
-        lambda: score_input(request, sys.stdin, sys.stdout),
-        "interrupted: " + ("nothing written" if out else "rows so far were written to stdout"),
-    )
+    try:
+        outcome = _interruptible(
+            lambda: score_input(request, sys.stdin, sys.stdout),
+            "interrupted: " + ("nothing written" if out else "rows so far were written to stdout"),
+        )
+    except BrokenPipeError:  # the reader of stdout stopped (`| head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0) from None
     typer.echo(
         f"scored {outcome.rows:,} rows: {outcome.flagged:,} flagged ({outcome.score} > {outcome.threshold:.6g}, "
         f"{outcome.method})" + (f"; results in {out}" if out else ""),

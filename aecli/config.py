@@ -682,13 +682,13 @@ class AecliConfig(_Section):
                 "data.augment: augmentation runs in the tf.data input pipeline, and training.input_pipeline keras "
                 "hands numpy arrays to fit instead; use input_pipeline tensor (the default) or arrays"
             )
-        threshold = self.anomaly.threshold
-        if threshold == "best_f1":
+        threshold = parse_threshold(self.anomaly.threshold)
+        if threshold.kind == "best_f1":
             raise ValueError(
                 "anomaly.threshold: best_f1 needs labelled anomalies, which training has not; train with another "
                 "threshold, then choose it with aecli threshold RUN --method best_f1 --normal-classes ..."
             )
-        if threshold.startswith("fpr:") and self.data.validation_split == 0:
+        if threshold.kind == "fpr" and self.data.validation_split == 0:
             raise ValueError(
                 "anomaly.threshold: fpr is measured on the validation rows: needs data.validation_split > 0"
             )

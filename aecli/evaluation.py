@@ -45,9 +45,10 @@ def _first_output(outputs: Any) -> np.ndarray:
 ERROR_CHUNK_ROWS = 4096  # float64 temporaries of this many rows at a time, however many rows there are
 
 
-def per_sample_errors(x: np.ndarray, x_hat: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-sample mse and mae, and bce when the targets lie in [0, 1]."""
-    with_bce = is_unit_range(x)
+def per_sample_errors(x: np.ndarray, x_hat: np.ndarray, bce: bool | None = None) -> dict[str, np.ndarray]:
+    """Per-sample mse and mae, and bce when the targets lie in [0, 1] (or always, with `bce`:
+    scoring a stream of chunks cannot let each chunk's range decide)."""
+    with_bce = is_unit_range(x) if bce is None else bce
     parts = [
         _chunk_errors(x[start : start + ERROR_CHUNK_ROWS], x_hat[start : start + ERROR_CHUNK_ROWS], with_bce)
         for start in range(0, len(x), ERROR_CHUNK_ROWS)

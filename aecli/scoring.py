@@ -38,90 +38,109 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Columns:
-    """Which columns of a table are the id and the label (taken out), and the features' names."""
+    """Columns that are not features: the id column, the label column, and others to drop (the
+    run's own id column when --id-column names another). A column the input lacks is fine, unless
+    `required` names it (an id column the user asked for)."""
 
     id_column: str | int | None = None
     label_column: str | int | None = None
+    dropped: tuple[str | int, ...] = ()
+    required: tuple[str | int, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """A table's columns: which are features (and their names), the id and the label."""
+
+    name: str
+    width: int
+    kept: list[int]
+    names: list[str]
+    id_index: int | None
+    label_index: int | None
 
 
 def csv_chunks(
     lines: Iterable[str], name: str, columns: Columns, rows: int = CHUNK_ROWS
 ) -> tuple[list[str], Iterator[Chunk]]:
     """A CSV table's feature names and its rows in chunks; the first row is a header unless every
-    cell of it is a number. Bad rows are one-line DataErrors naming the line."""
-    reader = csv.reader(line for line in lines if line.strip())
-    try:
-        first = next(reader, None)
-    except (csv.Error, UnicodeDecodeError) as exc:
-        raise DataError(f"{name}: cannot read it as CSV ({exc})") from None
+    cell of it is a number (as training reads a CSV); empty rows are skipped. Bad rows are
+    one-line DataErrors naming their line in the file."""
+    reader = csv.reader(lines)
+
+    def next_row() -> tuple[list[str], int] | None:
+        try:
+            for row in reader:
+                if any(cell.strip() for cell in row):
+                    return row, reader.line_num
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise DataError(f"{name}: cannot read it as CSV ({exc})") from None
+        return None
+
+    first = next_row()
     if first is None:
         raise DataError(f"{name}: no rows to score")
-    header = None if all(is_number(cell) for cell in first) else [cell.strip() for cell in first]
-    width = len(first)
-    id_index = _present(columns.id_column, header, width)
-    label_index = _present(columns.label_column, header, width)
-    kept = [i for i in range(width) if i not in (id_index, label_index)]
-    names = [header[i] for i in kept] if header else [f"column {i + 1}" for i in kept]
-    pending = [] if header else [first]
-    line_of_first = 2 if header else 1
+    header = None if all(is_number(cell) for cell in first[0]) else [cell.strip() for cell in first[0]]
+    layout = _layout(name, header, len(first[0]), columns)
+    pending: list[tuple[list[str], int]] = [] if header else [first]
 
     def chunks() -> Iterator[Chunk]:
         nonlocal pending
         position = 0
-        try:
-            for row in reader:
-                pending.append(row)
-                if len(pending) >= rows:
-                    yield _table_chunk(
-                        pending, position, line_of_first + position, name, width, kept, id_index, label_index, names
-                    )
-                    position, pending = position + len(pending), []
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise DataError(f"{name}: cannot read it as CSV ({exc})") from None
+        while (row := next_row()) is not None:
+            pending.append(row)
+            if len(pending) >= rows:
+                yield _table_chunk(pending, position, layout)
+                position, pending = position + len(pending), []
         if pending:
-            yield _table_chunk(
-                pending, position, line_of_first + position, name, width, kept, id_index, label_index, names
-            )
+            yield _table_chunk(pending, position, layout)
+        elif not position:
+            raise DataError(f"{name}: the header has no data rows under it")
 
-    return names, chunks()
-
-
-def _present(column: str | int | None, header: list[str] | None, width: int) -> int | None:
-    """The index of an id or label column, if the table has it (scoring input may lack the label)."""
-    if column is None:
-        return None
-    if isinstance(column, int):
-        return column % width if -width <= column < width else None
-    return header.index(column) if header and column in header else None
+    return layout.names, chunks()
 
 
-def _table_chunk(
-    rows: list[list[str]],
-    position: int,
-    first_line: int,
-    name: str,
-    width: int,
-    kept: list[int],
-    id_index: int | None,
-    label_index: int | None,
-    names: list[str],
-) -> Chunk:
-    for offset, row in enumerate(rows):
+def _layout(name: str, header: list[str] | None, width: int, columns: Columns) -> _Layout:
+    def index(column: str | int | None) -> int | None:
+        """The column's position, if the table has it (scoring input may lack the label)."""
+        if column is None:
+            return None
+        if isinstance(column, int):
+            return column % width if -width <= column < width else None
+        return header.index(column) if header and column in header else None
+
+    for column in columns.required:
+        if index(column) is None:
+            raise DataError(f"{name}: no column {shorten(column)} (--id-column)")
+    id_index, label_index = index(columns.id_column), index(columns.label_column)
+    dropped = {i for i in (id_index, label_index, *map(index, columns.dropped)) if i is not None}
+    kept = [i for i in range(width) if i not in dropped]
+    if not kept:
+        raise DataError(f"{name}: no feature columns left besides the id and label columns")
+    names = [header[i] for i in kept] if header else [f"column {i + 1}" for i in kept]
+    return _Layout(name, width, kept, names, id_index, label_index)
+
+
+def _table_chunk(rows: list[tuple[list[str], int]], position: int, layout: _Layout) -> Chunk:
+    width, kept = layout.width, layout.kept
+    for row, line in rows:
         if len(row) != width:
-            raise DataError(f"{name}: line {first_line + offset} has {len(row)} columns, expected {width}")
+            raise DataError(f"{layout.name}: line {line} has {len(row)} columns, expected {width}")
+    cells = [row for row, _ in rows] if len(kept) == width else [[row[i] for i in kept] for row, _ in rows]
     try:  # (no copy of the rows when every column is a feature)
-        x = np.array(rows if len(kept) == width else [[row[i] for i in kept] for row in rows], dtype=np.float64)
+        x = np.array(cells, dtype=np.float64)
     except ValueError:
-        for offset, row in enumerate(rows):
-            for i in kept:
-                if not is_number(row[i]):
+        for (_row, line), values in zip(rows, cells, strict=True):
+            for position_in_row, cell in enumerate(values):
+                if not is_number(cell):
+                    column = kept[position_in_row]
                     raise DataError(
-                        f"{name}: line {first_line + offset}, column {i + 1} ({names[kept.index(i)]}) is not a "
-                        f"number: {shorten(row[i])}"
+                        f"{layout.name}: line {line}, column {column + 1} ({layout.names[position_in_row]}) is not "
+                        f"a number: {shorten(cell)}"
                     ) from None
-        raise
-    ids = None if id_index is None else [row[id_index].strip() for row in rows]
-    labels = None if label_index is None else [row[label_index].strip() for row in rows]
+        raise DataError(f"{layout.name}: rows from line {rows[0][1]} are not numbers") from None
+    ids = None if layout.id_index is None else [row[layout.id_index].strip() for row, _ in rows]
+    labels = None if layout.label_index is None else [row[layout.label_index].strip() for row, _ in rows]
     return Chunk(x, position, ids, labels)
 
 
@@ -129,32 +148,39 @@ def jsonl_chunks(
     lines: Iterable[str], name: str, columns: Columns, rows: int = CHUNK_ROWS
 ) -> tuple[list[str], Iterator[Chunk]]:
     """JSON lines: each a list of numbers, or an object whose keys are the features (and the id or
-    label column, taken out); every object has the first one's keys."""
-    stream = (line for line in lines if line.strip())
-    first_line = next(stream, None)
-    if first_line is None:
+    label column, taken out); every object has the first one's keys. Blank lines are skipped;
+    messages name lines as the file numbers them."""
+    numbered = _numbered(lines, name)
+    head = next(numbered, None)
+    if head is None:
         raise DataError(f"{name}: no rows to score")
-    first = _json_row(first_line, name, 1)
+    first = _json_row(head[0], name, head[1])
+    if not isinstance(first, (list, dict)) or not first:
+        raise DataError(f"{name}: line {head[1]} is not a JSON list of numbers or an object of them")
     keys = list(first) if isinstance(first, dict) else None
-    taken = {column for column in (columns.id_column, columns.label_column) if isinstance(column, str)}
+    if keys is not None:
+        for column in columns.required:
+            if column not in keys:
+                raise DataError(f"{name}: no key {shorten(column)} (--id-column)")
+    taken = {c for c in (columns.id_column, columns.label_column, *columns.dropped) if isinstance(c, str)}
     names = [key for key in keys if key not in taken] if keys else [f"value {i + 1}" for i in range(len(first))]
 
     def values(record: Any, line: int) -> tuple[list[Any], str | None, str | None]:
         if keys is None:
             if not isinstance(record, list):
-                raise DataError(f"{name}: line {line} is not a JSON list like line 1")
+                raise DataError(f"{name}: line {line} is not a JSON list like the first line")
             return record, None, None
         if not isinstance(record, dict) or set(record) != set(keys):
-            raise DataError(f"{name}: line {line} does not have line 1's keys ({clip(', '.join(keys), 100)})")
+            raise DataError(f"{name}: line {line} does not have the first line's keys ({clip(', '.join(keys), 100)})")
         ident = None if columns.id_column not in record else str(record[columns.id_column])
         label = None if columns.label_column not in record else str(record[columns.label_column])
         return [record[key] for key in names], ident, label
 
     def chunks() -> Iterator[Chunk]:
-        batch: list[tuple[list[Any], str | None, str | None]] = [values(first, 1)]
+        batch = [(*values(first, head[1]), head[1])]
         position = 0
-        for line, text in enumerate(stream, start=2):
-            batch.append(values(_json_row(text, name, line), line))
+        for text, line in numbered:
+            batch.append((*values(_json_row(text, name, line), line), line))
             if len(batch) >= rows:
                 yield _json_chunk(batch, position, name, len(names))
                 position, batch = position + len(batch), []
@@ -164,6 +190,16 @@ def jsonl_chunks(
     return names, chunks()
 
 
+def _numbered(lines: Iterable[str], name: str) -> Iterator[tuple[str, int]]:
+    """Non-blank lines with their line numbers; undecodable bytes are a one-line DataError."""
+    try:
+        for number, text in enumerate(lines, start=1):
+            if text.strip():
+                yield text, number
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
 def _json_row(text: str, name: str, line: int) -> Any:
     try:
         return json.loads(text)
@@ -171,13 +207,15 @@ def _json_row(text: str, name: str, line: int) -> Any:
         raise DataError(f"{name}: line {line} is not JSON ({exc.args[0] if exc.args else exc})") from None
 
 
-def _json_chunk(batch: list[tuple[list[Any], str | None, str | None]], position: int, name: str, width: int) -> Chunk:
-    for offset, (row, _, _) in enumerate(batch):
+def _json_chunk(
+    batch: list[tuple[list[Any], str | None, str | None, int]], position: int, name: str, width: int
+) -> Chunk:
+    for row, _, _, line in batch:
         if len(row) != width or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row):
-            raise DataError(f"{name}: line {position + offset + 1} needs {width} numbers, got {shorten(row)}")
-    x = np.array([row for row, _, _ in batch], dtype=np.float64)
-    ids = [i or "" for _, i, _ in batch] if any(i is not None for _, i, _ in batch) else None
-    labels = [lab or "" for _, _, lab in batch] if any(lab is not None for _, _, lab in batch) else None
+            raise DataError(f"{name}: line {line} needs {width} numbers, got {shorten(row)}")
+    x = np.array([row for row, _, _, _ in batch], dtype=np.float64)
+    ids = [i or "" for _, i, _, _ in batch] if any(i is not None for _, i, _, _ in batch) else None
+    labels = [lab or "" for _, _, lab, _ in batch] if any(lab is not None for _, _, lab, _ in batch) else None
     return Chunk(x, position, ids, labels)
 
 
@@ -242,20 +280,11 @@ def score_chunks(
             bad = int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0])
             raise DataError(f"{what}: row {chunk.first + bad + 1} holds NaN or inf")
         x_hat = reconstruct(x)
+        # The run's measure as evaluate computes it (bce by its formula even for a row outside [0, 1]).
+        scores = per_sample_errors(x, x_hat, bce=score == "bce")[score]
         residual = np.square(x_hat.reshape(len(x), -1).astype(np.float64) - x.reshape(len(x), -1))
-        scores = _score(x, x_hat, residual, score, chunk, what)
-        yield Scored(chunk, scores, scores > threshold, _top(residual, names, top_k))
-
-
-def _score(x: np.ndarray, x_hat: np.ndarray, residual: np.ndarray, score: str, chunk: Chunk, what: str) -> np.ndarray:
-    """The run's error measure per row, as evaluate computes it."""
-    errors = per_sample_errors(x, x_hat)
-    if score not in errors:
-        raise DataError(
-            f"{what}: the score {score} needs inputs in [0, 1] after scaling; rows {chunk.first + 1}-"
-            f"{chunk.first + len(x)} leave it (use --score mse)"
-        )
-    return errors[score]
+        flagged = ~(scores <= threshold)  # a NaN score (a model that produced NaN) is flagged, not hidden
+        yield Scored(chunk, scores, flagged, _top(residual, names, top_k))
 
 
 def _top(residual: np.ndarray, names: list[str], k: int) -> list[list[tuple[str, float]]]:

@@ -81,8 +81,8 @@ def test_fail_on_anomaly_sets_the_exit_code_only_when_something_is_flagged(csv_r
     odd = ",".join(["odd", *["16"] * 64, "0"])  # every pixel at full ink: nothing like a digit
     flagged = runner.invoke(app, ["score", str(run), "-", "--fail-on-anomaly", "3"], input=f"{header}\n{odd}\n")
     assert flagged.exit_code == 3 and "1 flagged" in flagged.stderr
-    calm = runner.invoke(app, ["score", str(run), "-", "--fail-on-anomaly", "3", "--threshold", "1e9"])
-    assert calm.exit_code == 2  # nothing on stdin
+    empty = runner.invoke(app, ["score", str(run), "-", "--fail-on-anomaly", "3"])
+    assert empty.exit_code == 2 and "stdin: no rows to score" in empty.stderr  # bad input, not an anomaly
     fine = runner.invoke(
         app, ["score", str(run), "-", "--fail-on-anomaly", "3", "--threshold", "1e9"], input=f"{header}\n{first}\n"
     )
@@ -115,3 +115,33 @@ def test_images_are_scored_from_npy_with_pixel_names(cli, trained_run: Path, tmp
     scored = rows_of(result.stdout)
     assert len(scored) == 50 and scored[0]["top_features"].startswith("pixel ")
     assert "(mse >" in result.stderr and ", max)" in result.stderr
+
+
+def test_json_lines_files_blank_lines_bom_and_missing_columns(cli, csv_run: tuple[Path, Path], tmp_path: Path) -> None:
+    run, table = csv_run
+    rows = rows_of(table.read_text())[:3]
+    records = [json.dumps({"id": row["id"], **{f"p{i}": int(row[f"p{i}"]) for i in range(64)}}) for row in rows]
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text(records[0] + "\n\n" + "\n".join(records[1:]) + "\n")
+    result = cli("score", run, jsonl)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == ["r0", "r1", "r2"]  # JSON in, JSON out
+    jsonl.write_text(records[0] + "\n\n" + records[1].replace('"p3": ', '"q3": ') + "\n")
+    moved = cli("score", run, jsonl)
+    assert moved.exit_code == 2 and "line 3 does not have the first line's keys" in moved.stderr  # the file's line
+
+    lines = table.read_text().splitlines()
+    gappy = tmp_path / "gappy.csv"
+    gappy.write_text("\n".join([lines[0], "", lines[1], "", lines[2].replace(",0,", ",?,", 1)]) + "\n")
+    bad = cli("score", run, gappy)
+    assert bad.exit_code == 2 and "line 5," in bad.stderr  # blank lines counted as the file numbers them
+    header_only = tmp_path / "header.csv"
+    header_only.write_text(lines[0] + "\n")
+    assert "no data rows" in cli("score", run, header_only).stderr
+
+    runner = CliRunner()
+    bom = runner.invoke(app, ["score", str(run), "-"], input="\ufeff" + "\n".join(lines[:3]) + "\n")
+    assert bom.exit_code == 0, bom.output
+    assert [row["id"] for row in rows_of(bom.stdout)] == ["r0", "r1"]  # the header's first name is "id", not BOM+id
+    missing = cli("score", run, table, "--id-column", "serial")
+    assert missing.exit_code == 2 and "no column 'serial' (--id-column)" in missing.stderr

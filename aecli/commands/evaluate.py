@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from aecli.backend import select_backend
-from aecli.calibration import VALIDATION_ERRORS, active_threshold, stored_errors
+from aecli.calibration import VALIDATION_ERRORS, active_threshold, chosen_score, stored_errors
 from aecli.config import ModelConfig
 from aecli.data import Samples, label_codes, label_name, present_labels
 from aecli.data.arrays import Timeline
@@ -48,7 +48,6 @@ from aecli.thresholds import ThresholdSpec, parse_threshold, resolve_threshold
 from aecli.time_anomalies import TimeAnomalies, detection_report, flag_steps, labels_from_windows, step_scores
 from aecli.trained_run import TrainedRun, load_model, open_trained_run
 
-SCORES = ("mse", "mae", "bce")
 POINTS = ("mean", "max", "all")
 
 
@@ -171,6 +170,11 @@ def _threshold_choice(run: TrainedRun, request: EvaluateRequest, score: str) -> 
     else the run's configured one."""
     if request.threshold is not None:
         spec = parse_threshold(request.threshold)
+        if spec.needs == "normal" and not (run.path / VALIDATION_ERRORS).is_file():
+            raise EvaluationError(
+                f"--threshold {spec}: is measured on the run's validation errors ({VALIDATION_ERRORS}), which this run "
+                f"lacks; calibrate it with aecli threshold {run.path} --method {spec} --normal-data FILE"
+            )
         return _ThresholdChoice(spec, "--threshold", str(spec))
     calibrated = active_threshold(run.path, score)
     if calibrated is not None:
@@ -184,9 +188,7 @@ def _threshold_choice(run: TrainedRun, request: EvaluateRequest, score: str) -> 
 def _checked_options(run: TrainedRun, request: EvaluateRequest) -> tuple[str, _ThresholdChoice]:
     """The options checked against each other and the run, before anything is read: the score
     and threshold to use (by default what training recorded)."""
-    score = request.score or str(run.metrics["train_errors"].get("score", "mse"))
-    if score not in SCORES:
-        raise EvaluationError(f"--score {score!r}: expected one of {', '.join(SCORES)}")
+    score = chosen_score(request.score, run.metrics)
     _check_series_options(run, request)
     threshold = _threshold_choice(run, request, score)
     if request.normal_classes is not None and request.anomaly_data is not None:

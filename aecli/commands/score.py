@@ -20,7 +20,14 @@ import numpy as np
 
 from aecli.atomic import atomic_path
 from aecli.backend import select_backend
-from aecli.calibration import VALIDATION_ERRORS, Errors, active_threshold, calibrate, stored_errors
+from aecli.calibration import (
+    VALIDATION_ERRORS,
+    active_threshold,
+    calibrate,
+    chosen_score,
+    stored_errors,
+    training_errors,
+)
 from aecli.errors import DataError, EvaluationError, RunError
 from aecli.evaluation import predict_batched
 from aecli.scoring import (
@@ -38,8 +45,6 @@ from aecli.scoring import (
 )
 from aecli.thresholds import parse_threshold
 from aecli.trained_run import TrainedRun, load_model, open_trained_run
-
-SCORES = ("mse", "mae", "bce")
 
 
 @dataclass
@@ -72,6 +77,8 @@ def score_input(request: ScoreRequest, stdin: IO[str], stdout: IO[str]) -> Score
         raise EvaluationError("--batch-size must be >= 1 and --top-k >= 0")
     if request.out is not None and request.out.exists():
         raise RunError(f"--out {request.out}: already exists; score writes a new file")
+    if request.out is not None and not request.out.parent.is_dir():
+        raise RunError(f"--out {request.out}: no folder {request.out.parent}")
     run = open_trained_run(request.run_dir, needs=("train_errors.csv",))
     score, threshold, method = _threshold(run, request)
     names, chunks, as_json = _chunks(run, request, stdin)
@@ -95,34 +102,30 @@ def score_input(request: ScoreRequest, stdin: IO[str], stdout: IO[str]) -> Score
 
 def _threshold(run: TrainedRun, request: ScoreRequest) -> tuple[str, float, str]:
     """The score, the threshold's value, and how it was chosen."""
-    score = request.score or str(run.metrics["train_errors"].get("score", "mse"))
-    if score not in SCORES:
-        raise EvaluationError(f"--score {score!r}: expected one of {', '.join(SCORES)}")
+    score = chosen_score(request.score, run.metrics)
     calibrated = None if request.threshold else active_threshold(run.path, score)
     if calibrated is not None:
         return score, float(calibrated["value"]), f"{calibrated['method']} (thresholds.json)"
     spec = parse_threshold(request.threshold or run.metrics["train_errors"]["default_threshold"])
     if spec.needs == "labelled":
         raise EvaluationError(f"threshold {spec}: needs labels; choose it first with aecli threshold --method {spec}")
-    train = stored_errors(run.path, "train_errors.csv", score, "training split")
-    if train is None:
-        raise RunError(f"run {run.path} has no train_errors.csv")
     normal = stored_errors(run.path, VALIDATION_ERRORS, score, "validation split") if spec.needs == "normal" else None
     # contamination:F, which needs every score first, is taken in aecli threshold's sense: of the training rows
-    return score, calibrate(spec, score, Errors(train.scores, train.source), normal).value, str(spec)
+    return score, calibrate(spec, score, training_errors(run.path, score), normal).value, str(spec)
 
 
 def _chunks(run: TrainedRun, request: ScoreRequest, stdin: IO[str]) -> tuple[list[str] | None, Iterator[Chunk], bool]:
     """Feature names (for tables), the input's chunks, and whether it is JSON lines."""
-    own = run.config.data
-    columns = Columns(request.id_column or own.id_column, own.label_column)
+    own, asked = run.config.data, request.id_column
+    columns = Columns(
+        asked or own.id_column,
+        own.label_column,
+        dropped=(own.id_column,) if asked and own.id_column is not None else (),  # never a feature
+        required=(asked,) if asked else (),
+    )
     source = request.source
     if source == "-":
-        lines = iter(stdin)
-        head = next((line for line in lines if line.strip()), "")
-        if not head:
-            raise DataError("stdin: no rows to score")
-        stream = itertools.chain([head], lines)
+        stream, head = _stdin_lines(stdin)
         reader = jsonl_chunks if looks_like_json_lines(head) else csv_chunks
         names, chunks = reader(stream, "stdin", columns, request.chunk_rows)
         return names, chunks, reader is jsonl_chunks
@@ -132,7 +135,7 @@ def _chunks(run: TrainedRun, request: ScoreRequest, stdin: IO[str]) -> tuple[lis
         handle = _opened(path)
         reader = csv_chunks if suffix == ".csv" else jsonl_chunks
         names, chunks = reader(handle, source, columns, request.chunk_rows)
-        return names, _closing(chunks, handle), False
+        return names, _closing(chunks, handle), reader is jsonl_chunks
     if suffix == ".npy" and path.is_file():
         try:  # memory-mapped: read a chunk at a time
             array = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -143,6 +146,21 @@ def _chunks(run: TrainedRun, request: ScoreRequest, stdin: IO[str]) -> tuple[lis
         return None, array_chunks(array, request.chunk_rows), False
     samples = run.read_samples(source, [], "INPUT")  # any other source the run reads: whole, then chunked
     return None, array_chunks(samples.x, request.chunk_rows, scaled=True), False
+
+
+def _stdin_lines(stdin: IO[str]) -> tuple[Iterator[str], str]:
+    """stdin's lines (a byte-order mark dropped, blank lines kept so that line numbers stay
+    true) and its first non-blank line, which says whether it is CSV or JSON lines."""
+    lines, skipped = iter(stdin), list[str]()
+    try:
+        for line in lines:
+            if line.strip():
+                head = line.removeprefix("\ufeff")
+                return itertools.chain(skipped, [head], lines), head
+            skipped.append(line)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"stdin: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    raise DataError("stdin: no rows to score")
 
 
 def _opened(path: Path) -> IO[str]:

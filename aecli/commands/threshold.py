@@ -19,16 +19,16 @@ from aecli.calibration import (
     Errors,
     Threshold,
     calibrate,
+    chosen_score,
     labelled_test_errors,
     record_threshold,
     stored_errors,
+    training_errors,
 )
 from aecli.errors import EvaluationError, RunError
 from aecli.evaluation import per_sample_errors, predict_batched
 from aecli.thresholds import parse_threshold
 from aecli.trained_run import TrainedRun, load_model, open_trained_run
-
-SCORES = ("mse", "mae", "bce")
 
 
 @dataclass
@@ -53,15 +53,11 @@ class ThresholdOutcome:
 def set_threshold(request: ThresholdRequest) -> ThresholdOutcome:
     """Compute the threshold, make it the run's active one (thresholds.json), and say what it flags."""
     run = open_trained_run(request.run_dir, needs=("train_errors.csv",))
-    score = request.score or str(run.metrics["train_errors"].get("score", "mse"))
-    if score not in SCORES:
-        raise EvaluationError(f"--score {score!r}: expected one of {', '.join(SCORES)}")
+    score = chosen_score(request.score, run.metrics)
     spec = parse_threshold(request.method, "--method")
     if request.normal_classes is not None and request.anomaly_data is not None:
         raise EvaluationError("--normal-classes and --anomaly-data are two ways to label anomalies: use one")
-    train = stored_errors(run.path, "train_errors.csv", score, "training split")
-    if train is None:
-        raise RunError(f"run {run.path} has no train_errors.csv")
+    train = training_errors(run.path, score)
     normal = _normal_errors(run, request, score)
     labelled = _labelled_errors(run, request, score) if spec.needs == "labelled" else None
     threshold = calibrate(spec, score, train, normal, labelled, request.command)

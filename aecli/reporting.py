@@ -225,6 +225,67 @@ def plot_reconstruction_grid(
     plot_feature_rows([("original", x[index]), ("reconstructed", x_hat[index])], path, titles, columns)
 
 
+def worst_residuals(
+    x: np.ndarray, x_hat: np.ndarray, scores: np.ndarray, count: int = 6
+) -> tuple[np.ndarray, np.ndarray]:
+    """The `count` highest-scoring samples (highest first) and their squared residual per input
+    element, shaped like a sample: where each reconstruction fails."""
+    worst = np.argsort(-np.nan_to_num(scores, nan=np.inf), kind="stable")[:count]
+    return worst, np.square(x_hat[worst].astype(np.float64) - x[worst].astype(np.float64))
+
+
+def plot_residuals(
+    x: np.ndarray, x_hat: np.ndarray, scores: np.ndarray, score_name: str, is_image: bool, path: Path, count: int = 6
+) -> None:
+    """Why the worst samples score high. Images: each worst sample, its reconstruction, and a
+    heatmap of the squared residual per pixel (one colour scale for all). Tables and series: the
+    squared residual of every feature (or time step) of each worst sample, as bars."""
+    worst, residual = worst_residuals(x, x_hat, scores, count)
+    titles = [f"{score_name} {scores[index]:.3g}" for index in worst]
+    if is_image:
+        fig = _residual_images(x[worst], x_hat[worst], residual.sum(axis=-1), titles)
+    else:
+        per_element = residual.reshape(len(worst), -1) if residual.ndim == 2 else residual.sum(axis=-1)
+        fig = _residual_bars(
+            per_element, [f"#{i}\n{t}" for i, t in zip(worst, titles, strict=True)], residual.ndim == 3
+        )
+    fig.suptitle(f"The {len(worst)} highest-scoring samples: squared residual per input element", fontsize=9)
+    _save(fig, path)
+
+
+def _residual_images(images: np.ndarray, rebuilt: np.ndarray, heat: np.ndarray, titles: list[str]) -> Any:
+    plt = _pyplot()
+    fig, axes = plt.subplots(3, len(images), figsize=(1.4 * len(images) + 1.2, 4.4), squeeze=False)
+    top = float(heat.max()) or 1.0
+    picture = None
+    for c in range(len(images)):
+        for r, image in enumerate((np.clip(images[c], 0, 1), np.clip(rebuilt[c], 0, 1))):
+            axes[r][c].imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
+        picture = axes[2][c].imshow(heat[c], cmap="magma", vmin=0, vmax=top)
+        axes[0][c].set_title(titles[c], fontsize=7)
+        for r in range(3):
+            axes[r][c].set_xticks([])
+            axes[r][c].set_yticks([])
+    for r, name in enumerate(("sample", "reconstructed", "squared\nresidual")):
+        axes[r][0].set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
+    if picture is not None:
+        fig.colorbar(picture, ax=axes[2].tolist(), shrink=0.8)
+    return fig
+
+
+def _residual_bars(per_element: np.ndarray, labels: list[str], steps: bool) -> Any:
+    plt = _pyplot()
+    rows = len(per_element)
+    fig, axes = plt.subplots(rows, 1, figsize=(7, 1.5 * rows + 0.6), squeeze=False, sharex=True)
+    for row in range(rows):
+        ax = axes[row][0]
+        ax.bar(np.arange(per_element.shape[1]), per_element[row], width=1.0)
+        ax.set_ylabel(labels[row], fontsize=7, rotation=0, ha="right", va="center")
+        ax.tick_params(labelsize=7)
+    axes[-1][0].set_xlabel("time step" if steps else "feature", fontsize=8)
+    return fig
+
+
 def plot_error_histogram(
     scores: np.ndarray,
     score_name: str,

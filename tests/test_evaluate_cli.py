@@ -41,6 +41,7 @@ def test_evaluate_writes_every_metric_and_plot_without_touching_the_run(cli, tra
         "loss_curves.png",
         "reconstructions.png",
         "error_histogram.png",
+        "residuals.png",
         "latent.png",
         "errors.csv",
         "report.md",
@@ -48,7 +49,7 @@ def test_evaluate_writes_every_metric_and_plot_without_touching_the_run(cli, tra
     ):
         assert (out / name).is_file(), name
     html = (out / "report.html").read_text()
-    assert html.count('src="data:image/png;base64,') == 4
+    assert html.count('src="data:image/png;base64,') == 5
     assert fingerprint(trained_run) == before
 
 
@@ -246,7 +247,7 @@ def test_html_report_renders_in_headless_chromium(cli, trained_run: Path, tmp_pa
     found = re.search(r'data-probe="([^"]*)"', dom.stdout)
     assert found, f"the page never finished loading: {dom.stderr[-2000:]}"
     seen = json.loads(html.unescape(found.group(1)))
-    assert seen == {"images": 4, "broken": 0, "errors": []}
+    assert seen == {"images": 5, "broken": 0, "errors": []}
     text = re.sub(r"<[^>]+>", " ", dom.stdout)
     for heading in ("Experiment", "Reconstruction", "Latent space"):
         assert heading in text

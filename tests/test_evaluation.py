@@ -104,3 +104,18 @@ def test_two_dimensional_codes_are_plotted_as_they_are() -> None:
     points, method = project_2d(codes, "pca")
     assert method == "latent codes" and np.array_equal(points, codes)
     assert project_2d(np.random.default_rng(0).random((30, 5)), "pca")[1] == "PCA"
+
+
+def test_worst_residuals_are_the_highest_scores_and_their_squared_errors() -> None:
+    from aecli.reporting import worst_residuals
+
+    x = np.zeros((4, 2, 2, 1))
+    x_hat = x.copy()
+    x_hat[2, 0, 1, 0] = 0.5  # one pixel off by 0.5
+    x_hat[0, 1, 1, 0] = 0.1
+    scores = np.array([0.3, 0.0, 0.9, np.nan])  # a NaN score counts as the worst
+    worst, residual = worst_residuals(x, x_hat, scores, count=3)
+    assert worst.tolist() == [3, 2, 0]
+    assert residual.shape == (3, 2, 2, 1)
+    assert residual[1, 0, 1, 0] == 0.25 and residual[1].sum() == 0.25
+    assert residual[2, 1, 1, 0] == pytest.approx(0.01)

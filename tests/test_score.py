@@ -46,7 +46,10 @@ def test_scores_match_evaluates_per_sample_errors_exactly(cli, csv_run: tuple[Pa
     scored = rows_of(out.read_text())
     evaluated = cli("evaluate", run, "--data", table)
     assert evaluated.exit_code == 0, evaluated.output
-    errors = rows_of((Path(evaluated.stdout.strip().splitlines()[-1]) / "errors.csv").read_text())
+    out_dir = Path(evaluated.stdout.strip().splitlines()[-1])
+    errors = rows_of((out_dir / "errors.csv").read_text())
+    assert (out_dir / "residuals.png").stat().st_size > 0  # per-feature bars of the worst rows
+    assert "Why the highest-scoring samples score high" in (out_dir / "report.html").read_text()
     assert [row["mse"] for row in scored] == [row["mse"] for row in errors]  # the same rows, the same numbers
     assert [row["id"] for row in scored[:2]] == ["r0", "r1"] and scored[0]["label"] == "0"
     threshold = json.loads((run / "thresholds.json").read_text())["active"]["value"]

@@ -122,7 +122,9 @@ def test_threshold_recalibrates_from_stored_errors_without_touching_the_model(cl
     # evaluate flags with the calibrated threshold unless told otherwise
     evaluated = cli("evaluate", run_copy, "--normal-classes", "0,1,2,3,4")
     assert evaluated.exit_code == 0, evaluated.output
-    anomaly = json.loads((Path(evaluated.stdout.strip().splitlines()[-1]) / "metrics.json").read_text())["anomaly"]
+    out_dir = Path(evaluated.stdout.strip().splitlines()[-1])
+    anomaly = json.loads((out_dir / "metrics.json").read_text())["anomaly"]
+    assert (out_dir / "residuals.png").stat().st_size > 0  # residual heatmaps of the worst images
     assert anomaly["threshold"] == pytest.approx(active["value"])
     assert anomaly["threshold_spec"] == "fpr:0.1" and "calibrated" in anomaly["threshold_from"]
 

@@ -35,6 +35,7 @@ from aecli.reporting import (
     plot_latent,
     plot_loss_curves,
     plot_reconstruction_grid,
+    plot_residuals,
     read_error_column,
     read_history_csv,
     write_errors_csv,
@@ -49,6 +50,7 @@ from aecli.time_anomalies import TimeAnomalies, detection_report, flag_steps, la
 from aecli.trained_run import TrainedRun, load_model, open_trained_run
 
 POINTS = ("mean", "max", "all")
+RESIDUALS = "residuals.png"
 
 
 @dataclass
@@ -143,6 +145,7 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
             evaluated.x, reconstructions, errors["mse"], len(run.sample_shape) == 3, out_dir / "reconstructions.png"
         )
         plot_error_histogram(scores, score, out_dir / "error_histogram.png", evaluated.is_anomaly, threshold)
+        plot_residuals(evaluated.x, reconstructions, scores, score, len(run.sample_shape) == 3, out_dir / RESIDUALS)
         if in_time is not None and evaluated.timeline is not None:
             _write_time_outputs(out_dir, evaluated.timeline, in_time)
         plot_latent(points, evaluated.labels, method, out_dir / "latent.png", evaluated.label_names)
@@ -426,6 +429,8 @@ def _report_blocks(run: TrainedRun, metrics: dict[str, Any]) -> list[tuple[str, 
             ("table", metrics["anomaly_data_reconstruction"]),
         ]
     blocks.append(("image", ("error_histogram.png", "Distribution of reconstruction errors")))
+    why = "Why the highest-scoring samples score high: the squared residual of each input element"
+    blocks.append(("image", (RESIDUALS, why + " (aecli score lists the largest per row)")))
     if "latent" in metrics:
         latent = {k: v for k, v in metrics["latent"].items() if k != "knn"}
         blocks += [("heading", "Latent space"), ("table", latent)]

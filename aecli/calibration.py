@@ -140,7 +140,7 @@ def record_threshold(run_dir: Path, threshold: Threshold) -> dict[str, Any]:
 def training_errors(run_dir: Path, score: str) -> Errors:
     errors = stored_errors(run_dir, "train_errors.csv", score, "training split")
     if errors is None:
-        raise RunError(f"run {run_dir} has no train_errors.csv to set a threshold from")
+        raise RunError(f"run {run_dir} has no train_errors.csv to set a threshold from; use a number")
     return errors
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from aecli.backend import select_backend
-from aecli.calibration import VALIDATION_ERRORS, active_threshold, chosen_score, stored_errors
+from aecli.calibration import VALIDATION_ERRORS, active_threshold, chosen_score, stored_errors, training_errors
 from aecli.config import ModelConfig
 from aecli.data import Samples, label_codes, label_name, present_labels
 from aecli.data.arrays import Timeline
@@ -36,7 +36,6 @@ from aecli.reporting import (
     plot_loss_curves,
     plot_reconstruction_grid,
     plot_residuals,
-    read_error_column,
     read_history_csv,
     write_errors_csv,
     write_metrics_json,
@@ -165,7 +164,7 @@ class _ThresholdChoice:
             stored_errors(run.path, VALIDATION_ERRORS, score, "validation") if self.spec.needs == "normal" else None
         )
         normal_scores = None if normal is None else normal.scores
-        return resolve_threshold(self.spec, _training_scores(run, score), scores, normal_scores, is_anomaly)
+        return resolve_threshold(self.spec, training_errors(run.path, score).scores, scores, normal_scores, is_anomaly)
 
 
 def _threshold_choice(run: TrainedRun, request: EvaluateRequest, score: str) -> _ThresholdChoice:
@@ -376,16 +375,6 @@ def _add_anomalies(evaluated: _Evaluated, anomalies: Samples) -> None:
     evaluated.origin["source"] = np.r_[
         np.full(len(evaluated.x) - n, "evaluated", object), np.full(n, "anomaly-data", object)
     ]
-
-
-def _training_scores(run: TrainedRun, score: str) -> np.ndarray:
-    path = run.path / "train_errors.csv"
-    if not path.is_file():
-        raise EvaluationError(f"run {run.path} has no train_errors.csv to set a threshold from; use a number")
-    try:
-        return read_error_column(path, score)
-    except KeyError:
-        raise EvaluationError(f"--score {score}: the run's training errors have no {score} column") from None
 
 
 def _report_blocks(run: TrainedRun, metrics: dict[str, Any]) -> list[tuple[str, Any]]:

@@ -14,7 +14,7 @@ help: ## list the targets
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,jax]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,jax,deploy]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install aecli with its dev tools
@@ -33,10 +33,11 @@ demo: $(STAMP) ## train on the bundled digits data, evaluate it, and print where
 	$(BIN)/aecli evaluate "$$run" && \
 	echo "demo done: model in $$run, report in $$run/eval-*/report.html"
 
-test: $(STAMP) ## run the test suite in a random order (the seed is printed; make test SEED=N replays it)
+TEST_WORKERS ?= 2
+test: $(STAMP) ## run the test suite in a random order, a test module per worker process (make test SEED=N replays an order)
 	@seed=$${SEED:-$$(od -An -N2 -tu2 /dev/urandom | tr -d ' ')}; \
 	echo "test order: --randomly-seed=$$seed (replay: make test SEED=$$seed)"; \
-	$(BIN)/python -m pytest -q -p randomly --randomly-seed=$$seed $(ARGS)
+	$(BIN)/python -m pytest -q -p randomly --randomly-seed=$$seed -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 test-isolated: $(STAMP) ## run each test module alone, so that none depends on another having run first
 	@for module in tests/test_*.py; do \
@@ -46,12 +47,13 @@ test-isolated: $(STAMP) ## run each test module alone, so that none depends on a
 fuzz: $(STAMP) ## the property-based tests with a long budget (make fuzz EXAMPLES=N; make test runs a small fixed one)
 	AECLI_FUZZ_EXAMPLES=$${EXAMPLES:-3000} $(BIN)/python -m pytest -q -p no:randomly tests/test_fuzz.py
 
-bench: $(STAMP) ## speed and memory benchmarks (writes BENCHMARKS.md; about 32 minutes)
+bench: $(STAMP) ## speed and memory benchmarks (writes BENCHMARKS.md; about 33 minutes)
 	$(BIN)/python benchmarks/bench_streaming.py
 	$(BIN)/python benchmarks/bench_kinds.py
 	$(BIN)/python benchmarks/bench_series.py
 	$(BIN)/python benchmarks/bench_workers.py
 	$(BIN)/python benchmarks/bench_score.py
+	$(BIN)/python benchmarks/bench_serve.py
 	$(BIN)/python benchmarks/bench.py
 
 lint: $(STAMP) ## ruff

@@ -22,7 +22,7 @@ from aecli.atomic import write_json_atomic
 from aecli.errors import EvaluationError, RunError, clip
 from aecli.reporting import read_error_column
 from aecli.runs import now_iso
-from aecli.thresholds import ThresholdSpec, false_positive_rate, resolve_threshold
+from aecli.thresholds import ThresholdSpec, false_positive_rate, parse_threshold, resolve_threshold
 
 THRESHOLDS_FILE = "thresholds.json"
 VALIDATION_ERRORS = "val_errors.csv"
@@ -171,3 +171,27 @@ def labelled_test_errors(run_dir: Path, score: str, normal_classes: list[str]) -
     is_anomaly = np.array([label not in normal_classes for label in labels])
     source = f"test split (errors.csv) labelled by --normal-classes {','.join(normal_classes)}"
     return Errors(scores.scores, source, is_anomaly)
+
+
+@dataclass(frozen=True)
+class InUse:
+    """The threshold a command flags with: the score it is on, its value, and how it was chosen."""
+
+    score: str
+    value: float
+    method: str
+
+
+def threshold_in_use(run_dir: Path, metrics: dict[str, Any], score: str | None, threshold: str | None) -> InUse:
+    """The run's calibrated threshold (thresholds.json) on the chosen score, unless `threshold`
+    (a --threshold option) names another; without a calibrated one, the run's default method."""
+    chosen = chosen_score(score, metrics)
+    calibrated = None if threshold else active_threshold(run_dir, chosen)
+    if calibrated is not None:
+        return InUse(chosen, float(calibrated["value"]), f"{calibrated['method']} ({THRESHOLDS_FILE})")
+    spec = parse_threshold(threshold or metrics["train_errors"]["default_threshold"])
+    if spec.needs == "labelled":
+        raise EvaluationError(f"threshold {spec}: needs labels; choose it first with aecli threshold --method {spec}")
+    normal = stored_errors(run_dir, VALIDATION_ERRORS, chosen, "validation split") if spec.needs == "normal" else None
+    # contamination:F, which needs every score first, is taken in aecli threshold's sense: of the training rows
+    return InUse(chosen, calibrate(spec, chosen, training_errors(run_dir, chosen), normal).value, str(spec))

@@ -629,6 +629,81 @@ def embed(
 
 @app.command()
 @reports_errors
+def export(
+    run_dir: RunArgument,
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="savedmodel (TensorFlow), onnx or litert (TensorFlow Lite).")
+    ] = "savedmodel",
+    out: Annotated[Path | None, typer.Option(help="A new folder (default: <run>/export-<format>).")] = None,
+    score_name: Annotated[
+        str | None, typer.Option("--score", help="mse, mae or bce (default: the run's anomaly score).")
+    ] = None,
+    threshold: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead of the run's calibrated threshold: max, percentile:Q, mean_std:K, fpr:F or a number."
+        ),
+    ] = None,
+) -> None:
+    """One standalone graph from raw rows to reconstruction, score, anomaly flag and embedding,
+    with the run's scaling and threshold inside (and in metadata.json beside it)."""
+    from aecli.commands.export import ExportRequest, export_run
+
+    request = ExportRequest(run_dir, format, out, score_name, threshold)
+    outcome = _interruptible(lambda: export_run(request), "interrupted: nothing exported")
+    chosen = outcome.metadata["threshold"]
+    _console().print(
+        f"exported {outcome.metadata['model_kind']} model as {format}: input {outcome.metadata['input']['shape']} "
+        f"(raw values), threshold {chosen['value']:.6g} on {chosen['score']}, method {chosen['method']}",
+        soft_wrap=True,
+    )
+    typer.echo(str(outcome.model_file))
+
+
+@app.command()
+@reports_errors
+def serve(
+    run_dir: RunArgument,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free one, announced on start).")] = 8000,
+    max_batch: Annotated[int, typer.Option(help="Rows per model call, gathered across concurrent requests.")] = 256,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a model call waits for more rows.")] = 5.0,
+    max_request_mb: Annotated[float, typer.Option(help="Largest request body accepted (413 beyond it).")] = 10.0,
+    score_name: Annotated[
+        str | None, typer.Option("--score", help="mse, mae or bce (default: the run's anomaly score).")
+    ] = None,
+    threshold: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead of the run's calibrated threshold: max, percentile:Q, mean_std:K, fpr:F or a number."
+        ),
+    ] = None,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    backend: BackendOption = None,
+) -> None:
+    """An HTTP scoring service: POST /score, /embed, /reconstruct (JSON or CSV rows), GET /health
+    and /metadata. Ctrl-C or SIGTERM stops it after the requests in flight."""
+    try:
+        from aecli.commands.serve import ServeRequest
+        from aecli.commands.serve import serve as run_service
+    except ImportError as exc:  # (fastapi and uvicorn come with the deploy extra)
+        raise ConfigError(f"aecli serve needs {exc.name}: pip install 'aecli[deploy]'") from None
+    request = ServeRequest(
+        run_dir, host, port, max_batch, max_wait_ms, max_request_mb, score_name, threshold, backend, access_log
+    )
+    console = _console()
+
+    def announce(url: str) -> None:
+        console.print(f"serving {run_dir} on {url} (POST /score /embed /reconstruct, GET /health /metadata)")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            console.print(f"note: listening on {host}: anyone who can reach this machine can call the service")
+
+    answered = run_service(request, announce)
+    console.print(f"stopped after {answered:,} request(s)")
+
+
+@app.command()
+@reports_errors
 def compare(
     config: ConfigArg,
     vary: Annotated[

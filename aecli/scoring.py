@@ -275,19 +275,33 @@ def score_chunks(
     """Each chunk scaled (unless it is already), reconstructed, and scored; `names` name the
     flattened input elements for the top-k contributions (squared residuals)."""
     for chunk in chunks:
-        x = chunk.x if chunk.scaled else fit_to_model(chunk.x, sample_shape, scaling, what)
-        if not np.isfinite(x).all():
-            bad = int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0])
-            raise DataError(f"{what}: row {chunk.first + bad + 1} holds NaN or inf")
+        x = checked_rows(chunk.x, what, chunk.first)  # (raw: NaN named as such, before scaling)
+        x = x if chunk.scaled else fit_to_model(x, sample_shape, scaling, what)
         x_hat = reconstruct(x)
-        # The run's measure as evaluate computes it (bce by its formula even for a row outside [0, 1]).
-        scores = per_sample_errors(x, x_hat, bce=score == "bce")[score]
-        residual = np.square(x_hat.reshape(len(x), -1).astype(np.float64) - x.reshape(len(x), -1))
-        flagged = ~(scores <= threshold)  # a NaN score (a model that produced NaN) is flagged, not hidden
-        yield Scored(chunk, scores, flagged, _top(residual, names, top_k))
+        scores, flagged, residual = score_rows(x, x_hat, score, threshold)
+        yield Scored(chunk, scores, flagged, top_contributions(residual, names, top_k))
 
 
-def _top(residual: np.ndarray, names: list[str], k: int) -> list[list[tuple[str, float]]]:
+def checked_rows(x: np.ndarray, what: str, first: int = 0) -> np.ndarray:
+    """Scaled rows, refused (naming the row, counted from 1 after `first`) when any holds NaN or inf."""
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0])
+        raise DataError(f"{what}: row {first + bad + 1} holds NaN or inf")
+    return x
+
+
+def score_rows(x: np.ndarray, x_hat: np.ndarray, score: str, threshold: float) -> tuple[np.ndarray, ...]:
+    """Scaled rows and their reconstructions -> per-row scores, flags, and squared residuals per
+    input element (flattened): what score and serve report."""
+    # The run's measure as evaluate computes it (bce by its formula even for a row outside [0, 1]).
+    scores = per_sample_errors(x, x_hat, bce=score == "bce")[score]
+    residual = np.square(x_hat.reshape(len(x), -1).astype(np.float64) - x.reshape(len(x), -1))
+    flagged = ~(scores <= threshold)  # a NaN score (a model that produced NaN) is flagged, not hidden
+    return scores, flagged, residual
+
+
+def top_contributions(residual: np.ndarray, names: list[str], k: int) -> list[list[tuple[str, float]]]:
+    """Per row, the k input elements with the largest squared residuals, largest first."""
     if k <= 0:
         return [[] for _ in range(len(residual))]
     k = min(k, residual.shape[1])

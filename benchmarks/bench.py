@@ -361,7 +361,16 @@ def main() -> None:
     # written by bench_streaming.py, which make bench runs first, and by --sweep
     parts = [
         args.out / name
-        for name in ("kinds.md", "ops.md", "series.md", "workers.md", "score.md", "sweep.md", "streaming.md")
+        for name in (
+            "kinds.md",
+            "ops.md",
+            "series.md",
+            "workers.md",
+            "score.md",
+            "serve.md",
+            "sweep.md",
+            "streaming.md",
+        )
     ]
     extra = "".join("\n" + part.read_text() for part in parts if part.exists())
     (ROOT / "BENCHMARKS.md").write_text(render(results, args) + extra)

@@ -20,14 +20,7 @@ import numpy as np
 
 from aecli.atomic import atomic_path
 from aecli.backend import select_backend
-from aecli.calibration import (
-    VALIDATION_ERRORS,
-    active_threshold,
-    calibrate,
-    chosen_score,
-    stored_errors,
-    training_errors,
-)
+from aecli.calibration import threshold_in_use
 from aecli.errors import DataError, EvaluationError, RunError
 from aecli.evaluation import predict_batched
 from aecli.scoring import (
@@ -43,7 +36,6 @@ from aecli.scoring import (
     looks_like_json_lines,
     score_chunks,
 )
-from aecli.thresholds import parse_threshold
 from aecli.trained_run import TrainedRun, load_model, open_trained_run
 
 
@@ -80,7 +72,8 @@ def score_input(request: ScoreRequest, stdin: IO[str], stdout: IO[str]) -> Score
     if request.out is not None and not request.out.parent.is_dir():
         raise RunError(f"--out {request.out}: no folder {request.out.parent}")
     run = open_trained_run(request.run_dir, needs=("train_errors.csv",))
-    score, threshold, method = _threshold(run, request)
+    in_use = threshold_in_use(run.path, run.metrics, request.score, request.threshold)
+    score, threshold, method = in_use.score, in_use.value, in_use.method
     names, chunks, as_json = _chunks(run, request, stdin)
     select_backend(request.backend or run.config.runtime.backend)
     model = load_model(run.path / "model.keras", compile=False)
@@ -98,20 +91,6 @@ def score_input(request: ScoreRequest, stdin: IO[str], stdout: IO[str]) -> Score
     with _destination(request.out, stdout) as handle:
         rows, flagged = _write(scored, handle, score, as_json)
     return ScoreOutcome(rows, flagged, score, threshold, method)
-
-
-def _threshold(run: TrainedRun, request: ScoreRequest) -> tuple[str, float, str]:
-    """The score, the threshold's value, and how it was chosen."""
-    score = chosen_score(request.score, run.metrics)
-    calibrated = None if request.threshold else active_threshold(run.path, score)
-    if calibrated is not None:
-        return score, float(calibrated["value"]), f"{calibrated['method']} (thresholds.json)"
-    spec = parse_threshold(request.threshold or run.metrics["train_errors"]["default_threshold"])
-    if spec.needs == "labelled":
-        raise EvaluationError(f"threshold {spec}: needs labels; choose it first with aecli threshold --method {spec}")
-    normal = stored_errors(run.path, VALIDATION_ERRORS, score, "validation split") if spec.needs == "normal" else None
-    # contamination:F, which needs every score first, is taken in aecli threshold's sense: of the training rows
-    return score, calibrate(spec, score, training_errors(run.path, score), normal).value, str(spec)
 
 
 def _chunks(run: TrainedRun, request: ScoreRequest, stdin: IO[str]) -> tuple[list[str] | None, Iterator[Chunk], bool]:

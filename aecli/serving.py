@@ -1,0 +1,261 @@
+"""`aecli serve`: a trained run as an HTTP scoring service (FastAPI under uvicorn).
+
+POST /score, /embed and /reconstruct take rows as JSON (`{"instances": [...]}` or a bare list;
+each row a list of numbers, flat or in the sample's shape, or an object keyed by feature name)
+or as CSV (Content-Type text/csv, with or without a header). Rows from concurrent requests are
+gathered into one model call (up to --max-batch rows, waiting at most --max-wait-ms for more),
+which is what lets one process answer many small requests. Bad requests are 4xx with the reason:
+422 for rows that do not fit the run, 413 past the size limit, 415 for another body type.
+SIGTERM stops accepting connections and lets requests in flight finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aecli import __version__
+from aecli.backend import select_backend
+from aecli.calibration import InUse, threshold_in_use
+from aecli.data.arrays import fit_to_model
+from aecli.errors import DataError
+from aecli.evaluation import predict_batched
+from aecli.scoring import Columns, checked_rows, csv_chunks, element_names, score_rows, top_contributions
+from aecli.trained_run import TrainedRun, load_model, open_trained_run
+
+KINDS = ("score", "embed", "reconstruct")
+
+
+@dataclass
+class ServeRequest:
+    run_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8000  # 0: any free port (the one chosen is announced)
+    max_batch: int = 256  # rows per model call, gathered across requests
+    max_wait_ms: float = 5.0  # how long a batch waits for more rows
+    max_request_mb: float = 10.0
+    score: str | None = None
+    threshold: str | None = None
+    backend: str | None = None
+    access_log: bool = False
+
+
+class BadRequest(Exception):
+    """A request the service refuses, with its HTTP status and the reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclass
+class Detector:
+    """The run's models and threshold, and what one model call computes for a batch of scaled rows."""
+
+    run: TrainedRun
+    model: Any
+    encoder: Any
+    in_use: InUse
+    calls: int = 0  # model calls made (batches), for /metadata
+
+    def compute(self, kind: str, x: np.ndarray) -> dict[str, np.ndarray]:
+        self.calls += 1
+        if kind == "embed":
+            codes = predict_batched(self.encoder, x, len(x))
+            return {"embedding": codes.reshape(len(x), -1)}
+        x_hat = predict_batched(self.model, x, len(x))
+        if kind == "reconstruct":
+            return {"reconstruction": self.run.scaling.invert(x_hat.astype(np.float64))}
+        scores, flagged, residual = score_rows(x, x_hat, self.in_use.score, self.in_use.value)
+        return {"score": scores, "anomalous": flagged, "residual": residual}
+
+
+@dataclass
+class _Pending:
+    kind: str
+    x: np.ndarray
+    done: asyncio.Future[dict[str, np.ndarray]]
+
+
+@dataclass
+class Batcher:
+    """Gathers rows of concurrent requests of one kind into one model call, run off the event loop."""
+
+    detector: Detector
+    max_rows: int
+    max_wait_s: float
+    queue: asyncio.Queue[_Pending] = field(default_factory=asyncio.Queue)
+
+    async def submit(self, kind: str, x: np.ndarray) -> dict[str, np.ndarray]:
+        done: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
+        await self.queue.put(_Pending(kind, x, done))
+        return await done
+
+    async def run(self) -> None:
+        while True:
+            batch = await self._gather(await self.queue.get())
+            for kind in KINDS:
+                group = [item for item in batch if item.kind == kind]
+                if group:
+                    await self._compute(kind, group)
+
+    async def _gather(self, first: _Pending) -> list[_Pending]:
+        batch, rows = [first], len(first.x)
+        deadline = time.monotonic() + self.max_wait_s
+        while rows < self.max_rows:
+            try:  # what is already queued joins at once; then wait out the rest of the window
+                item = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), left)
+                except TimeoutError:
+                    break
+            batch.append(item)
+            rows += len(item.x)
+        return batch
+
+    async def _compute(self, kind: str, group: list[_Pending]) -> None:
+        x = group[0].x if len(group) == 1 else np.concatenate([item.x for item in group])
+        try:
+            result = await asyncio.to_thread(self.detector.compute, kind, x)
+        except Exception as exc:  # a bug: every request in the batch answers 500, the service goes on
+            for item in group:
+                if not item.done.done():
+                    item.done.set_exception(exc)
+            return
+        start = 0
+        for item in group:
+            end = start + len(item.x)
+            if not item.done.done():  # (a client that went away)
+                item.done.set_result({name: values[start:end] for name, values in result.items()})
+            start = end
+
+
+@dataclass
+class Rows:
+    """A request's rows, scaled for the model, with their ids and the names of their elements."""
+
+    x: np.ndarray
+    ids: list[str] | None
+    names: list[str]
+
+
+def parse_rows(body: bytes, content_type: str, run: TrainedRun) -> Rows:
+    """A request body as rows for the model; anything that does not fit is a BadRequest."""
+    media = content_type.split(";")[0].strip().lower()
+    try:
+        if media in ("text/csv", "application/csv"):
+            rows = _csv_rows(body, run)
+        elif media in ("application/json", "", "application/x-www-form-urlencoded"):  # (curl -d sends the last)
+            rows = _json_rows(body, run)
+        else:
+            raise BadRequest(415, f"Content-Type {media}: send application/json or text/csv")
+        x = fit_to_model(checked_rows(rows.x, "request"), run.sample_shape, run.scaling, "request")
+        return Rows(x, rows.ids, rows.names)
+    except DataError as exc:
+        raise BadRequest(422, str(exc)) from None
+
+
+def _csv_rows(body: bytes, run: TrainedRun) -> Rows:
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"request: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    own = run.config.data
+    names, chunks = csv_chunks(io.StringIO(text), "request", Columns(own.id_column, own.label_column))
+    parts = list(chunks)
+    x = np.concatenate([part.x for part in parts])
+    ids = [i for part in parts for i in part.ids or []] if parts[0].ids is not None else None
+    return Rows(x, ids, element_names(run.sample_shape, names))
+
+
+def _json_rows(body: bytes, run: TrainedRun) -> Rows:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"request: not JSON ({exc})") from None
+    except RecursionError:  # (nested deeper than any row can be)
+        raise DataError("request: JSON nested too deeply") from None
+    instances = data.get("instances") if isinstance(data, dict) else data
+    if not isinstance(instances, list) or not instances:
+        raise DataError('request: expected {"instances": [row, ...]} (or a list of rows) with at least one row')
+    ids, names = None, element_names(run.sample_shape, None)
+    if isinstance(instances[0], dict):
+        instances, ids, features = _object_rows(instances, run.config.data.id_column, run.config.data.label_column)
+        names = element_names(run.sample_shape, features)
+    try:
+        x = np.asarray(instances)
+    except ValueError:
+        raise DataError("request: rows of different lengths or shapes") from None
+    if x.dtype.kind not in "iuf" or x.ndim < 2:
+        raise DataError("request: every row must be a list of numbers (or an object of them)")
+    return Rows(x.astype(np.float64, copy=False), ids, names)
+
+
+def _object_rows(
+    instances: list[Any], id_column: str | int | None, label_column: str | int | None
+) -> tuple[list[list[Any]], list[str] | None, list[str]]:
+    """Rows given as objects: the first one's keys (less the id and label columns) are the
+    features, in its order, and every row has the same keys."""
+    keys = list(instances[0])
+    features = [key for key in keys if key not in (id_column, label_column)]
+    rows, ids = [], []
+    for number, row in enumerate(instances, start=1):
+        if not isinstance(row, dict) or set(row) != set(keys):
+            raise DataError(f"request: row {number} does not have the first row's keys")
+        rows.append([row[key] for key in features])
+        if id_column in row:
+            ids.append(str(row[id_column]))
+    return rows, (ids or None), features
+
+
+def metadata(detector: Detector, request: ServeRequest) -> dict[str, Any]:
+    import keras
+
+    run = detector.run
+    return {
+        "run": run.path.name,
+        "model_kind": run.config.model.kind,
+        "input_shape": list(run.sample_shape),
+        "input_elements": math.prod(run.sample_shape),
+        "threshold": {"score": detector.in_use.score, "value": detector.in_use.value, "method": detector.in_use.method},
+        "scaling": run.scaling.kind,
+        "batching": {"max_rows": request.max_batch, "max_wait_ms": request.max_wait_ms},
+        "max_request_bytes": int(request.max_request_mb * 2**20),
+        "model_calls": detector.calls,
+        "versions": {"aecli": __version__, "keras": keras.__version__, "backend": keras.backend.backend()},
+    }
+
+
+def open_detector(request: ServeRequest) -> Detector:
+    run = open_trained_run(request.run_dir)
+    in_use = threshold_in_use(run.path, run.metrics, request.score, request.threshold)
+    select_backend(request.backend or run.config.runtime.backend)
+    model = load_model(run.path / "model.keras", compile=False)
+    encoder = load_model(run.path / "encoder.keras", compile=False)
+    return Detector(run, model, encoder, in_use)
+
+
+def score_results(rows: Rows, result: dict[str, np.ndarray], top_k: int) -> list[dict[str, Any]]:
+    """Per row: its id (or position), score, flag, and the top-k elements by squared residual."""
+    top = top_contributions(result["residual"], rows.names, top_k)
+    return [
+        {
+            "id": rows.ids[i] if rows.ids else i,
+            "score": float(result["score"][i]),
+            "anomalous": bool(result["anomalous"][i]),
+            "top": [{"element": name, "squared_residual": value} for name, value in top[i]],
+        }
+        for i in range(len(rows.x))
+    ]

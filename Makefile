@@ -47,7 +47,7 @@ test-isolated: $(STAMP) ## run each test module alone, so that none depends on a
 fuzz: $(STAMP) ## the property-based tests with a long budget (make fuzz EXAMPLES=N; make test runs a small fixed one)
 	AECLI_FUZZ_EXAMPLES=$${EXAMPLES:-3000} $(BIN)/python -m pytest -q -p no:randomly tests/test_fuzz.py
 
-bench: $(STAMP) ## speed and memory benchmarks (writes BENCHMARKS.md; about 33 minutes)
+bench: $(STAMP) ## speed and memory benchmarks (writes BENCHMARKS.md; about 40 minutes)
 	$(BIN)/python benchmarks/bench_streaming.py
 	$(BIN)/python benchmarks/bench_kinds.py
 	$(BIN)/python benchmarks/bench_series.py

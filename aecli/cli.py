@@ -46,6 +46,11 @@ ForceOption = Annotated[
     ),
 ]
 RunArgument = Annotated[Path, typer.Argument(help="A completed run directory.", show_default=False)]
+ScoreOption = Annotated[str | None, typer.Option("--score", help="mse, mae or bce (default: the run's anomaly score).")]
+InsteadThresholdOption = Annotated[
+    str | None,
+    typer.Option(help="Instead of the run's calibrated threshold: max, percentile:Q, mean_std:K, fpr:F or a number."),
+]
 ThresholdOption = Annotated[
     str | None,
     typer.Option(
@@ -438,15 +443,8 @@ def score(
     out: Annotated[Path | None, typer.Option(help="A new CSV file for the results (default: stdout).")] = None,
     batch_size: Annotated[int, typer.Option(help="Rows per model call.")] = 1024,
     top_k: Annotated[int, typer.Option(help="Input elements listed per row, largest squared residual first.")] = 3,
-    score_name: Annotated[
-        str | None, typer.Option("--score", help="mse, mae or bce (default: the run's anomaly score).")
-    ] = None,
-    threshold: Annotated[
-        str | None,
-        typer.Option(
-            help="Instead of the run's calibrated threshold: max, percentile:Q, mean_std:K, fpr:F or a number."
-        ),
-    ] = None,
+    score_name: ScoreOption = None,
+    threshold: InsteadThresholdOption = None,
     id_column: Annotated[str | None, typer.Option(help="A CSV/JSON column that names each row.")] = None,
     fail_on_anomaly: Annotated[
         int | None,
@@ -635,15 +633,8 @@ def export(
         str, typer.Option("--format", "-f", help="savedmodel (TensorFlow), onnx or litert (TensorFlow Lite).")
     ] = "savedmodel",
     out: Annotated[Path | None, typer.Option(help="A new folder (default: <run>/export-<format>).")] = None,
-    score_name: Annotated[
-        str | None, typer.Option("--score", help="mse, mae or bce (default: the run's anomaly score).")
-    ] = None,
-    threshold: Annotated[
-        str | None,
-        typer.Option(
-            help="Instead of the run's calibrated threshold: max, percentile:Q, mean_std:K, fpr:F or a number."
-        ),
-    ] = None,
+    score_name: ScoreOption = None,
+    threshold: InsteadThresholdOption = None,
 ) -> None:
     """One standalone graph from raw rows to reconstruction, score, anomaly flag and embedding,
     with the run's scaling and threshold inside (and in metadata.json beside it)."""
@@ -669,15 +660,8 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="Rows per model call, gathered across concurrent requests.")] = 256,
     max_wait_ms: Annotated[float, typer.Option(help="How long a model call waits for more rows.")] = 5.0,
     max_request_mb: Annotated[float, typer.Option(help="Largest request body accepted (413 beyond it).")] = 10.0,
-    score_name: Annotated[
-        str | None, typer.Option("--score", help="mse, mae or bce (default: the run's anomaly score).")
-    ] = None,
-    threshold: Annotated[
-        str | None,
-        typer.Option(
-            help="Instead of the run's calibrated threshold: max, percentile:Q, mean_std:K, fpr:F or a number."
-        ),
-    ] = None,
+    score_name: ScoreOption = None,
+    threshold: InsteadThresholdOption = None,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
     backend: BackendOption = None,
 ) -> None:

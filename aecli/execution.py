@@ -110,7 +110,8 @@ def plan_execution(
         and training.input_pipeline == "tensor"
         and not placement.distributed
         and per_call > 1
-        and machine.backend == "tensorflow"
+        # On JAX without augmentation, whose blocks carry TensorFlow-augmented batches (see jax_fused.py).
+        and (machine.backend == "tensorflow" or (machine.backend == "jax" and not augmented_sample_bytes))
         and not machine.gpu
     )
     block_steps = per_call if fused else 0

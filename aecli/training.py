@@ -212,9 +212,14 @@ def fit_autoencoder(
     if plan.fused and isinstance(x_train, np.ndarray):
         # Keras's fit keeps the train function it finds until the next compile; trained.jit_compile
         # is the plan's choice unless Keras found the model unfit for XLA.
-        trained.train_function = fused_train_function(
-            trained, x_train, trained.jit_compile, noise, training.seed, augmented_blocks=augment is not None
-        )
+        if keras.backend.backend() == "jax":
+            from aecli import jax_fused
+
+            trained.train_function = jax_fused.fused_train_function(trained, x_train, noise, training.seed)
+        else:
+            trained.train_function = fused_train_function(
+                trained, x_train, trained.jit_compile, noise, training.seed, augmented_blocks=augment is not None
+            )
     try:
         seconds = _fit(trained, feeds, training, callbacks, resume, streamed=not isinstance(x_train, np.ndarray))
     finally:

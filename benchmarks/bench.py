@@ -143,6 +143,39 @@ def worker_aecli(epochs: int, batch_size: int, seed: int = 0) -> dict[str, Any]:
     return record.result()
 
 
+def worker_torch(epochs: int, batch_size: int, seed: int = 0) -> dict[str, Any]:
+    """The same model in a plain PyTorch loop, as PyTorch's tutorials write one: nn.Sequential,
+    a shuffling DataLoader over a TensorDataset, Adam 1e-3, MSE, one optimizer step per batch."""
+    import torch
+    from torch import nn
+
+    x, test, _ = load_data()
+    torch.manual_seed(seed)
+    sizes = (784, *WIDTHS)
+    layers: list[nn.Module] = []
+    for width_in, width_out in itertools.pairwise(sizes):
+        layers += [nn.Linear(width_in, width_out), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(sizes[-1], 784), nn.Sigmoid())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.MSELoss()
+    rows = torch.from_numpy(x)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(rows), batch_size=batch_size, shuffle=True)
+    seconds, test_mse, held_out = [], [], torch.from_numpy(test)
+    for _ in range(epochs):
+        started = time.perf_counter()
+        model.train()
+        for (batch,) in loader:
+            optimizer.zero_grad()
+            loss = loss_fn(model(batch), batch)
+            loss.backward()
+            optimizer.step()
+        seconds.append(time.perf_counter() - started)
+        model.eval()
+        with torch.no_grad():
+            test_mse.append(float(loss_fn(model(held_out), held_out)))
+    return {"seconds": seconds, "test_mse": test_mse, "peak_rss_mib": peak_rss_mib()}
+
+
 class EpochRecord:
     """Per-epoch wall seconds (the fit's own timing) and the held-out MSE after each epoch."""
 
@@ -271,6 +304,7 @@ def main() -> None:
             "eval": worker_eval,
             "floor": worker_floor,
             "baseline": worker_baseline,
+            "torch": worker_torch,
         }
         print(json.dumps(workers[kind](*map(int, rest))))
         return
@@ -297,6 +331,7 @@ def main() -> None:
                 f"peak RSS {result['peak_rss_mib']:.0f} MiB",
                 flush=True,
             )
+    torch_runs = torch_side_by_side(args) if importlib.util.find_spec("torch") is not None else None
     low_memory = run_worker("aecli", 3, 32, jit=False)
     big_batch = run_worker("aecli", 5, 256)
     floor_256 = run_worker("floor", 256)
@@ -341,6 +376,7 @@ def main() -> None:
         if runs["aecli-jax"]
         else None,
         "jax_time_to_plain_5_epoch_mse": jax_time,
+        "torch": torch_runs,
         "aecli_batch256_seconds_per_epoch": statistics.median(big_batch["seconds"][1:]),
         "matmul_floor_batch256_seconds_per_epoch": floor_256["seconds_per_epoch"],
         "matmul_floor_batch32_seconds_per_epoch": floor_32["seconds_per_epoch"],
@@ -411,6 +447,46 @@ def _jax_cell(r: dict[str, Any]) -> str:
     )
 
 
+TORCH_ROUNDS = 2
+
+
+def torch_side_by_side(args: argparse.Namespace) -> dict[str, Any]:
+    """aecli on the PyTorch backend against a plain PyTorch loop of the same model, alternating."""
+    runs: dict[str, list[dict[str, Any]]] = {"plain": [], "aecli": []}
+    for round_number in range(TORCH_ROUNDS):
+        runs["plain"].append(run_worker("torch", args.epochs, 32, round_number))
+        runs["aecli"].append(run_worker("aecli", args.epochs, 32, round_number, backend="torch"))
+        print(f"round {round_number + 1} torch: {[r['seconds'] for r in (runs['plain'][-1], runs['aecli'][-1])]}")
+
+    def steady(side: str) -> float:
+        return statistics.median(s for run in runs[side] for s in run["seconds"][1:])
+
+    def final(side: str) -> float:
+        return statistics.median(run["test_mse"][-1] for run in runs[side])
+
+    return {
+        "plain_seconds_per_epoch": steady("plain"),
+        "aecli_seconds_per_epoch": steady("aecli"),
+        "plain_final_test_mse": final("plain"),
+        "aecli_final_test_mse": final("aecli"),
+        "rounds": TORCH_ROUNDS,
+        "runs": runs,
+    }
+
+
+def _torch_row(r: dict[str, Any]) -> tuple[str, str, str, str]:
+    title = "Backend torch (runtime.backend: torch) against a plain PyTorch loop: steady s/epoch, test MSE"
+    t = r.get("torch")
+    if not t:
+        return (title, "n/a (torch not installed)", "", "")
+    return (
+        title,
+        f"{t['plain_seconds_per_epoch']:.2f} s, MSE {t['plain_final_test_mse']:.5f} (PyTorch DataLoader loop)",
+        f"{t['aecli_seconds_per_epoch']:.2f} s, MSE {t['aecli_final_test_mse']:.5f}",
+        f"{t['plain_seconds_per_epoch'] / t['aecli_seconds_per_epoch']:.2f}x ({t['rounds']} rounds; reported)",
+    )
+
+
 def render(r: dict[str, Any], args: argparse.Namespace) -> str:
     def ratio(a: float | None, b: float | None) -> str:
         return "n/a" if not a or not b else f"{a / b:.2f}x"
@@ -454,6 +530,7 @@ def render(r: dict[str, Any], args: argparse.Namespace) -> str:
             _jax_cell(r),
             f"{ratio(r['plain_seconds_per_epoch'], r['jax_seconds_per_epoch'])} faster (target >= 3x)",
         ),
+        _torch_row(r),
         ("Matmul floor at batch 32", "", f"{r['matmul_floor_batch32_seconds_per_epoch']:.2f} s/epoch", ""),
         (
             "Evaluation throughput, 10,000 rows (samples/s)",

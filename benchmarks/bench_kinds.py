@@ -118,6 +118,61 @@ def worker_plain(config: str, rows: int, epochs: int) -> dict[str, Any]:
     return {"seconds": seconds}
 
 
+# Conv configs are bound by arithmetic on 2 cores: their floor is measured (see worker_floor).
+FLOOR_CONFIGS = ("mnist_conv.yaml", "mnist_denoise.yaml", "mnist_vae.yaml")
+
+
+def worker_floor(config: str, rows: int, epochs: int) -> dict[str, Any]:
+    """The arithmetic floor of one epoch of a config's model: only its forward and backward passes
+    (training batches) and forward passes (validation batches), in compiled loops over batches
+    already in memory, without XLA (the faster choice for convolutions on a CPU), without the
+    optimizer update, metrics, data pipeline or callbacks. The median of `epochs` timed repeats."""
+    sys.path.insert(0, str(ROOT))
+    from aecli.backend import import_tensorflow
+    from aecli.config import load_config
+
+    tf = import_tensorflow()
+    from aecli.data import load_dataset
+    from aecli.models import build_autoencoder
+
+    cfg = load_config(ROOT / "configs" / config, overrides(config, rows, epochs))
+    data = load_dataset(cfg.data, seed=cfg.training.seed)
+    model = build_autoencoder(cfg.model, data.sample_shape, cfg.loss.name).model
+    batch = cfg.training.batch_size
+
+    def batches(x: Any) -> Any:
+        full = len(x) // batch
+        return tf.constant(x[: full * batch].reshape(full, batch, *x.shape[1:]))
+
+    train, val = batches(data.x_train), batches(data.x_val)
+
+    @tf.function
+    def backward(blocks: Any) -> Any:
+        def step(i: Any, total: Any) -> tuple[Any, Any]:
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.square(model(blocks[i], training=True) - blocks[i]))
+            grads = tape.gradient(loss, model.trainable_variables)
+            return i + 1, total + tf.add_n([tf.reduce_sum(g) for g in grads])  # (used: never pruned)
+
+        return tf.while_loop(lambda i, _: i < tf.shape(blocks)[0], step, [0, 0.0])[1]
+
+    @tf.function
+    def forward(blocks: Any) -> Any:
+        def step(i: Any, total: Any) -> tuple[Any, Any]:
+            return i + 1, total + tf.reduce_sum(model(blocks[i], training=False))
+
+        return tf.while_loop(lambda i, _: i < tf.shape(blocks)[0], step, [0, 0.0])[1]
+
+    backward(train[:1]), forward(val[:1])  # trace once
+    seconds = []
+    for _ in range(epochs):
+        started = time.perf_counter()
+        float(backward(train)), float(forward(val))
+        # scaled to whole epochs: the rows of the last, partial batches too
+        seconds.append((time.perf_counter() - started) * len(data.x_train) / (len(train) * batch))
+    return {"seconds": [statistics.median(seconds)] * 2}
+
+
 def keras_augmented(augment: Any, x: Any, batch: int, seed: int) -> Any:
     """Augmentation as the Keras guides do it: the random preprocessing layers mapped over a
     shuffled, batched tf.data pipeline (parallel calls, prefetch), the augmented batch as target."""
@@ -234,7 +289,7 @@ def main() -> None:
         if kind == "ops":
             print(json.dumps(worker_ops(rest[0], int(rest[1]), int(rest[2]))))
         else:
-            worker = worker_aecli if kind == "aecli" else worker_plain
+            worker = {"aecli": worker_aecli, "plain": worker_plain, "floor": worker_floor}[kind]
             print(json.dumps(worker(rest[0], int(rest[1]), int(rest[2]), *(bool(int(flag)) for flag in rest[3:]))))
         return
     if not MNIST.exists():
@@ -257,8 +312,10 @@ def main() -> None:
             for side in sides:  # alternate, so drift hits every side alike
                 flags = [0] if side == "aecli_unaugmented" else []
                 runs[side].append(run_worker(side.split("_")[0], config, args.rows, args.epochs, *flags))
+        if config in FLOOR_CONFIGS:
+            runs["floor"] = [run_worker("floor", config, args.rows, args.epochs)]
         results[config] = {
-            **{side: steady(runs[side]) for side in sides},
+            **{side: steady(runs[side]) for side in runs},
             "jit_compile": runs["aecli"][0]["jit_compile"],
             "runs": runs,
         }
@@ -326,6 +383,21 @@ def render_kinds(results: dict[str, Any], args: argparse.Namespace) -> str:
             f"| `{config}` | {described[config]} | {row['plain']:.3f} | {row['aecli']:.3f} | "
             f"{row['plain'] / row['aecli']:.2f}x | {'on' if row['jit_compile']['enabled'] else 'off'} |"
         )
+    floors = [(config, row) for config, row in results.items() if "floor" in row]
+    if floors:
+        lines += [
+            "",
+            "The conv configs are bound by arithmetic on 2 cores. Their floor is one epoch of only the model's "
+            "forward and backward passes (and the validation forward passes), in compiled loops over batches "
+            "already in memory, without XLA, optimizer update, metrics or input pipeline (`worker_floor`):",
+            "",
+            "| config | floor s/epoch | aecli s/epoch | aecli / floor |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{config}` | {row['floor']:.3f} | {row['aecli']:.3f} | {row['aecli'] / row['floor']:.2f}x |"
+            for config, row in floors
+        ]
     for config, row in results.items():
         if "aecli_unaugmented" in row:
             cost = row["aecli"] / row["aecli_unaugmented"] - 1

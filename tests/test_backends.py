@@ -66,6 +66,47 @@ def test_train_on_backend_and_load_under_tensorflow(backend: str, kind: str, cli
 
 
 @pytest.mark.slow
+@needs("jax")
+def test_jax_trains_in_fused_blocks_like_kerass_own_loop(tmp_path: Path) -> None:
+    """On JAX a block of steps runs as one jitted program (jax_fused.py): the same loss curve as
+    Keras's step-by-step loop, and denoising draws its noise inside the block."""
+    config = write_config(tmp_path, {**MODELS["dense"], "data": {"source": "digits"}, "training": {"epochs": 5}})
+    losses = {}
+    for label, extra in {"fused": [], "keras": ["--set", "training.steps_per_execution=1"]}.items():
+        run = last_line(aecli("train", config, "--backend", "jax", "--runs-dir", tmp_path / label, "--quiet", *extra))
+        info = json.loads((run / "run.json").read_text())
+        assert (info["execution"]["fused_block_steps"] > 0) == (label == "fused")
+        losses[label] = [float(row.split(",")[1]) for row in (run / "history.csv").read_text().splitlines()[1:]]
+    assert losses["fused"][-1] < losses["fused"][0]
+    assert losses["fused"][-1] == pytest.approx(losses["keras"][-1], rel=0.15)  # data order differs, not the curve
+    noisy = ["--set", "training.noise.kind=gaussian", "--set", "training.noise.amount=0.3"]
+    run = last_line(aecli("train", config, "--backend", "jax", "--runs-dir", tmp_path / "noisy", "--quiet", *noisy))
+    info = json.loads((run / "run.json").read_text())
+    rows = [float(row.split(",")[1]) for row in (run / "history.csv").read_text().splitlines()[1:]]
+    assert info["execution"]["fused_block_steps"] > 0 and rows[-1] < rows[0]
+    assert rows != losses["fused"]  # the same seed: only the noise differs
+
+
+@needs("jax")
+@pytest.mark.parametrize(("kind", "amount"), [("gaussian", 0.1), ("salt_pepper", 0.2), ("mask", 0.3)])
+def test_jax_block_noise_has_the_distribution_of_the_numpy_draws(kind: str, amount: float) -> None:
+    import jax
+
+    from aecli.jax_fused import _corrupt
+    from aecli.noise import NoiseSpec, corrupt
+
+    x = np.full((400, 64), 0.5, np.float32)
+    spec = NoiseSpec(kind, amount)
+    ours = np.asarray(_corrupt(x, spec, jax.random.PRNGKey(3)))
+    reference = corrupt(x, spec, np.random.default_rng(3))
+    for draw in (ours, reference):  # changed share, and the changes' mean and spread, agree
+        changed = draw != x
+        assert changed.mean() == pytest.approx(1.0 if kind == "gaussian" else amount, abs=0.02)
+    assert (ours - x).mean() == pytest.approx((reference - x).mean(), abs=0.02)
+    assert (ours - x).std() == pytest.approx((reference - x).std(), rel=0.05)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["vae"])  # aecli's own layers; dense runs cross backends in the tests below
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
 def test_tensorflow_run_loads_on_another_backend(backend: str, kind: str, cli, tmp_path: Path) -> None:

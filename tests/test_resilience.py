@@ -202,5 +202,5 @@ def test_sigterm_stops_a_slow_conv_run_within_seconds(tmp_path: Path) -> None:
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stderr
-    assert time.monotonic() - sent < 5
+    assert time.monotonic() - sent < 8  # (the whole block: over 9 s alone, twice that beside another test worker)
     assert json.loads((only_run(tmp_path) / "run.json").read_text())["status"] == "interrupted"

@@ -388,7 +388,8 @@ def _train_and_report(attempt: _Attempt) -> dict[str, Any]:
     full_batch = config.optimizer.name == "gd"
     augmented = bool(config.data.augment.active)
     execution = plan_for_model(autoencoder.model, config.training, full_batch, train_input, placement, augmented)
-    update_run_info(run_dir, jit_compile=execution.jit.to_dict())
+    steps = {"fused_block_steps": execution.block_steps, "steps_per_execution": execution.steps_per_execution}
+    update_run_info(run_dir, jit_compile=execution.jit.to_dict(), execution=steps)
     augment = augmenter(config.data.augment, data.scaled_range)
     if augment is not None and placement.chief:
         _plot_augmented(augment, data, run_dir, config.training.seed)

@@ -40,6 +40,11 @@ def test_in_memory_dense_data_on_a_cpu_trains_in_fused_xla_blocks() -> None:
     assert [after(block) for block in range(5)] == [8, 16, 24, 31, 32]  # 31 full batches, then the short one
 
 
+def test_jax_on_a_cpu_trains_in_fused_blocks_too() -> None:
+    chosen = plan(machine=Machine("jax", gpu=False))
+    assert chosen.fused and chosen.block_steps == 8 and chosen.steps_per_execution == 1 and chosen.jit.enabled
+
+
 def test_blocks_never_exceed_an_epoch_and_convolutions_skip_xla_on_a_cpu() -> None:
     chosen = plan(rows=64, kinds={"Conv2D", "Dense"})
     assert chosen.block_steps == 2 and not chosen.jit.enabled and "Conv2D" in chosen.jit.reason
@@ -51,7 +56,8 @@ def test_blocks_never_exceed_an_epoch_and_convolutions_skip_xla_on_a_cpu() -> No
         ({"in_memory": False}, 8),  # a streamed shard folder: Keras's loop over tf.data
         ({"input_pipeline": "arrays"}, 8),
         ({"machine": Machine("tensorflow", gpu=True)}, 8),  # the host array would be copied every call
-        ({"machine": Machine("jax", gpu=False)}, 8),
+        ({"machine": Machine("jax", gpu=False), "augmented_sample_bytes": 3136}, 8),  # TF-augmented blocks
+        ({"machine": Machine("jax", gpu=True)}, 8),
         ({"machine": Machine("torch", gpu=False)}, 1),  # Keras's torch trainer runs one step per call
         ({"placement": Placement(strategy=_TwoReplicas())}, 1),  # Keras's multi-step loop fails distributed
     ],

@@ -121,7 +121,8 @@ def worker_aecli(epochs: int, batch_size: int, seed: int = 0) -> dict[str, Any]:
                 "batch_size": batch_size,
                 "seed": seed,
                 "checkpoint": {"best": False, "last": False},
-                "jit_compile": os.environ.get("AECLI_BENCH_JIT", "1") == "1",
+                # auto (the default): XLA for this dense model on TensorFlow and JAX, no torch.compile on PyTorch
+                "jit_compile": "auto" if os.environ.get("AECLI_BENCH_JIT", "1") == "1" else False,
             },
             "runtime": {"backend": backend},
         }

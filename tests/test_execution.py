@@ -58,6 +58,7 @@ def test_blocks_never_exceed_an_epoch_and_convolutions_skip_xla_on_a_cpu() -> No
         ({"machine": Machine("tensorflow", gpu=True)}, 8),  # the host array would be copied every call
         ({"machine": Machine("jax", gpu=False), "augmented_sample_bytes": 3136}, 8),  # TF-augmented blocks
         ({"machine": Machine("jax", gpu=True)}, 8),
+        ({"machine": Machine("jax", gpu=False), "kinds": {"Conv2D", "Dense"}}, 8),  # slower in XLA blocks
         ({"machine": Machine("torch", gpu=False)}, 1),  # Keras's torch trainer runs one step per call
         ({"placement": Placement(strategy=_TwoReplicas())}, 1),  # Keras's multi-step loop fails distributed
     ],

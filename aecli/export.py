@@ -89,14 +89,7 @@ def _score(name: str, target: Any, predicted: Any) -> Any:
 def _scaling_arrays(run: TrainedRun, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """The run's offset and scale as float32 arrays of the sample's shape (they broadcast over rows)."""
     probe = np.zeros((1, *shape), np.float32)
-    offset, scale = (np.broadcast_to(np.asarray(part, np.float64), probe.shape[1:]) for part in _shaped(run, probe))
-    return offset.astype(np.float32), scale.astype(np.float32)
-
-
-def _shaped(run: TrainedRun, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    offset, scale = run.scaling.offset, run.scaling.scale
-    if offset.ndim == 1 and offset.size == probe[0].size and probe.ndim > 2:
-        return offset.reshape(probe.shape[1:]), scale.reshape(probe.shape[1:])
+    offset, scale = (np.broadcast_to(part, shape).astype(np.float32) for part in run.scaling.shaped_for(probe))
     return offset, scale
 
 

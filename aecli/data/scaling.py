@@ -35,7 +35,7 @@ class Scaling:
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Scaled float32 rows in a buffer TensorFlow can use without copying (see aligned_empty)."""
         out = aligned_empty(x.shape, np.dtype(np.float32))
-        offset, scale = self._shaped(x)
+        offset, scale = self.shaped_for(x)
         with np.errstate(over="ignore", invalid="ignore"):
             np.subtract(x, offset, out=out, casting="unsafe")
             np.divide(out, scale, out=out, casting="unsafe")
@@ -46,10 +46,10 @@ class Scaling:
         return out
 
     def invert(self, x: np.ndarray) -> np.ndarray:
-        offset, scale = self._shaped(x)
+        offset, scale = self.shaped_for(x)
         return x * scale + offset
 
-    def _shaped(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def shaped_for(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-feature statistics (minmax) are stored flat; images need them in their own shape."""
         if self.offset.ndim == 1 and x.ndim > 2 and self.offset.size == math.prod(x.shape[1:]):
             return self.offset.reshape(x.shape[1:]), self.scale.reshape(x.shape[1:])

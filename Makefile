@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUNS ?= runs
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-torch install-browser demo test test-isolated fuzz lint typecheck check bench clean
+.PHONY: help install install-torch install-browser demo test test-isolated fuzz lint typecheck check bench bench-full clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,13 +47,19 @@ test-isolated: $(STAMP) ## run each test module alone, so that none depends on a
 fuzz: $(STAMP) ## the property-based tests with a long budget (make fuzz EXAMPLES=N; make test runs a small fixed one)
 	AECLI_FUZZ_EXAMPLES=$${EXAMPLES:-3000} $(BIN)/python -m pytest -q -p no:randomly tests/test_fuzz.py
 
-bench: $(STAMP) ## speed and memory benchmarks (writes BENCHMARKS.md; about 40 minutes)
+bench: $(STAMP) ## the fast path per model kind and backend against plain Keras/PyTorch (rewrites BENCHMARKS.md; about 13 minutes)
+	$(BIN)/python benchmarks/bench_kinds.py --quick
+	$(BIN)/python benchmarks/bench.py --quick
+
+bench-full: $(STAMP) ## every benchmark at full size: more rounds, streaming, scoring, serving, workers, sweep (about an hour)
 	$(BIN)/python benchmarks/bench_streaming.py
 	$(BIN)/python benchmarks/bench_kinds.py
 	$(BIN)/python benchmarks/bench_series.py
 	$(BIN)/python benchmarks/bench_workers.py
 	$(BIN)/python benchmarks/bench_score.py
 	$(BIN)/python benchmarks/bench_serve.py
+	$(BIN)/python benchmarks/bench.py --sweep
+	$(BIN)/python benchmarks/bench_kinds.py --schedules
 	$(BIN)/python benchmarks/bench.py
 
 lint: $(STAMP) ## ruff

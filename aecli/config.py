@@ -515,7 +515,7 @@ class NoiseConfig(_Section):
 SCHEDULE_KNOBS: dict[str, tuple[str, ...]] = {
     "constant": (),
     "exponential": ("decay_rate",),
-    "cosine": ("alpha",),
+    "cosine": ("alpha", "warmup_epochs"),
     "reduce_on_plateau": ("factor", "patience", "min_lr"),
 }
 
@@ -523,7 +523,13 @@ SCHEDULE_KNOBS: dict[str, tuple[str, ...]] = {
 class LRScheduleConfig(_Section):
     kind: Literal["constant", "exponential", "cosine", "reduce_on_plateau"] = "constant"
     decay_rate: float = Field(0.9, gt=0.0, le=1.0, description="exponential: factor per epoch")
-    alpha: float = Field(0.0, ge=0.0, le=1.0, description="cosine: final rate as a fraction of the first")
+    alpha: float = Field(0.0, ge=0.0, le=1.0, description="cosine: final rate as a fraction of the peak")
+    warmup_epochs: float = Field(
+        0.0,
+        ge=0.0,
+        le=1_000_000,
+        description="cosine: epochs over which the rate rises linearly from 0 to the peak (the optimizer's)",
+    )
     factor: float = Field(0.5, gt=0.0, lt=1.0, description="reduce_on_plateau: multiply the rate by this")
     patience: PositiveInt = Field(3, description="reduce_on_plateau: epochs without improvement")
     min_lr: float = Field(0.0, ge=0.0, description="reduce_on_plateau: lower bound")
@@ -595,6 +601,15 @@ class TrainingConfig(_Section):
     @classmethod
     def _section_shorthand(cls, value: Any, info: ValidationInfo) -> Any:
         return _expand_shorthand(info.field_name or "", value)
+
+    @model_validator(mode="after")
+    def _warmup_before_the_end(self) -> TrainingConfig:
+        if self.lr_schedule.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"lr_schedule.warmup_epochs ({self.lr_schedule.warmup_epochs:g}) must be fewer than epochs "
+                f"({self.epochs}): the rate would never decay"
+            )
+        return self
 
 
 class AnomalyConfig(_Section):

@@ -244,6 +244,22 @@ class FeedOptions:
     noise: NoiseSpec | None = None
     block_steps: int = 0
     augment: Augment | None = None
+    fused_validation: bool = False  # in-memory validation evaluated by execution.fused_test_function
+
+
+@dataclass(frozen=True)
+class InMemoryValidation:
+    """Validation arrays that execution.fused_test_function evaluates itself, once per epoch; fit
+    gets an endless one-element placeholder and one validation step, so that Keras keeps a single
+    iterator for the whole fit instead of making one per epoch."""
+
+    inputs: np.ndarray  # noisy for denoising: drawn once, so val_loss compares across epochs
+    targets: np.ndarray
+
+    def placeholder(self) -> Any:
+        tf = import_tensorflow()
+        one = np.zeros((1, *self.inputs.shape[1:]), np.float32)
+        return tf.data.Dataset.from_tensors((one, one)).repeat()
 
 
 @dataclass(frozen=True)
@@ -262,7 +278,11 @@ class Feeds:
             batching = {"batch_size": self.options.batch_size, "shuffle": self.options.shuffle}
             return {"x": x, "y": y, **batching, "validation_data": self.validation}
         epoch = {} if self.steps_per_epoch is None else {"steps_per_epoch": self.steps_per_epoch}
-        return {"x": self.train, "shuffle": False, "validation_data": self.validation, **epoch}
+        if isinstance(self.validation, InMemoryValidation):
+            validation = {"validation_data": self.validation.placeholder(), "validation_steps": 1}
+        else:
+            validation = {"validation_data": self.validation}
+        return {"x": self.train, "shuffle": False, **validation, **epoch}
 
 
 def fit_inputs(data: TrainingData) -> tuple[np.ndarray | Stream, np.ndarray | Stream | None]:
@@ -325,6 +345,8 @@ def _array_feeds(x_train: np.ndarray, x_val: np.ndarray | None, options: FeedOpt
         return Feeds(train_data, None, options, steps_per_epoch)
     if options.pipeline == "keras":
         return Feeds(train_data, (x_val_input, x_val), options, steps_per_epoch)
+    if options.fused_validation:
+        return Feeds(train_data, InMemoryValidation(x_val_input, x_val), options, steps_per_epoch)
     validation = reconstruction_pipeline(
         x_val_input, x_val, VALIDATION_BATCH_SIZE, False, seed, options.pipeline, options.inputs_only
     )

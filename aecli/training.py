@@ -17,17 +17,23 @@ from typing import Any, Protocol
 import keras
 import numpy as np
 
-from aecli.atomic import save_atomic
 from aecli.augment import Augment
 from aecli.backend import import_tensorflow
+from aecli.checkpoints import EpochCheckpoint
 from aecli.config import LossConfig, LRScheduleConfig, OptimizerConfig, TrainingConfig
 from aecli.distribute import Placement
 from aecli.errors import DataError, TrainingDivergedError
-from aecli.execution import ExecutionPlan, fused_train_function, plan_for_model, raise_pending_interrupt
-from aecli.feeds import Feeds, Stream, make_feeds
+from aecli.execution import (
+    ExecutionPlan,
+    fused_test_function,
+    fused_train_function,
+    plan_for_model,
+    raise_pending_interrupt,
+)
+from aecli.feeds import Feeds, InMemoryValidation, Stream, make_feeds
 from aecli.layers import MultiWorkerTrainer, VariationalAutoencoder
-from aecli.noise import noise_spec
-from aecli.runs import ResumeState, write_resume_state
+from aecli.noise import NoiseSpec, noise_spec
+from aecli.runs import ResumeState
 
 KERAS_OPTIMIZERS: dict[str, str] = {
     "gd": "SGD",
@@ -91,6 +97,15 @@ def build_learning_rate(
     if cfg.kind == "exponential":
         return keras.optimizers.schedules.ExponentialDecay(
             initial, decay_steps=steps_per_epoch, decay_rate=cfg.decay_rate
+        )
+    if cfg.kind == "cosine" and cfg.warmup_epochs:
+        warmup = max(1, round(cfg.warmup_epochs * steps_per_epoch))
+        return keras.optimizers.schedules.CosineDecay(
+            0.0,
+            decay_steps=max(1, steps_per_epoch * epochs - warmup),
+            alpha=cfg.alpha,
+            warmup_target=initial,
+            warmup_steps=warmup,
         )
     if cfg.kind == "cosine":
         return keras.optimizers.schedules.CosineDecay(initial, decay_steps=steps_per_epoch * epochs, alpha=cfg.alpha)
@@ -168,10 +183,25 @@ class _HistoryRecorder(keras.callbacks.Callback):
         row = {"epoch": epoch + 1, "loss": float(logs.get("loss", math.nan))}
         row.update({key: float(value) for key, value in logs.items() if key != "learning_rate" and key not in row})
         row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        row["seconds"] = time.perf_counter() - self._started
+        row["seconds"] = time.perf_counter() - self._started  # so far: EpochFinished adds the callbacks' time
         self.rows.append(row)
+
+    def finish_epoch(self) -> None:
+        row = self.rows[-1]
+        row["seconds"] = time.perf_counter() - self._started
         if self.reporter:
-            self.reporter.epoch_finished(epoch + 1, self.epochs, row)
+            self.reporter.epoch_finished(int(row["epoch"]), self.epochs, row)
+
+
+class _EpochFinished(keras.callbacks.Callback):
+    """The last callback of an epoch: its row's seconds cover everything the epoch cost."""
+
+    def __init__(self, recorder: _HistoryRecorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.recorder.finish_epoch()
 
 
 def fit_autoencoder(
@@ -206,28 +236,42 @@ def fit_autoencoder(
     recorder = _HistoryRecorder(training.epochs, plan.steps, reporter, plan.steps_after())
     if resume is not None:
         recorder.rows = list(resume.history)
-    callbacks = _callbacks(training, monitor, run_dir, recorder, resume)
+    callbacks = _callbacks(training, monitor, run_dir, recorder, resume, distributed=placement.workers > 1)
     noise = noise_spec(training.noise)
     feeds = make_feeds(x_train, x_val, plan.feed_options(training, noise, augment))
     if plan.fused and isinstance(x_train, np.ndarray):
-        # Keras's fit keeps the train function it finds until the next compile; trained.jit_compile
-        # is the plan's choice unless Keras found the model unfit for XLA.
-        if keras.backend.backend() == "jax":
-            from aecli import jax_fused
-
-            trained.train_function = jax_fused.fused_train_function(trained, x_train, noise, training.seed)
-        else:
-            trained.train_function = fused_train_function(
-                trained, x_train, trained.jit_compile, noise, training.seed, augmented_blocks=augment is not None
-            )
+        _install_fused_functions(trained, x_train, feeds, noise, training.seed, augment is not None)
     try:
         seconds = _fit(trained, feeds, training, callbacks, resume, streamed=not isinstance(x_train, np.ndarray))
+    except KeyboardInterrupt:  # the finished epochs still in memory go to disk, so resume starts after them
+        for callback in callbacks:
+            if isinstance(callback, EpochCheckpoint):
+                callback.flush()
+        raise
     finally:
         if plan.fused:  # it takes index blocks and holds the training data: not for later fits
-            trained.train_function = None
+            trained.train_function = trained.test_function = None
         if reporter:
             reporter.training_finished()
     return _result(recorder.rows, monitor, seconds, rows, resume, optimizer)
+
+
+def _install_fused_functions(
+    trained: keras.Model, x_train: np.ndarray, feeds: Feeds, noise: NoiseSpec | None, seed: int, augmented: bool
+) -> None:
+    """The fused train function (and on TensorFlow the fused validation pass) in place of Keras's:
+    fit keeps the functions it finds until the next compile. trained.jit_compile is the plan's
+    choice unless Keras found the model unfit for XLA."""
+    if keras.backend.backend() == "jax":
+        from aecli import jax_fused
+
+        trained.train_function = jax_fused.fused_train_function(trained, x_train, noise, seed)
+    else:
+        trained.train_function = fused_train_function(
+            trained, x_train, trained.jit_compile, noise, seed, augmented_blocks=augmented
+        )
+    if isinstance(feeds.validation, InMemoryValidation):
+        trained.test_function = fused_test_function(trained, feeds.validation, trained.jit_compile)
 
 
 def _compile(
@@ -326,8 +370,15 @@ def _result(
 
 
 def _callbacks(
-    training: TrainingConfig, monitor: str, run_dir: Path, recorder: _HistoryRecorder, resume: ResumeState | None
+    training: TrainingConfig,
+    monitor: str,
+    run_dir: Path,
+    recorder: _HistoryRecorder,
+    resume: ResumeState | None,
+    distributed: bool,
 ) -> list[keras.callbacks.Callback]:
+    """The recorder opens each epoch's row; the other callbacks see it; EpochFinished closes it last,
+    so that the epoch's seconds include their work (checkpoints) too."""
     callbacks: list[keras.callbacks.Callback] = [recorder, _StopOnNonFiniteLoss(), _ReturnFreedMemory()]
     stopping = training.early_stopping
     if stopping is not None:
@@ -342,10 +393,9 @@ def _callbacks(
     if training.checkpoint.best or training.checkpoint.last:
         folder = run_dir / "checkpoints"
         folder.mkdir(exist_ok=True)
+        keep = (training.checkpoint.best, training.checkpoint.last)
         best = None if resume is None else resume.best
-        callbacks.append(
-            _EpochCheckpoint(folder, monitor, recorder, training.checkpoint.best, training.checkpoint.last, best)
-        )
+        callbacks.append(EpochCheckpoint(folder, monitor, recorder.rows, keep, best, every_epoch=distributed))
     schedule = training.lr_schedule
     if schedule.kind == "reduce_on_plateau":
         callbacks.append(
@@ -355,30 +405,4 @@ def _callbacks(
         )
     if training.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
-    return callbacks
-
-
-class _EpochCheckpoint(keras.callbacks.Callback):
-    """checkpoints/best.keras when the monitored loss improves, checkpoints/last.keras (model and
-    optimizer state) plus state.json after every epoch. Unlike keras.callbacks.ModelCheckpoint,
-    every file is written atomically, so a kill at any moment leaves the previous complete one."""
-
-    def __init__(
-        self, folder: Path, monitor: str, recorder: _HistoryRecorder, best: bool, last: bool, initial_best: float | None
-    ) -> None:
-        super().__init__()
-        self.folder, self.monitor, self.recorder = folder, monitor, recorder
-        self.save_best, self.save_last = best, last
-        self.best = math.inf if initial_best is None else initial_best
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        value = float((logs or {}).get(self.monitor, math.nan))
-        if not math.isfinite(value):
-            return  # a diverged epoch never replaces a good checkpoint
-        if self.save_best and value < self.best:
-            self.best = value
-            save_atomic(self.folder / "best.keras", self.model.save)
-        if self.save_last:
-            save_atomic(self.folder / "last.keras", self.model.save)
-            best = self.best if math.isfinite(self.best) else None  # none yet when best checkpoints are off
-            write_resume_state(self.folder, ResumeState(epoch + 1, self.recorder.rows, best), self.monitor)
+    return [*callbacks, _EpochFinished(recorder)]

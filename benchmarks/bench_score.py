@@ -1,4 +1,4 @@
-"""`make bench`, scoring: `aecli score` on a CSV of 100 MB and of 1 GB, peak memory and rows/s.
+"""`make bench-full`, scoring: `aecli score` on a CSV of 100 MB and of 1 GB, peak memory and rows/s.
 
 A small dense run is trained on scikit-learn's digits written as a CSV (64 pixel columns, a
 header); the inputs to score are those 1,797 rows repeated to about 100 MB and about 1 GB. Each
@@ -112,7 +112,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "## Scoring new data (`aecli score`)",
         "",
         f"Command: `python benchmarks/bench_score.py --big-gb {args.big_gb:g} --small-mb {args.small_mb:g}` (part "
-        "of `make bench`). A dense 64-32-8 run trained on scikit-learn's digits written as a CSV; the inputs are "
+        "of `make bench-full`). A dense 64-32-8 run trained on scikit-learn's digits written as a CSV; the inputs are "
         "those 1,797 rows repeated. Each `aecli score RUN FILE` in a fresh process, output to /dev/null (the "
         "CSV rows are still formatted and written); peak RSS of that process.",
         "",

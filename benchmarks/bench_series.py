@@ -1,4 +1,4 @@
-"""`make bench`, time series: the Conv1D autoencoder of configs/nab_conv1d.yaml (the Keras example
+"""`make bench-full`, time series: the Conv1D autoencoder of configs/nab_conv1d.yaml (the Keras example
 "Timeseries anomaly detection using an Autoencoder") against Keras's plain `fit`/`predict` on the
 same windows, and what it finds in the jump series.
 
@@ -173,7 +173,7 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
             "## Time series: the Conv1D autoencoder on NAB windows",
             "",
             f"Command: `python benchmarks/bench_series.py --epochs {args.epochs} --rounds {args.rounds}` (part of "
-            f"`make bench`). Data: `configs/nab_conv1d.yaml` (windows of 288 steps of "
+            f"`make bench-full`). Data: `configs/nab_conv1d.yaml` (windows of 288 steps of "
             "../shared/data/nab-example/art_daily_small_noise.csv; "
             f"{windows:,} training windows, stride 1), batch 128, Adam, MSE. Training: steady windows/s per epoch "
             "(validation included), each side in a fresh process, alternating; plain = the same model and initial "

@@ -1,4 +1,4 @@
-"""`make bench`, serving: `aecli serve` under a bounded load, with and without request batching.
+"""`make bench-full`, serving: `aecli serve` under a bounded load, with and without request batching.
 
 A small dense run is trained on scikit-learn's digits written as a CSV (the run bench_score.py
 trains). The service runs in its own process on localhost; 32 clients (4 processes x 8 threads,
@@ -145,7 +145,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "## Serving (`aecli serve`)",
         "",
         f"Command: `python benchmarks/bench_serve.py --seconds {args.seconds:g} --clients {args.clients}` (part of "
-        "`make bench`). The dense run bench_score.py trains, served on localhost; "
+        "`make bench-full`). The dense run bench_score.py trains, served on localhost; "
         f"{args.clients} clients ({PROCESSES} processes, keep-alive connections) POST /score with one digits row "
         f"each, back to back, for {args.seconds:g} s, on the same 2 cores as the service. Memory: the service's "
         "resident set after a warm-up and at the end.",

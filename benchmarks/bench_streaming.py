@@ -1,4 +1,4 @@
-"""`make bench`, part 1: peak memory of training on shard folders of 100 MB and 4 GB.
+"""`make bench-full`, part 1: peak memory of training on shard folders of 100 MB and 4 GB.
 
 Data: float32 MNIST rows (the real test images from ../shared/data/mnist, scaled to [0, 1] and
 tiled; synthetic MNIST-shaped rows when that folder is absent), written as plain .npy shard
@@ -124,7 +124,7 @@ def render(r: dict[str, Any], args: argparse.Namespace) -> str:
         "## Data larger than memory (streamed shard folders)",
         "",
         f"Command: `python benchmarks/bench_streaming.py --big-gb {args.big_gb:g} --small-mb {args.small_mb:g}` "
-        f"(part of `make bench`). Data: float32 rows of {r['data']}, tiled; one epoch of the reference model "
+        f"(part of `make bench-full`). Data: float32 rows of {r['data']}, tiled; one epoch of the reference model "
         "(batch 256) in a fresh `aecli train` process, report included; peak RSS of that process.",
         "",
         "| data | training rows | peak RSS | epoch | samples/s | test MSE |",

@@ -1,4 +1,4 @@
-"""`make bench`, scaling out: what each worker of a local multi-worker cluster reads.
+"""`make bench-full`, scaling out: what each worker of a local multi-worker cluster reads.
 
 One shard folder (the MNIST test images from ../shared/data/mnist, or synthetic MNIST-shaped
 rows when that folder is absent, written by `aecli prepare --shards 8`), the reference config
@@ -150,7 +150,7 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         "## Scaling out: what each worker reads",
         "",
-        f"Command: `python benchmarks/bench_workers.py --epochs {args.epochs}` (part of `make bench`). Data: "
+        f"Command: `python benchmarks/bench_workers.py --epochs {args.epochs}` (part of `make bench-full`). Data: "
         + ("the MNIST test images (../shared/data/mnist)" if "mnist" in results["data"] else "synthetic MNIST rows")
         + f" written by `aecli prepare --format npy --shards 8` ({split['train']:,} training, "
         f"{split['validation']:,} validation and {split['test']:,} test rows), `configs/mnist.yaml` (batch 128), "

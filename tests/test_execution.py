@@ -93,3 +93,28 @@ def test_augmented_blocks_are_cut_to_a_bounded_size() -> None:
     large = plan(batch_size=128, steps_per_execution=64, rows=10_000, augmented_sample_bytes=128 * 128 * 3 * 4)
     assert large.fused and large.block_steps == max(1, AUGMENTED_BLOCK_BYTES // (128 * 128 * 128 * 3 * 4)) == 1
     assert plan(batch_size=128, steps_per_execution=64, rows=10_000).block_steps == 64  # no augmentation: indices
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_the_fused_validation_pass_gives_kerass_evaluate_loss(jit: bool) -> None:
+    import keras
+    import numpy as np
+
+    from aecli.execution import fused_test_function
+    from aecli.feeds import VALIDATION_BATCH_SIZE, InMemoryValidation
+
+    rng = np.random.default_rng(0)
+    rows = 2 * VALIDATION_BATCH_SIZE + 452  # two full batches and a shorter last one
+    targets = rng.random((rows, 12), dtype=np.float32)
+    inputs = (targets + rng.normal(0, 0.3, targets.shape)).astype(np.float32)  # noisy, as for denoising
+    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(4, "relu"), keras.layers.Dense(12)])
+    model.compile("adam", "mse", jit_compile=jit)
+    expected = model.evaluate(inputs, targets, batch_size=VALIDATION_BATCH_SIZE, verbose=0, return_dict=True)
+    model.reset_metrics()
+    logs = fused_test_function(model, InMemoryValidation(inputs, targets), jit)(iter(()))
+    assert float(logs["loss"]) == pytest.approx(expected["loss"], rel=1e-6)
+    model.reset_metrics()
+    short = InMemoryValidation(inputs[:300], targets[:300])  # shorter than one batch: the last call alone
+    assert float(fused_test_function(model, short, jit)(iter(()))["loss"]) == pytest.approx(
+        model.evaluate(inputs[:300], targets[:300], verbose=0), rel=1e-6
+    )

@@ -153,7 +153,12 @@ def test_denoising_in_fused_blocks_follows_kerass_loop(digits: tuple, tmp_path: 
 
 @pytest.mark.parametrize(
     "schedule",
-    [{"kind": "exponential", "decay_rate": 0.5}, {"kind": "cosine"}, {"kind": "reduce_on_plateau", "patience": 1}],
+    [
+        {"kind": "exponential", "decay_rate": 0.5},
+        {"kind": "cosine"},
+        {"kind": "cosine", "warmup_epochs": 2},
+        {"kind": "reduce_on_plateau", "patience": 1},
+    ],
 )
 def test_learning_rate_schedules(schedule: dict, digits: tuple, tmp_path: Path) -> None:
     _, history = train(
@@ -162,8 +167,12 @@ def test_learning_rate_schedules(schedule: dict, digits: tuple, tmp_path: Path) 
     rates = [row["learning_rate"] for row in history]
     if schedule["kind"] == "exponential":
         assert rates[1] == pytest.approx(rates[0] * 0.5, rel=0.05)
-    if schedule["kind"] == "cosine":
+    if schedule == {"kind": "cosine"}:
         assert rates[-1] < rates[0]
+    if "warmup_epochs" in schedule:  # rises to the optimizer's rate over two epochs, then decays
+        peak = BASE["optimizer"]["learning_rate"]
+        assert rates[0] == pytest.approx(peak / 2, rel=0.1) and rates[1] == pytest.approx(peak, rel=0.01)
+        assert rates[1] > rates[2] > rates[-1]
 
 
 def test_vae_round_trip_after_import_aecli(digits: tuple, tmp_path: Path) -> None:
@@ -237,6 +246,10 @@ def test_conv_model_loads_in_plain_keras(digits: tuple, tmp_path: Path) -> None:
         (
             {"training": {"lr_schedule": {"kind": "cosine", "factor": 0.5}}},
             r"training\.lr_schedule\.factor: does not apply to schedule 'cosine'",
+        ),
+        (
+            {"training": {"epochs": 3, "lr_schedule": {"kind": "cosine", "warmup_epochs": 3}}},
+            r"lr_schedule\.warmup_epochs \(3\) must be fewer than epochs \(3\)",
         ),
     ],
 )

@@ -495,7 +495,11 @@ class EarlyStoppingConfig(_Section):
 
 class CheckpointConfig(_Section):
     best: bool = Field(True, description="keep checkpoints/best.keras (lowest monitored loss)")
-    last: bool = Field(True, description="keep checkpoints/last.keras (end of the latest epoch)")
+    last: bool = Field(
+        True,
+        description="keep checkpoints/last.keras (the latest finished epoch; written at most every 20x a write's "
+        "duration, and always at the end of training or on Ctrl-C)",
+    )
 
 
 class NoiseConfig(_Section):

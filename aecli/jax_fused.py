@@ -1,4 +1,4 @@
-"""The fused training block on JAX (execution.fused_train_function is TensorFlow's).
+"""The fused training block and validation pass on JAX (execution.py holds TensorFlow's).
 
 Keras's multi-step loop on JAX calls a jitted step from Python for every step and copies every
 batch from the host. Here one jitted program runs a block of steps (`feeds.step_blocks`' index
@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from aecli.execution import CallPace
+from aecli.feeds import VALIDATION_BATCH_SIZE, InMemoryValidation
 from aecli.interrupts import pending_interrupt
 from aecli.noise import NoiseSpec
 
@@ -66,6 +67,41 @@ def fused_train_function(model: Any, x: np.ndarray, noise: NoiseSpec | None = No
             start = stop
 
     return train_function
+
+
+def fused_test_function(model: Any, validation: InMemoryValidation) -> Callable:
+    """Keras's JAX test function `(state, iterator) -> (logs, state)` over the in-memory validation
+    rows, ignoring the placeholder iterator (see feeds.InMemoryValidation): one jitted loop of the
+    model's own stateless `test_step` over batches of VALIDATION_BATCH_SIZE rows, then one call for
+    the shorter last batch."""
+    inputs, targets = jnp.asarray(validation.inputs), jnp.asarray(validation.targets)
+    size = VALIDATION_BATCH_SIZE
+    full, rest = divmod(len(validation.inputs), size)
+
+    def batch(i: Any) -> tuple[Any, Any]:
+        return (
+            jax.lax.dynamic_slice_in_dim(inputs, i * size, size),
+            jax.lax.dynamic_slice_in_dim(targets, i * size, size),
+        )
+
+    @jax.jit
+    def full_batches(state: Any) -> Any:
+        first = model.test_step(state, batch(0))  # (outside the loop: it gives the logs their structure)
+        return jax.lax.fori_loop(1, full, lambda i, carry: model.test_step(carry[1], batch(i)), first)
+
+    @jax.jit
+    def last_batch(state: Any) -> Any:
+        return model.test_step(state, (inputs[full * size :], targets[full * size :]))
+
+    def test_function(state: Any, iterator: Any) -> tuple[Any, Any]:
+        logs: Any = None
+        if full:
+            logs, state = full_batches(state)
+        if rest:
+            logs, state = last_batch(state)
+        return logs, state
+
+    return test_function
 
 
 def _corrupt(x: Any, noise: NoiseSpec, key: Any) -> Any:

@@ -259,19 +259,22 @@ def fit_autoencoder(
 def _install_fused_functions(
     trained: keras.Model, x_train: np.ndarray, feeds: Feeds, noise: NoiseSpec | None, seed: int, augmented: bool
 ) -> None:
-    """The fused train function (and on TensorFlow the fused validation pass) in place of Keras's:
+    """The fused train function and validation pass in place of Keras's:
     fit keeps the functions it finds until the next compile. trained.jit_compile is the plan's
     choice unless Keras found the model unfit for XLA."""
+    validation = feeds.validation if isinstance(feeds.validation, InMemoryValidation) else None
     if keras.backend.backend() == "jax":
         from aecli import jax_fused
 
         trained.train_function = jax_fused.fused_train_function(trained, x_train, noise, seed)
-    else:
-        trained.train_function = fused_train_function(
-            trained, x_train, trained.jit_compile, noise, seed, augmented_blocks=augmented
-        )
-    if isinstance(feeds.validation, InMemoryValidation):
-        trained.test_function = fused_test_function(trained, feeds.validation, trained.jit_compile)
+        if validation is not None:
+            trained.test_function = jax_fused.fused_test_function(trained, validation)
+        return
+    trained.train_function = fused_train_function(
+        trained, x_train, trained.jit_compile, noise, seed, augmented_blocks=augmented
+    )
+    if validation is not None:
+        trained.test_function = fused_test_function(trained, validation, trained.jit_compile)
 
 
 def _compile(

@@ -212,3 +212,28 @@ def test_torch_is_refused_once_tensorflow_is_loaded(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
     with pytest.raises(ConfigError, match="TensorFlow is already loaded in this process"):
         select_backend("torch")
+
+
+@needs("jax")
+def test_jax_fused_validation_pass_gives_kerass_evaluate_loss() -> None:
+    script = """
+import numpy as np, keras
+from aecli.feeds import VALIDATION_BATCH_SIZE, InMemoryValidation
+from aecli.jax_fused import fused_test_function
+rng = np.random.default_rng(0)
+targets = rng.random((2 * VALIDATION_BATCH_SIZE + 452, 12), dtype=np.float32)  # two full batches and a short one
+inputs = (targets + rng.normal(0, 0.3, targets.shape)).astype(np.float32)
+model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(4, "relu"), keras.layers.Dense(12)])
+model.compile("adam", "mse")
+expected = model.evaluate(inputs, targets, batch_size=VALIDATION_BATCH_SIZE, verbose=0)
+model.reset_metrics()
+state = tuple([v.value for v in group] for group in
+              (model.trainable_variables, model.non_trainable_variables, model.metrics_variables))
+logs, _ = fused_test_function(model, InMemoryValidation(inputs, targets))(state, None)
+print(expected, float(logs["loss"]))
+"""
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    expected, fused = map(float, out.stdout.split()[-2:])
+    assert fused == pytest.approx(expected, rel=1e-5)

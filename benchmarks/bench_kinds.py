@@ -384,6 +384,7 @@ def main() -> None:
     parser.add_argument(
         "--schedules", action="store_true", help="only warm-up + cosine against constant (schedules.md)"
     )
+    parser.add_argument("--backend", help="only the rows of this backend (with --only: updates the saved table)")
     parser.add_argument("--only", nargs="*", help="config file names (default: all shipped configs)")
     parser.add_argument("--no-ops", action="store_true", help="skip the per-op XLA table")
     parser.add_argument("--ops-only", action="store_true", help="only the per-op XLA table (ops.md)")
@@ -413,9 +414,13 @@ def main() -> None:
         if args.ops_only:
             print(render_ops(ops))
             return
-    results: dict[str, Any] = {}
+    saved = args.out / "kinds.json"
+    # --only re-measures some rows of the saved table and keeps the others
+    results: dict[str, Any] = json.loads(saved.read_text()) if args.only and saved.exists() else {}
     for case in cases(args.only, args.quick):
-        row = results[case.name] = measure_case(case, args)
+        if args.backend and case.backend != args.backend:
+            continue
+        row = results[case.name] = {**measure_case(case, args), "separately": bool(args.only)}
         print(f"{case.name}: plain {row['plain']:.3f} s/epoch, aecli {row['aecli']:.3f} s/epoch", flush=True)
     (args.out / "kinds.json").write_text(json.dumps(results, indent=2))
     (args.out / "kinds.md").write_text(render_kinds(results, args))
@@ -495,8 +500,9 @@ def render_kinds(results: dict[str, Any], args: argparse.Namespace) -> str:
     for name, row in results.items():
         config = name.split(" ")[0]
         floor = f"{row['floor']:.3f}" if "floor" in row else ""
+        mark = "*" if row.get("separately") and any(not r.get("separately") for r in results.values()) else ""
         lines.append(
-            f"| `{config}` | {row['backend']} | {described[config]} | {row['plain']:.3f} | {row['aecli']:.3f} | "
+            f"| `{config}`{mark} | {row['backend']} | {described[config]} | {row['plain']:.3f} | {row['aecli']:.3f} | "
             f"{row['plain'] / row['aecli']:.2f}x | {row['loss']['plain']:.4f} / {row['loss']['aecli']:.4f} | "
             f"{floor} | {verdict(row)} | {'on' if row['jit_compile']['enabled'] else 'off'} |"
         )
@@ -524,6 +530,13 @@ def _extra_work_notes(results: dict[str, Any]) -> list[str]:
                 f"- `{name}`: {said} runs {row[f'aecli_{key}']:.3f} s/epoch (loss {row['loss'][f'aecli_{key}']:.4f}), "
                 f"so {what} costs {cost:+.0%} (target: within {target:.0%})."
             )
+    if any(row.get("separately") for row in results.values()) and not all(
+        row.get("separately") for row in results.values()
+    ):
+        lines.append(
+            "- Rows marked * were re-measured on their own (`--only`), at another time: this host's speed drifts "
+            "(up to about 2x over a day), so compare their ratios, not their seconds, with the other rows."
+        )
     backends = [row for row in results.values() if row["backend"] != "tensorflow"]
     if backends:
         lines.append(

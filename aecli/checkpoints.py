@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 from aecli.atomic import atomic_path, save_atomic
+from aecli.interrupts import deferred_interrupts
 from aecli.runs import ResumeState, write_resume_state
 
 SPACING = 20
@@ -100,7 +101,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         final = epoch + 1 >= self.params.get("epochs", 0)
         if self.every_epoch or final or time.perf_counter() >= self.due:
             started = time.perf_counter()
-            self._write_live(epoch + 1, improved)
+            with deferred_interrupts():
+                self._write_live(epoch + 1, improved)
             self.due = time.perf_counter() + SPACING * (time.perf_counter() - started)
             return
         snapshot = Snapshot.take(self.model, epoch + 1, self.history)
@@ -112,10 +114,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def flush(self) -> None:
         """Write the epochs kept in memory (training ended, stopped early or was interrupted)."""
-        if self.pending_last is not None:
-            pending, self.pending_last = self.pending_last, None
-            pending.save(self.model, lambda: self._write_last(pending.epoch, pending.history))
-        self._write_pending_best()
+        with deferred_interrupts():
+            if self.pending_last is not None:
+                pending, self.pending_last = self.pending_last, None
+                pending.save(self.model, lambda: self._write_last(pending.epoch, pending.history))
+            self._write_pending_best()
 
     def _write_pending_best(self) -> None:
         if self.pending_best is not None:

@@ -18,6 +18,7 @@ class Terminated(KeyboardInterrupt):
 
 
 _pending: type[KeyboardInterrupt] | None = None
+_deferring = 0  # > 0 inside deferred_interrupts(): the handlers only leave the flag
 
 
 def pending_interrupt() -> type[KeyboardInterrupt] | None:
@@ -28,13 +29,30 @@ def pending_interrupt() -> type[KeyboardInterrupt] | None:
 def _on_sigint(signum: int, frame: Any) -> None:
     global _pending
     _pending = KeyboardInterrupt
-    raise KeyboardInterrupt
+    if not _deferring:
+        raise KeyboardInterrupt
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     global _pending
     _pending = Terminated
-    raise Terminated
+    if not _deferring:
+        raise Terminated
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block is done, then raise: for work that must not stop
+    half way, such as writing a checkpoint (Keras's saver, h5py and zipfile mid-write)."""
+    global _deferring
+    before = _pending
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    if not _deferring and before is None and _pending is not None:
+        raise _pending
 
 
 @contextmanager

@@ -207,3 +207,18 @@ def test_sigterm_stops_a_slow_conv_run_within_seconds(tmp_path: Path) -> None:
     assert process.returncode == 143, stderr
     assert time.monotonic() - sent < 8  # (the whole block: over 9 s alone, twice that beside another test worker)
     assert json.loads((only_run(tmp_path) / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_an_interrupt_during_a_checkpoint_write_waits_for_the_write() -> None:
+    from aecli.interrupts import deferred_interrupts, interrupts_as_exceptions
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    finished = []
+    try:
+        with interrupts_as_exceptions(), pytest.raises(KeyboardInterrupt), deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the handler has run by now: it only left the flag
+            finished.append(True)
+        assert finished == [True]
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -105,8 +105,6 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 self._write_live(epoch + 1, improved)
             self.due = time.perf_counter() + SPACING * (time.perf_counter() - started)
             return
-        if not (self.save_last or improved):
-            return  # nothing of this epoch is kept
         snapshot = Snapshot.take(self.model, epoch + 1, self.history)
         self.pending_last = snapshot if self.save_last else None
         self.pending_best = snapshot if improved else self.pending_best

@@ -73,6 +73,7 @@ class ExecutionPlan:
             None if self.inputs_only else noise,  # the multi-worker trainer corrupts its own inputs
             self.block_steps,
             augment,
+            fused_validation=self.fused and not self.inputs_only and keras.backend.backend() != "torch",
         )
 
     def steps_after(self) -> Any:

@@ -234,8 +234,7 @@ class NoisyBatches(keras.utils.PyDataset):
 @dataclass(frozen=True)
 class FeedOptions:
     """How training batches are drawn; `block_steps` > 0 means index blocks for the fused train
-    function and in-memory validation for the fused validation pass (see execution.py), and
-    `inputs_only` leaves the targets out (layers.MultiWorkerTrainer)."""
+    function (see execution.py), and `inputs_only` leaves the targets out (layers.MultiWorkerTrainer)."""
 
     batch_size: int
     shuffle: bool
@@ -245,6 +244,7 @@ class FeedOptions:
     noise: NoiseSpec | None = None
     block_steps: int = 0
     augment: Augment | None = None
+    fused_validation: bool = False  # in-memory validation evaluated by execution.fused_test_function
 
 
 @dataclass(frozen=True)
@@ -345,7 +345,7 @@ def _array_feeds(x_train: np.ndarray, x_val: np.ndarray | None, options: FeedOpt
         return Feeds(train_data, None, options, steps_per_epoch)
     if options.pipeline == "keras":
         return Feeds(train_data, (x_val_input, x_val), options, steps_per_epoch)
-    if options.block_steps:  # fused blocks: the validation pass is fused too (execution.fused_test_function)
+    if options.fused_validation:
         return Feeds(train_data, InMemoryValidation(x_val_input, x_val), options, steps_per_epoch)
     validation = reconstruction_pipeline(
         x_val_input, x_val, VALIDATION_BATCH_SIZE, False, seed, options.pipeline, options.inputs_only

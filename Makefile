@@ -49,6 +49,7 @@ fuzz: $(STAMP) ## the property-based tests with a long budget (make fuzz EXAMPLE
 
 bench: $(STAMP) ## the fast path per model kind and backend against plain Keras/PyTorch (rewrites BENCHMARKS.md; about 9 minutes)
 	$(BIN)/python benchmarks/bench_kinds.py --quick
+	$(BIN)/python benchmarks/bench_text.py --quick
 	$(BIN)/python benchmarks/bench.py --quick
 
 bench-full: $(STAMP) ## every benchmark at full size: more rounds, streaming, scoring, serving, workers, sweeps (about 40 minutes)
@@ -60,6 +61,7 @@ bench-full: $(STAMP) ## every benchmark at full size: more rounds, streaming, sc
 	$(BIN)/python benchmarks/bench_serve.py
 	$(BIN)/python benchmarks/bench.py --sweep
 	$(BIN)/python benchmarks/bench_kinds.py --schedules
+	$(BIN)/python benchmarks/bench_text.py
 	$(BIN)/python benchmarks/bench.py
 
 lint: $(STAMP) ## ruff

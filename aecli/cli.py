@@ -46,6 +46,14 @@ ForceOption = Annotated[
     ),
 ]
 RunArgument = Annotated[Path, typer.Argument(help="A completed run directory.", show_default=False)]
+PairsOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Text runs: sentence pairs with gold similarity scores (.tsv/.csv/.jsonl, STS layout): Spearman and "
+        "Pearson of the embeddings' cosine, beside TF-IDF and LSA."
+    ),
+]
+PairColumnsOption = Annotated[str, typer.Option(help="--pairs: the two text columns and the score column.")]
 ScoreOption = Annotated[str | None, typer.Option("--score", help="mse, mae or bce (default: the run's anomaly score).")]
 InsteadThresholdOption = Annotated[
     str | None,
@@ -258,7 +266,8 @@ def _print_training_summary(console: Console, metrics: dict[str, Any]) -> None:
     table.add_column("value", justify="right")
     for key, value in metrics["reconstruction"].items():
         table.add_row(key, f"{value:.5g}")
-    table.add_row("p95 error (mse)", f"{metrics['error_quantiles']['p95']:.5g}")
+    measure = "xent" if "xent" in metrics["reconstruction"] else "mse"
+    table.add_row(f"p95 error ({measure})", f"{metrics['error_quantiles']['p95']:.5g}")
     table.add_row("samples", str(metrics["n_samples"]))
     table.add_row("epochs run (best)", f"{training['epochs_run']} ({training['best_epoch']})")
     table.add_row("parameters", f"{training['parameters']:,}")
@@ -342,6 +351,8 @@ def evaluate(
     anomaly_windows: AnomalyWindowsOption = None,
     points: PointsOption = None,
     tsne: Annotated[bool, typer.Option("--tsne", help="Project the latent space with t-SNE instead of PCA.")] = False,
+    pairs: PairsOption = None,
+    pair_columns: PairColumnsOption = "sentence1,sentence2,score",
     force: ForceOption = False,
     backend: BackendOption = None,
 ) -> None:
@@ -362,12 +373,63 @@ def evaluate(
         tsne=tsne,
         backend=backend,
         force=force,
+        pairs=pairs,
+        pair_columns=_pair_columns(pair_columns),
     )
     outcome = _interruptible(lambda: evaluate_run(request), "interrupted: no evaluation folder written")
     console = _console()
     _print_evaluation_summary(console, outcome.metrics)
     console.print(f"report: {outcome.report_html} (plots and metrics.json beside it)", soft_wrap=True)
     typer.echo(str(outcome.out_dir))
+
+
+def _print_text_reconstruction(console: Console, rows: list[dict[str, Any]], shown: int = 20) -> None:
+    """Input, its noised version and the decoding side by side (or a bag's likeliest words)."""
+    table = Table(
+        title=f"{len(rows)} text(s) reconstructed" + (f", the first {shown} shown" if len(rows) > shown else "")
+    )
+    columns = [name for name in ("input", "noised", "decoded", "top_words") if name in rows[0]]
+    if "noised" in columns and not any(row["noised"] for row in rows):
+        columns.remove("noised")
+    for name in columns:
+        table.add_column(name, overflow="fold")
+    table.add_column("accuracy" if "decoded" in columns else "word recall", justify="right")
+    for row in rows[:shown]:
+        table.add_row(*(str(row[name]) for name in columns), f"{row['accuracy']:.2f}")
+    console.print(table)
+
+
+def _print_text_summary(console: Console, metrics: dict[str, Any]) -> None:
+    """Reconstruction, then one row per method (the autoencoder, TF-IDF, LSA) for each measure."""
+    table = Table(title=f"evaluation on {metrics['data']} ({metrics['n_samples']} texts)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics["reconstruction"].items():
+        table.add_row(key, f"{value:.5g}")
+    console.print(table)
+    sections = {
+        "latent": ("embeddings against labels", ("kmeans_nmi", "kmeans_ari", "knn_accuracy")),
+        "pairs": ("sentence pairs: cosine against gold", ("spearman", "pearson")),
+        "anomaly": ("anomaly detection", ("auroc", "auprc")),
+    }
+    for key, (title, columns) in sections.items():
+        methods = {name: row for name, row in metrics.get(key, {}).items() if isinstance(row, dict)}
+        if not methods:
+            continue
+        table = Table(title=title)
+        table.add_column("method")
+        for column in columns:
+            table.add_column(column, justify="right")
+        for name, row in methods.items():
+            table.add_row(name, *("n/a" if row.get(c) is None else f"{row[c]:.4f}" for c in columns))
+        console.print(table)
+
+
+def _pair_columns(text: str) -> tuple[str, str, str]:
+    names = [name.strip() for name in text.split(",")]
+    if len(names) != 3 or not all(names):
+        raise ConfigError(f"--pair-columns {text!r}: expected three column names: TEXT1,TEXT2,SCORE")
+    return names[0], names[1], names[2]
 
 
 @app.command()
@@ -481,6 +543,9 @@ def score(
 
 
 def _print_evaluation_summary(console: Console, metrics: dict[str, Any]) -> None:
+    if metrics.get("modality") == "text":
+        _print_text_summary(console, metrics)
+        return
     table = Table(title=f"evaluation on {metrics['data']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -529,6 +594,10 @@ def reconstruct(
         typer.Argument(help="Image files (PNG/JPG...) or data files (IDX, .npz, .npy, .csv).", show_default=False),
     ] = None,
     indices: Annotated[str | None, typer.Option(help="Indices of the run's test split, e.g. 0,5,9.")] = None,
+    text: Annotated[
+        list[str] | None,
+        typer.Option("--text", help="Text runs: a text to reconstruct (repeatable; INPUT may be text files too)."),
+    ] = None,
     time_range: Annotated[
         str | None,
         typer.Option(
@@ -569,6 +638,7 @@ def reconstruct(
         backend=backend,
         data_overrides=overrides or [],
         force=force,
+        texts=text or [],
     )
     outcome = _interruptible(lambda: reconstruct_inputs(request), "interrupted: no reconstruction folder written")
     for note in outcome.notes:
@@ -578,6 +648,10 @@ def reconstruct(
 
 
 def _print_reconstruction(console: Console, outcome: Any) -> None:
+    if outcome.texts is not None:
+        _print_text_reconstruction(console, outcome.texts)
+        console.print(f"table: {outcome.out_dir / 'reconstructions.csv'}", soft_wrap=True)
+        return
     if outcome.steps is not None:  # a stretch of a series
         console.print(
             f"reconstructed {outcome.steps} steps from {outcome.n_inputs} windows: mean mse {outcome.mean_mse:.5g}"
@@ -619,7 +693,11 @@ def embed(
     from aecli.commands.embed import EmbedRequest
     from aecli.commands.embed import embed as embed_input
 
-    request = EmbedRequest(run_dir, input, out, overrides or [], batch_size, backend)
+    def progress(rows: int) -> None:
+        if rows // batch_size % 25 == 0:  # every 25 chunks: a long input shows it is moving
+            typer.echo(f"  {rows:,} texts encoded", err=True)
+
+    request = EmbedRequest(run_dir, input, out, overrides or [], batch_size, backend, progress)
     outcome = _interruptible(lambda: embed_input(request), "interrupted: no embeddings written")
     _console().print(f"encoded {outcome.rows:,} sample(s) into {outcome.dimensions} dimensions", soft_wrap=True)
     typer.echo(str(outcome.out))

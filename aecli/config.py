@@ -36,9 +36,13 @@ from aecli.thresholds import parse_threshold
 Activation = Literal[
     "relu", "elu", "selu", "gelu", "silu", "swish", "leaky_relu", "tanh", "sigmoid", "softplus", "linear"
 ]
-OutputActivation = Literal["sigmoid", "linear", "tanh", "relu", "softplus"]
+OutputActivation = Literal["sigmoid", "linear", "tanh", "relu", "softplus", "softmax"]
 OptimizerName = Literal["gd", "sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "nadam"]
-LossName = Literal["mse", "bce", "mae", "huber"]
+LossName = Literal["mse", "bce", "mae", "huber", "xent"]
+# Model kinds for text (data.text): bags of words and token sequences.
+TEXT_KINDS = ("bow", "sequence")
+# Noise kinds that corrupt token sequences (TSDAE-style denoising) rather than values.
+WORD_NOISES = ("word_deletion", "word_mask", "word_swap")
 
 # The knobs each optimizer understands, with the value used when the YAML leaves one out
 # (Keras's own defaults, except `momentum`, which would make the momentum optimizers plain SGD).
@@ -219,6 +223,42 @@ class SequencesConfig(_Section):
     )
 
 
+class TextConfig(_Section):
+    """Texts turned into model inputs by Keras's TextVectorization, adapted on the training split
+    only and saved with the run (vocabulary.tsv)."""
+
+    max_tokens: int = Field(
+        10_000, ge=3, le=1_000_000, description="vocabulary size, the out-of-vocabulary token (and padding) included"
+    )
+    standardize: Literal["lower_and_strip_punctuation", "lower", "strip_punctuation", "none"] = Field(
+        "lower_and_strip_punctuation", description="how texts are normalised before splitting on whitespace"
+    )
+    ngrams: int = Field(1, ge=1, le=3, description="bags of words: also count word n-grams up to this length")
+    output: Literal["tf_idf", "count", "multi_hot", "tokens"] = Field(
+        "tf_idf",
+        description="tf_idf, count or multi_hot vectors (model.kind bow, dense, vae) or token ids (model.kind "
+        "sequence, the default for it)",
+    )
+    sequence_length: int = Field(
+        32, ge=2, le=4096, description="tokens: texts are cut to this many tokens (documented truncation) or padded"
+    )
+    vocabulary: Path | None = Field(
+        None,
+        description="a saved vocabulary (a run's vocabulary.tsv) to use instead of adapting one: how a trained "
+        "run reads new texts",
+    )
+
+    def _inapplicable(self) -> dict[str, str]:
+        if self.output == "tokens":
+            return {"ngrams": "applies to bag-of-words outputs (tf_idf, count, multi_hot), not tokens"}
+        return {"sequence_length": f"applies to output tokens only, not {self.output!r}"}
+
+    @field_validator("vocabulary")
+    @classmethod
+    def _absolute_vocabulary(cls, path: Path | None) -> Path | None:
+        return None if path is None else _absolute_if_present(path)
+
+
 # Scalings whose output is not in [0, 1]: the default output activation is then linear.
 UNBOUNDED_SCALINGS = ("none", "zscore", "zscore_global")
 
@@ -230,7 +270,19 @@ class DataConfig(_Section):
         "IDX file or folder, .npz, .npy or .csv file",
     )
     labels_path: Path | None = Field(None, description="labels for an IDX/.npy source (IDX or .npy)")
-    label_column: str | int | None = Field(None, description="CSV column (name or index) holding the labels")
+    label_column: str | int | None = Field(
+        None, description="CSV/TSV column (name or index) or JSON Lines key holding the labels"
+    )
+    text_column: str | int | list[str | int] | None = Field(
+        None,
+        description="text sources: the CSV/TSV column (name or index) or JSON Lines key holding the texts; a list "
+        "reads each listed column as texts of their own (both sentences of a pair)",
+    )
+    text: TextConfig | None = Field(
+        None,
+        description="data.source holds texts (.txt: one per line; .csv, .tsv, .jsonl with text_column): how they "
+        "are vectorized; `true` = defaults",
+    )
     id_column: str | int | None = Field(
         None, description="CSV column (name or index) holding each row's id, carried into per-sample outputs"
     )
@@ -258,7 +310,7 @@ class DataConfig(_Section):
         description="random translation, rotation, zoom, flip and contrast of the training images (off by default)",
     )
 
-    @field_validator("series", "sequences", mode="before")
+    @field_validator("series", "sequences", "text", mode="before")
     @classmethod
     def _layout_switch(cls, value: Any) -> Any:
         return _expand_switch(value)
@@ -270,6 +322,10 @@ class DataConfig(_Section):
 
     def _inapplicable(self) -> dict[str, str]:
         return {} if self.series is not None else {"window": "applies to a series source (data.series) only"}
+
+    @property
+    def is_text(self) -> bool:
+        return self.text is not None
 
     @field_validator("classes", mode="before")
     @classmethod
@@ -299,6 +355,12 @@ class DataConfig(_Section):
             )
         if self.series is not None and self.sequences is not None:
             raise ValueError("series: a source is either a series (data.series) or sequences (data.sequences)")
+        if self.text is not None and self.is_series:
+            raise ValueError("text: a source holds texts (data.text) or values over time (data.series, data.sequences)")
+        if self.text_column is not None and self.text is None:
+            raise ValueError("text_column: applies to text sources; add `text: true` to data")
+        if self.text is not None and self.augment.active:
+            raise ValueError("augment: image augmentation does not apply to texts")
         if self.is_series and self.augment.active:
             raise ValueError("augment: image augmentation does not apply to time series")
         if self.series is not None:
@@ -338,13 +400,15 @@ DENSE_ENCODER = (128, 64)  # the encoder's default widths for dense bodies
 
 
 RECURRENT_ENCODER = (64,)  # the recurrent units of lstm and gru encoders by default
+SEQUENCE_ENCODER = (256,)  # the units of a sequence (text) model's encoder layers by default
 
 
 class ModelConfig(_Section):
-    kind: Literal["dense", "conv", "vae", "conv1d", "lstm", "gru"] = Field(
+    kind: Literal["dense", "conv", "vae", "conv1d", "lstm", "gru", "bow", "sequence"] = Field(
         "dense",
-        description="dense, conv (images), vae (variational), or for time series conv1d (Conv1D blocks mirrored by "
-        "Conv1DTranspose), lstm or gru (recurrent encoder and decoder)",
+        description="dense, conv (images), vae (variational), for time series conv1d (Conv1D blocks mirrored by "
+        "Conv1DTranspose), lstm or gru (recurrent encoder and decoder), for texts bow (a dense autoencoder of "
+        "bags of words) or sequence (token sequences to one sentence vector and back)",
     )
     body: Literal["dense", "conv"] = Field("dense", description="vae only: dense or conv layers")
     encoder: list[PositiveInt] = Field(
@@ -368,12 +432,47 @@ class ModelConfig(_Section):
         description="conv and conv1d: the code is a Dense layer of latent_dim units after the blocks (dense), or "
         "the last block's output itself (feature_map, as in the Keras convolutional examples)",
     )
+    cell: Literal["gru", "lstm", "transformer"] = Field(
+        "gru", description="sequence: the encoder's layers (recurrent, or Transformer blocks of `heads` heads)"
+    )
+    bidirectional: bool = Field(True, description="sequence with cell gru or lstm: read each sentence both ways")
+    pooling: Literal["mean", "max", "cls", "last"] = Field(
+        "mean",
+        description="sequence: how the encoder's token states become one sentence vector (mean or max over the "
+        "tokens, the first token's state, or the last state)",
+    )
+    embedding_dim: PositiveInt = Field(128, le=4096, description="sequence: size of the word embeddings")
+    decoder_cell: Literal["gru", "transformer"] = Field(
+        "gru",
+        description="sequence: a GRU decoder started from the sentence vector, or Transformer blocks that attend "
+        "to it; either sees only that vector and the previous target tokens",
+    )
+    heads: PositiveInt = Field(4, le=64, description="sequence with a transformer: attention heads per block")
+    word_dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="sequence: share of the decoder's input tokens replaced by [UNK] while training (Bowman et "
+        "al. 2016), so the decoder leans on the sentence vector",
+    )
     activation: Activation = "relu"
     latent_activation: Activation = "linear"
     output_activation: OutputActivation = Field(
         "sigmoid", description="default: sigmoid when data is scaled to [0,1] (data.scaling not none), else linear"
     )
-    beta: float = Field(1.0, ge=0.0, description="vae only: weight of the KL term")
+    beta: float = Field(1.0, ge=0.0, description="vae and variational sequence models: weight of the KL term")
+    variational: bool = Field(
+        False,
+        description="sequence: a sentence VAE (Bowman et al. 2016): the code is sampled around a learned mean, "
+        "and its KL divergence from N(0, I), per token, is added to the loss (weighted by beta)",
+    )
+    beta_warmup_steps: int = Field(
+        0,
+        ge=0,
+        le=100_000_000,
+        description="variational sequence models: training steps over which the KL weight rises linearly from 0 to "
+        "beta (KL annealing, so the decoder does not learn to ignore the code)",
+    )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout rate after each hidden layer")
     batch_norm: bool = Field(False, description="batch normalization after each hidden layer")
     regularization: RegularizationConfig = Field(default_factory=RegularizationConfig)
@@ -394,8 +493,17 @@ class ModelConfig(_Section):
 
     def _inapplicable(self) -> dict[str, str]:
         knobs = {}
+        if self.kind != "sequence":
+            reason = f"applies to model.kind sequence only, not {self.kind!r}"
+            knobs.update(dict.fromkeys(SEQUENCE_KNOBS, reason))
+        elif self.cell == "transformer":
+            knobs["bidirectional"] = "applies to recurrent cells (gru, lstm), not transformer"
         if self.kind != "vae":
-            knobs = dict.fromkeys(("body", "beta"), f"applies to model.kind vae only, not {self.kind!r}")
+            knobs["body"] = f"applies to model.kind vae only, not {self.kind!r}"
+            if not (self.kind == "sequence" and self.variational):
+                knobs["beta"] = f"applies to model.kind vae and variational sequence models, not {self.kind!r}"
+        if self.kind != "sequence" or not self.variational:
+            knobs["beta_warmup_steps"] = "applies to variational sequence models (model.variational true) only"
         if not self.has_blocks:
             reason = "applies to conv models only (kind conv or conv1d, or vae with body conv)"
             knobs.update(dict.fromkeys(("filters", "kernel_size", "downsample"), reason))
@@ -418,7 +526,8 @@ class ModelConfig(_Section):
         if data.get("code") == "feature_map":
             return data  # no dense layers at all
         if data.get("encoder") is None:
-            data["encoder"] = [] if conv else list(RECURRENT_ENCODER if kind in ("lstm", "gru") else DENSE_ENCODER)
+            widths = RECURRENT_ENCODER if kind in ("lstm", "gru") else SEQUENCE_ENCODER if kind == "sequence" else None
+            data["encoder"] = [] if conv else list(widths or DENSE_ENCODER)
         if data.get("decoder") is None and isinstance(data["encoder"], list):
             data["decoder"] = list(reversed(data["encoder"]))
         return data
@@ -428,6 +537,13 @@ class ModelConfig(_Section):
         regularized_code = self.regularization.sparsity is not None or self.regularization.activity_l1
         if self.code == "feature_map" and regularized_code:
             raise ValueError("regularization: sparsity and activity_l1 act on a dense code, not code feature_map")
+        if self.kind == "sequence" and (not self.encoder or not self.decoder):
+            raise ValueError("encoder: a sequence model needs at least one layer in encoder and decoder")
+        transformer = self.cell == "transformer" or self.decoder_cell == "transformer"
+        if self.kind == "sequence" and transformer and self.embedding_dim % self.heads:
+            raise ValueError(
+                f"embedding_dim: Transformer blocks split {self.embedding_dim} into {self.heads} heads: use a multiple"
+            )
         if self.is_recurrent and (not self.encoder or not self.decoder):
             raise ValueError(f"encoder: a {self.kind} model needs at least one recurrent layer in encoder and decoder")
         if self.kind == "vae" and (self.regularization.sparsity is not None or self.regularization.activity_l1):
@@ -438,6 +554,18 @@ class ModelConfig(_Section):
                 f"got {self.latent_activation!r}"
             )
         return self
+
+
+SEQUENCE_KNOBS = (
+    "cell",
+    "bidirectional",
+    "pooling",
+    "embedding_dim",
+    "decoder_cell",
+    "heads",
+    "word_dropout",
+    "variational",
+)
 
 
 def _learning_rate_is_optional(schema: dict[str, Any]) -> None:
@@ -479,7 +607,12 @@ class OptimizerConfig(_Section):
 
 
 class LossConfig(_Section):
-    name: LossName = Field("mse", description="mse, bce (binary cross-entropy, needs [0,1] data), mae, huber")
+    name: LossName = Field(
+        "mse",
+        description="mse, bce (binary cross-entropy, needs [0,1] data; for bow: of each word's presence), mae, "
+        "huber, or for texts xent (softmax cross-entropy over the vocabulary: the words of a bag, each token of a "
+        "sequence); default for bow bce, for sequence xent",
+    )
     delta: float = Field(1.0, gt=0.0, description="huber only: where the loss turns linear")
 
     def _inapplicable(self) -> dict[str, str]:
@@ -503,10 +636,15 @@ class CheckpointConfig(_Section):
 
 
 class NoiseConfig(_Section):
-    kind: Literal["gaussian", "salt_pepper", "mask"] = Field(
-        "gaussian", description="gaussian: add N(0, amount); salt_pepper: set a fraction to 0 or 1; mask: set to 0"
+    kind: Literal["gaussian", "salt_pepper", "mask", "word_deletion", "word_mask", "word_swap"] = Field(
+        "gaussian",
+        description="gaussian: add N(0, amount); salt_pepper: set a fraction to 0 or 1; mask: set to 0; for "
+        "sequence models (TSDAE): word_deletion drops, word_mask replaces with [UNK], word_swap swaps with the "
+        "next word, each word with probability amount",
     )
-    amount: float = Field(0.3, gt=0.0, description="standard deviation (gaussian) or fraction (salt_pepper, mask)")
+    amount: float = Field(
+        0.3, gt=0.0, description="standard deviation (gaussian) or fraction (salt_pepper, mask, word_*)"
+    )
 
     @model_validator(mode="after")
     def _amount_in_range(self) -> NoiseConfig:
@@ -620,8 +758,10 @@ class AnomalyConfig(_Section):
     """How reconstruction errors become anomaly flags: recorded in the run, used by `aecli evaluate`
     unless its --score/--threshold say otherwise."""
 
-    score: Literal["mse", "mae", "bce"] = Field(
-        "mse", description="per-sample error used as the anomaly score (bce needs data in [0, 1])"
+    score: Literal["mse", "mae", "bce", "xent"] = Field(
+        "mse",
+        description="per-sample error used as the anomaly score (bce needs data in [0, 1]; xent, the text models' "
+        "cross-entropy, is the default for bow and sequence)",
     )
     threshold: str = Field(
         "percentile:95",
@@ -666,21 +806,31 @@ class AecliConfig(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _output_activation_follows_scaling(cls, data: Any) -> Any:
-        """The one default that depends on another section, filled in before either is validated:
-        sigmoid when the data is scaled into [0, 1], linear when data.scaling is none."""
+    def _defaults_across_sections(cls, data: Any) -> Any:
+        """The defaults that depend on another section, filled in before either is validated:
+        a text model's loss, anomaly score and vectorizer output; the output activation
+        (sigmoid when the data is scaled into [0, 1], linear when data.scaling is none; for bow,
+        sigmoid with bce and softmax with xent)."""
         if not isinstance(data, dict):
             return data
         model, section = data.get("model") or {}, data.get("data") or {}
-        if not isinstance(model, dict) or model.get("output_activation") is not None:
+        if not isinstance(model, dict) or not isinstance(section, dict):
             return data
-        scaling = section.get("scaling") if isinstance(section, dict) else None
-        series = isinstance(section, dict) and section.get("series") not in (None, False)
+        data = _text_defaults(data, model.get("kind"), section)
+        model, section = data.get("model") or {}, data.get("data") or {}
+        if model.get("output_activation") is not None:
+            return data
+        scaling = section.get("scaling")
+        series = section.get("series") not in (None, False)
         unscaled = scaling in UNBOUNDED_SCALINGS or (series and scaling in (None, "auto"))
-        return {**data, "model": {**model, "output_activation": "linear" if unscaled else "sigmoid"}}
+        activation = "linear" if unscaled else "sigmoid"
+        if model.get("kind") == "bow":
+            activation = "softmax" if _loss_name(data.get("loss")) == "xent" else "sigmoid"
+        return {**data, "model": {**model, "output_activation": activation}}
 
     @model_validator(mode="after")
     def _check_cross_section(self) -> AecliConfig:
+        _check_text_sections(self)
         if self.loss.name == "bce" and self.model.output_activation not in ("sigmoid",):
             raise ValueError(
                 f"loss.name: bce needs outputs in [0,1], but model.output_activation is "
@@ -717,6 +867,65 @@ class AecliConfig(_Section):
                 "training.early_stopping.monitor: val_loss needs data.validation_split > 0 (or monitor: loss)"
             )
         return self
+
+
+def _check_text_sections(config: AecliConfig) -> None:
+    """Which model kinds, losses, noises and scores go with texts."""
+    kind, text, loss = config.model.kind, config.data.text, config.loss.name
+    noise = config.training.noise
+    if kind in TEXT_KINDS and text is None:
+        raise ValueError(f"model.kind: {kind} models texts: set data.text (and data.text_column for a table)")
+    if text is not None and kind not in (*TEXT_KINDS, "dense", "vae"):
+        raise ValueError(f"model.kind: {kind} does not apply to texts; use bow or sequence (or dense, vae)")
+    if text is not None and kind == "vae" and (config.model.body != "dense" or text.output != "multi_hot"):
+        raise ValueError("model.kind: a vae of texts needs body dense and data.text.output multi_hot (in [0, 1])")
+    if kind == "sequence" and text is not None and text.output != "tokens":
+        raise ValueError(f"data.text.output: a sequence model reads tokens, not {text.output}")
+    if kind != "sequence" and text is not None and text.output == "tokens":
+        raise ValueError(f"data.text.output: tokens are read by model.kind sequence, not {kind}")
+    if loss == "xent" and kind not in TEXT_KINDS:
+        raise ValueError(f"loss.name: xent is for text models (bow, sequence), not {kind}")
+    if kind == "sequence" and loss != "xent":
+        raise ValueError(f"loss.name: a sequence model is trained with xent (token cross-entropy), not {loss}")
+    if kind == "bow" and loss not in ("bce", "xent"):
+        raise ValueError(f"loss.name: a bow model is trained with bce (word presence) or xent (words), not {loss}")
+    noise_kind = None if noise is None else noise.kind
+    word_noise = noise_kind in WORD_NOISES
+    if word_noise and kind != "sequence":
+        raise ValueError(f"training.noise.kind: {noise_kind} corrupts token sequences (model.kind sequence)")
+    if kind == "sequence" and noise_kind is not None and not word_noise:
+        raise ValueError(f"training.noise.kind: a sequence model takes {', '.join(WORD_NOISES)}, not {noise_kind}")
+    if text is not None and kind != "sequence" and noise is not None:
+        raise ValueError("training.noise: bag-of-words inputs are not corrupted; use model.kind sequence for TSDAE")
+    score = config.anomaly.score
+    if score == "xent" and kind not in TEXT_KINDS:
+        raise ValueError(f"anomaly.score: xent is for text models (bow, sequence), not {kind}")
+    if kind == "sequence" and score != "xent":
+        raise ValueError(f"anomaly.score: a sequence model's per-sample error is xent, not {score}")
+
+
+def _loss_name(loss: Any) -> Any:
+    return loss.get("name") if isinstance(loss, dict) else loss
+
+
+def _text_defaults(data: dict[str, Any], kind: Any, section: dict[str, Any]) -> dict[str, Any]:
+    """For bow and sequence models: loss bce (bow) or xent (sequence), anomaly score xent, and
+    token outputs for a sequence model."""
+    if kind not in TEXT_KINDS:
+        return data
+    data = dict(data)
+    if _loss_name(data.get("loss")) is None:
+        given = data.get("loss")
+        loss: dict[str, Any] = given if isinstance(given, dict) else {}
+        data["loss"] = {**loss, "name": "xent" if kind == "sequence" else "bce"}
+    anomaly = data.get("anomaly")
+    if anomaly is None or (isinstance(anomaly, dict) and anomaly.get("score") is None):
+        data["anomaly"] = {**(anomaly or {}), "score": "xent"}
+    text = section.get("text")
+    if kind == "sequence" and (text is True or (isinstance(text, dict) and text.get("output") is None)):
+        text = {} if text is True else text
+        data["data"] = {**section, "text": {**text, "output": "tokens"}}
+    return data
 
 
 # Sections that may be written as one string: `loss: bce` means `loss: {name: bce}`.

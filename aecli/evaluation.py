@@ -228,7 +228,7 @@ def latent_report(codes: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[
     if len(classes) < 2 or len(labels) < 2 * len(classes) + 2:
         return None
     clusters = KMeans(n_clusters=len(classes), n_init=10, random_state=seed).fit_predict(codes)
-    sample = min(len(codes), SILHOUETTE_SAMPLE)
+    sample = min(codes.shape[0], SILHOUETTE_SAMPLE)
     report: dict[str, Any] = {
         "n_classes": len(classes),
         "kmeans_nmi": float(normalized_mutual_info_score(labels, clusters)),
@@ -239,7 +239,7 @@ def latent_report(codes: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[
     fit_x, score_x, fit_y, score_y = train_test_split(
         codes, labels, test_size=KNN_HELD_OUT, random_state=seed, stratify=stratify
     )
-    neighbours = KNeighborsClassifier(n_neighbors=min(KNN_NEIGHBOURS, len(fit_x)))
+    neighbours = KNeighborsClassifier(n_neighbors=min(KNN_NEIGHBOURS, fit_x.shape[0]))
     report["knn_accuracy"] = float(neighbours.fit(fit_x, fit_y).score(score_x, score_y))
     report["knn"] = {"k": neighbours.n_neighbors, "held_out": KNN_HELD_OUT}
     return report

@@ -243,7 +243,10 @@ class MultiWorkerTrainer(keras.Model):
 
 def custom_objects() -> dict[str, Any]:
     """For `keras.saving.load_model(path, custom_objects=aecli.layers.custom_objects())`."""
+    from aecli import text_layers
+
     return {
+        **text_layers.custom_objects(),
         "Sampling": Sampling,
         "KLSparsity": KLSparsity,
         "VariationalAutoencoder": VariationalAutoencoder,

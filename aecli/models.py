@@ -12,14 +12,15 @@ import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from aecli.config import ModelConfig
+from aecli.config import ModelConfig, NoiseConfig
 from aecli.errors import ConfigError
+from aecli.model_parts import Autoencoder, LayerSpec
 
 if TYPE_CHECKING:
-    import keras
+    pass
 
 # Bytes held per parameter while training: weights, gradients and up to two optimizer slots (float32).
 TRAINING_BYTES_PER_PARAMETER = 16
@@ -28,28 +29,6 @@ WEIGHTED_KINDS = ("Dense", "Conv2D", "Conv2DTranspose", "Conv1D", "Conv1DTranspo
 # Weight matrices per recurrent unit (gates): LSTM has four, GRU three (Keras's reset_after GRU
 # also has a second bias per gate).
 RECURRENT_GATES = {"LSTM": 4, "GRU": 3}
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """One layer of the plan: a Keras layer class name plus its arguments."""
-
-    part: str  # encoder | decoder
-    name: str
-    kind: str
-    output_shape: tuple[int, ...]
-    parameters: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def activation(self) -> str | None:
-        return self.options.get("activation")
-
-
-class Autoencoder(NamedTuple):
-    model: keras.Model
-    encoder: keras.Model
-    decoder: keras.Model
 
 
 class _Planner:
@@ -121,14 +100,21 @@ class _Planner:
             self.add("Dropout", self.shape, rate=self.cfg.dropout)
 
 
-def plan_autoencoder(cfg: ModelConfig, input_shape: tuple[int, ...]) -> list[LayerSpec]:
-    """The layers of the encoder then the decoder, with output shapes and parameter counts."""
+def plan_autoencoder(cfg: ModelConfig, input_shape: tuple[int, ...], vocabulary: int | None = None) -> list[LayerSpec]:
+    """The layers of the encoder then the decoder, with output shapes and parameter counts.
+    `vocabulary`: for text data, the vocabulary size (sequence models embed token ids)."""
+    if cfg.kind == "sequence":
+        from aecli.text_models import plan_sequence
+
+        return plan_sequence(cfg, input_shape, vocabulary)
     if cfg.is_recurrent:
         return _plan_recurrent(cfg, input_shape)
     planner = _Planner(cfg, input_shape)
     if cfg.has_blocks:
         (_check_sequence_input if cfg.kind == "conv1d" else _check_conv_input)(cfg, input_shape)
         _encoder_blocks(planner)
+    if cfg.kind == "bow":  # tf-idf or count vectors of any length: unit length in, as LSA's input
+        planner.add("UnitNormalization", input_shape, name="normalize")
     blocks_shape = planner.shape
     dense_code = cfg.code == "dense"  # else the last block's feature map is the code
     if dense_code:
@@ -254,12 +240,28 @@ def build_autoencoder(
     reconstruction_loss: str = "mse",
     mixed_precision: bool = False,
     plan: list[LayerSpec] | None = None,
+    text: TextModelInput | None = None,
 ) -> Autoencoder:
     """Build encoder, decoder and the end-to-end model from `plan` (by default planned here) with
     the functional API; a VAE is a Model subclass whose own loss uses `reconstruction_loss`, mse
     or bce. `mixed_precision`: float16 compute with float32 weights, statistics and output."""
+    if cfg.kind == "sequence":
+        from aecli.text_models import build_sequence
+
+        assert text is not None
+        return build_sequence(cfg, input_shape[0], text.vocabulary, text.noise, text.seed)
     with dtype_policy(mixed_precision):
         return _build(cfg, input_shape, reconstruction_loss, plan or plan_autoencoder(cfg, input_shape))
+
+
+@dataclass(frozen=True)
+class TextModelInput:
+    """What a sequence model needs besides its section: the vocabulary size, and the word noise
+    (training.noise) it applies to its input while training."""
+
+    vocabulary: int
+    noise: NoiseConfig | None = None
+    seed: int = 0
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from aecli.backend import import_tensorflow
-from aecli.config import NoiseConfig
+from aecli.config import WORD_NOISES, NoiseConfig
 from aecli.errors import ConfigError
 
 NOISE_FORMS = "gaussian:STD, salt_pepper:FRACTION or mask:FRACTION"
@@ -25,8 +25,9 @@ class NoiseSpec:
 
 
 def noise_spec(cfg: NoiseConfig | None) -> NoiseSpec | None:
-    """`training.noise` as the spec that training's feeds and compiled steps use."""
-    return None if cfg is None else NoiseSpec(cfg.kind, cfg.amount)
+    """`training.noise` as the spec that training's feeds and compiled steps use (word noise is
+    applied inside a sequence model instead: text_layers.WordNoise)."""
+    return None if cfg is None or cfg.kind in WORD_NOISES else NoiseSpec(cfg.kind, cfg.amount)
 
 
 def parse_noise(spec: str, option: str = "--noise") -> NoiseSpec:

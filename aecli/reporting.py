@@ -77,7 +77,7 @@ def write_errors_csv(
     with atomic_path(path) as temp, temp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")  # streamed: millions of rows for shard folders
         writer.writerow(["index", *origin, "label", *names, *flag_names])
-        for index in range(len(errors["mse"])):
+        for index in range(len(next(iter(errors.values())))):
             label = "" if labels is None else label_name(labels[index], label_names)
             values = [f"{errors[name][index]:.8g}" for name in names]
             marks = [int(bool((flags or {})[name][index])) for name in flag_names]

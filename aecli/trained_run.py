@@ -16,6 +16,7 @@ from aecli.atomic import read_json
 from aecli.backend import import_tensorflow
 from aecli.config import AecliConfig, DataConfig, build_config, load_config
 from aecli.data import Dataset, Samples, Scaling, load_dataset, load_for_model
+from aecli.data.vocabulary import VOCABULARY_FILE
 from aecli.errors import AecliError, DataError, RunError, clip
 from aecli.fingerprints import check_unchanged
 from aecli.runs import REQUIRED_ARTIFACTS, read_run_info, recorded_fingerprints
@@ -45,6 +46,12 @@ class TrainedRun:
             data |= {"series": series, "window": own.window.model_dump()}
         if own.sequences is not None:
             data["sequences"] = own.sequences.model_dump()
+        if own.text is not None:  # the run's vectorizer: its settings and saved vocabulary
+            data["text"] = {**own.text.model_dump(mode="json"), "vocabulary": str(self.path / VOCABULARY_FILE)}
+            if source.lower().endswith((".csv", ".tsv", ".jsonl")):
+                data |= {key: getattr(own, key) for key in ("text_column", "label_column", "id_column")}
+            base = {"data": data, "model": {"kind": self.config.model.kind}}  # which vectors the model reads
+            return build_config(base=base, overrides=overrides, allowed=("data",), command=option).data
         if source.lower().endswith(".csv"):
             for key in ("label_column", "id_column"):
                 if getattr(own, key) is not None:
@@ -104,6 +111,15 @@ def _check_scaling(scaling: Scaling, sample_shape: tuple[int, ...]) -> None:
         raise ValueError("data.scaling holds values that are not finite, or a zero scale")
 
 
+def load_encoder(run_dir: Path) -> Any:
+    """The run's encoder of model inputs. A text run's encoder.keras on TensorFlow takes raw
+    strings (its vectorizer in front): aecli vectorizes itself and uses the encoder inside."""
+    encoder = load_model(run_dir / "encoder.keras", compile=False)
+    if "string" in str(encoder.inputs[0].dtype):
+        return encoder.get_layer("encoder")
+    return encoder
+
+
 def load_model(path: Path, compile: bool = True) -> Any:
     """Load a `.keras` file with safe mode on: a file carrying code (a Lambda layer) is refused.
 
@@ -111,7 +127,9 @@ def load_model(path: Path, compile: bool = True) -> Any:
     import_tensorflow()
     import keras
 
-    import aecli.layers  # noqa: F401  (registers aecli's custom objects for VAE and sparse models)
+    # registers aecli's custom objects (VAE, sparse and text models)
+    import aecli.layers
+    import aecli.text_layers  # noqa: F401
 
     check_keras_archive(path)
     try:

@@ -20,7 +20,7 @@ import numpy as np
 from aecli.augment import Augment
 from aecli.backend import import_tensorflow
 from aecli.checkpoints import EpochCheckpoint
-from aecli.config import LossConfig, LRScheduleConfig, OptimizerConfig, TrainingConfig
+from aecli.config import TEXT_KINDS, LossConfig, LRScheduleConfig, OptimizerConfig, TrainingConfig
 from aecli.distribute import Placement
 from aecli.errors import DataError, TrainingDivergedError
 from aecli.execution import (
@@ -112,7 +112,13 @@ def build_learning_rate(
     return initial
 
 
-def build_loss(cfg: LossConfig) -> keras.losses.Loss:
+def build_loss(cfg: LossConfig, model_kind: str = "dense") -> keras.losses.Loss:
+    """`loss` as Keras's loss object; a text model's loss compares with its input as a bag of
+    words (bow) or token by token (sequence): see text_layers.py."""
+    if model_kind in TEXT_KINDS:
+        from aecli.text_layers import BagOfWordsCrossentropy, TokenCrossentropy
+
+        return TokenCrossentropy() if model_kind == "sequence" else BagOfWordsCrossentropy(cfg.name)
     if cfg.name == "mse":
         return keras.losses.MeanSquaredError()
     if cfg.name == "mae":
@@ -217,6 +223,7 @@ def fit_autoencoder(
     placement: Placement | None = None,
     plan: ExecutionPlan | None = None,
     augment: Augment | None = None,
+    model_kind: str = "dense",
 ) -> TrainingResult:
     """Compile `model` and fit it to reproduce its input; checkpoints and logs go under `run_dir`.
 
@@ -231,7 +238,7 @@ def fit_autoencoder(
     if plan is None:
         plan = plan_for_model(model, training, optimizer.name == "gd", x_train, placement, augment is not None)
     rows = plan.rows
-    trained = _compile(model, plan, optimizer, loss, training, placement, resume)
+    trained = _compile(model, plan, optimizer, build_loss(loss, model_kind), training, placement, resume)
     monitor = _monitor(training, has_validation=x_val is not None)
     recorder = _HistoryRecorder(training.epochs, plan.steps, reporter, plan.steps_after())
     if resume is not None:
@@ -281,7 +288,7 @@ def _compile(
     model: keras.Model,
     plan: ExecutionPlan,
     optimizer: OptimizerConfig,
-    loss: LossConfig,
+    loss: keras.losses.Loss,
     training: TrainingConfig,
     placement: Placement,
     resume: ResumeState | None,
@@ -308,7 +315,7 @@ def _compile(
         if isinstance(model, VariationalAutoencoder):
             trained.compile(optimizer=keras_optimizer, **speed)  # its own loss: see layers.py
         else:
-            trained.compile(optimizer=keras_optimizer, loss=build_loss(loss), **speed)
+            trained.compile(optimizer=keras_optimizer, loss=loss, **speed)
     return trained
 
 

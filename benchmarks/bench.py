@@ -420,6 +420,7 @@ def write_benchmarks(results: dict[str, Any], args: argparse.Namespace) -> None:
         args.out / name
         for name in (
             "kinds.md",
+            "text.md",
             "ops.md",
             "series.md",
             "workers.md",

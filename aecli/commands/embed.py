@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from aecli.backend import select_backend
 from aecli.data import Samples, label_name, load_for_model
 from aecli.errors import DataError, EvaluationError, RunError
 from aecli.evaluation import predict_batched
-from aecli.trained_run import load_model, open_trained_run
+from aecli.trained_run import load_encoder, load_model, open_trained_run
 
 FORMATS = (".npy", ".csv")
 
@@ -33,6 +34,7 @@ class EmbedRequest:
     data_overrides: list[str] = field(default_factory=list)
     batch_size: int = 4096
     backend: str | None = None
+    progress: Callable[[int], None] | None = None  # texts encoded so far, after each chunk of a text input
 
 
 @dataclass
@@ -55,6 +57,11 @@ def embed(request: EmbedRequest) -> EmbedOutcome:
     if request.batch_size < 1:
         raise EvaluationError(f"--batch-size {request.batch_size}: expected a positive number")
     cfg = run.data_config_for(request.input, request.data_overrides, "embed")
+    if cfg.text is not None:
+        from aecli.commands.embed_text import embed_texts
+
+        rows, dimensions = embed_texts(cfg, load_encoder(run.path), out, request.batch_size, request.progress)
+        return EmbedOutcome(out, rows, dimensions)
     try:
         samples = load_for_model(cfg, run.sample_shape, run.scaling)
     except DataError as exc:

@@ -67,6 +67,8 @@ class EvaluateRequest:
     tsne: bool = False
     backend: str | None = None
     force: bool = False
+    pairs: Path | None = None  # text runs: sentence pairs with gold similarity scores
+    pair_columns: tuple[str, str, str] = ("sentence1", "sentence2", "score")
 
 
 @dataclass
@@ -97,10 +99,11 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
     becomes the output folder only when complete."""
     run = open_trained_run(request.run_dir, needs=("history.csv",))
     select_backend(request.backend or run.config.runtime.backend)
+    if run.config.data.text is not None:
+        return _evaluate_texts(run, request)
     score, threshold_choice = _checked_options(run, request)
     history = read_history_csv(run.path / "history.csv")
     evaluated = _evaluated_data(run, request)
-
     model = load_model(run.path / "model.keras", compile=False)
     encoder = load_model(run.path / "encoder.keras", compile=False)
     reconstructions = predict_batched(model, evaluated.x)
@@ -153,6 +156,29 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
     return EvaluateOutcome(final, metrics, final / "report.html")
 
 
+def _evaluate_texts(run: TrainedRun, request: EvaluateRequest) -> EvaluateOutcome:
+    from aecli.commands.evaluate_text import evaluate_text_run
+
+    _check_text_options(request)
+    found = evaluate_text_run(run, request)
+    return EvaluateOutcome(found.out_dir, found.metrics, found.report_html)
+
+
+def _check_text_options(request: EvaluateRequest) -> None:
+    """What evaluate does for images, tables and series but not for texts."""
+    for option, value in (
+        ("--anomaly-data", request.anomaly_data),
+        ("--anomaly-windows", request.anomaly_windows),
+        ("--points", request.points),
+        ("--score", request.score),
+        ("--threshold", request.threshold),
+    ):
+        if value is not None:
+            raise EvaluationError(
+                f"{option}: not available for text runs (anomalies: --normal-classes, scored by xent)"
+            )
+
+
 @dataclass(frozen=True)
 class _ThresholdChoice:
     spec: ThresholdSpec
@@ -190,6 +216,8 @@ def _threshold_choice(run: TrainedRun, request: EvaluateRequest, score: str) -> 
 def _checked_options(run: TrainedRun, request: EvaluateRequest) -> tuple[str, _ThresholdChoice]:
     """The options checked against each other and the run, before anything is read: the score
     and threshold to use (by default what training recorded)."""
+    if request.pairs is not None:
+        raise EvaluationError("--pairs: sentence-pair similarity applies to runs trained on texts (data.text)")
     score = chosen_score(request.score, run.metrics)
     _check_series_options(run, request)
     threshold = _threshold_choice(run, request, score)

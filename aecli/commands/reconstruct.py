@@ -51,6 +51,7 @@ class ReconstructRequest:
     data_overrides: list[str] = field(default_factory=list)  # how to read INPUT data files
     force: bool = False  # --indices: rebuild the test split even if the data files changed
     time_range: str | None = None  # series runs: "START,END" of the stretch to reconstruct
+    texts: list[str] = field(default_factory=list)  # text runs: texts given on the command line
 
 
 @dataclass
@@ -62,6 +63,7 @@ class ReconstructOutcome:
     psnr_reconstructed: float | None = None
     notes: list[str] = field(default_factory=list)  # what was done to the inputs that a user should know
     steps: int | None = None  # a stretch of a series: how many steps were rebuilt from the windows
+    texts: list[dict[str, Any]] | None = None  # a text run: each text and its reconstruction
 
 
 @dataclass
@@ -80,6 +82,14 @@ def reconstruct(request: ReconstructRequest) -> ReconstructOutcome:
     becomes the output folder only when complete."""
     run = open_trained_run(request.run_dir)
     select_backend(request.backend or run.config.runtime.backend)
+    if run.config.data.text is not None:
+        from aecli.commands.reconstruct_text import reconstruct_texts
+
+        check_new_output_dir(request.out)
+        found = reconstruct_texts(run, request)
+        return ReconstructOutcome(found.out_dir, len(found.rows), 0.0, texts=found.rows)
+    if request.texts:
+        raise EvaluationError("--text: applies to runs trained on texts (data.text)")
     noise = parse_noise(request.noise) if request.noise else None
     if request.time_range is not None and run.config.data.series is None:
         raise EvaluationError("--range: applies to runs trained on a series (data.series) only")

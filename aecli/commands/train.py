@@ -25,9 +25,10 @@ from aecli.atomic import save_atomic, write_json_atomic, write_text_atomic
 from aecli.augment import augmented_examples, augmenter, check_augment
 from aecli.backend import import_tensorflow, select_backend
 from aecli.calibration import VALIDATION_ERRORS, Errors, calibrate, record_threshold
-from aecli.config import AecliConfig, AnomalyConfig, config_to_yaml, load_config
-from aecli.data import TrainingData, is_streamed, open_training_data
+from aecli.config import TEXT_KINDS, AecliConfig, AnomalyConfig, config_to_yaml, load_config
+from aecli.data import Dataset, TrainingData, is_streamed, open_training_data
 from aecli.data.shards import ShardedData, check_streamable
+from aecli.data.vocabulary import VOCABULARY_FILE
 from aecli.distribute import ClusterError, Placement, check_mixed_precision, cluster_errors, place
 from aecli.errors import ConfigError, DataError, RunError, TrainingDivergedError, as_storage_error
 from aecli.evaluation import SplitReport, error_statistics, report_split
@@ -35,6 +36,7 @@ from aecli.fingerprints import check_unchanged, fingerprint
 from aecli.models import (
     Autoencoder,
     LayerSpec,
+    TextModelInput,
     build_autoencoder,
     check_model_fits_memory,
     count_parameters,
@@ -86,7 +88,7 @@ def train_run(
         dataset = _training_data(config, placement)
     _check_loss_matches_data(config, dataset)
     check_augment(config.data.augment, dataset.sample_shape)
-    plan = plan_autoencoder(config.model, dataset.sample_shape)
+    plan = plan_autoencoder(config.model, dataset.sample_shape, _vocabulary_size(config))
     check_model_fits_memory(plan)
     check_mixed_precision(config.training.mixed_precision, config.runtime.backend)
 
@@ -211,7 +213,7 @@ def _resume_in(
         check_unchanged(recorded_fingerprints(info), force=False)
         with cluster_errors(placement, _resume_step(shown_dir)):
             dataset = _training_data(config, placement)
-        plan = plan_autoencoder(config.model, dataset.sample_shape)
+        plan = plan_autoencoder(config.model, dataset.sample_shape, _vocabulary_size(config))
         resumes = [*info.get("resumed", []), {"at": now_iso(), "from_epoch": 0 if state is None else state.epoch}]
         update_run_info(run_dir, status="running", finished=None, error=None, resumed=resumes)
         attempt = _Attempt(config, dataset, run_dir, reporter, placement, plan, state, shown_dir)
@@ -342,7 +344,14 @@ def _reading(data: TrainingData) -> dict[str, int] | None:
     return data.reading() if isinstance(data, ShardedData) else None
 
 
+def _vocabulary_size(config: AecliConfig) -> int | None:
+    """Token ids of texts lie below data.text.max_tokens (padding and [UNK] included)."""
+    return None if config.data.text is None else config.data.text.max_tokens
+
+
 def _check_loss_matches_data(config: AecliConfig, dataset: TrainingData) -> None:
+    if config.model.kind in TEXT_KINDS:  # a bag of words is compared as word presence: see text_layers
+        return
     low, high = dataset.scaled_range
     if config.loss.name == "bce" and not (low >= 0.0 and high <= 1.0):
         raise ConfigError(
@@ -406,9 +415,11 @@ def _train_and_report(attempt: _Attempt) -> dict[str, Any]:
         placement,
         execution,
         augment,
+        model_kind=config.model.kind,
     )
-    for part in ("model", "encoder", "decoder"):
+    for part in ("model", "decoder"):
         save_atomic(run_dir / f"{part}.keras", getattr(autoencoder, part).save)
+    _save_encoder(autoencoder.encoder, data, config, run_dir)
     write_history_csv(run_dir / "history.csv", result.history)
     shared = isinstance(data, ShardedData) and data.share is not None
     if not placement.chief and not shared:
@@ -418,9 +429,10 @@ def _train_and_report(attempt: _Attempt) -> dict[str, Any]:
     # that read their own files each report those rows, and the chief gathers them.
     model = autoencoder.model if not placement.distributed else load_model(run_dir / "model.keras")
     started = time.perf_counter()
-    test = report_split(model, data, "test", per_class=True)
-    train = report_split(model, data, "train", per_class=False)
-    held_out = report_split(model, data, "validation", per_class=False) if data.shapes()["validation"] else None
+    report = _split_reporter(config, data)
+    test = report(model, data, "test", per_class=True)
+    train = report(model, data, "train", per_class=False)
+    held_out = report(model, data, "validation", per_class=False) if data.shapes()["validation"] else None
     if not placement.chief:
         return {}
     summary = _training_summary(result, config.training.epochs, int(model.count_params()), placement)
@@ -430,6 +442,32 @@ def _train_and_report(attempt: _Attempt) -> dict[str, Any]:
     if isinstance(data, ShardedData):
         update_run_info(run_dir, reading=data.reading())
     return metrics
+
+
+def _split_reporter(config: AecliConfig, data: TrainingData) -> Any:
+    """report_split, or for a text model its own cross-entropy per text."""
+    if config.model.kind not in TEXT_KINDS or not isinstance(data, Dataset):
+        return report_split
+    from aecli.text_evaluation import text_split_report
+
+    kind, loss = config.model.kind, config.loss.name
+    return lambda model, data, part, per_class: text_split_report(model, data, part, per_class, kind, loss)
+
+
+def _save_encoder(encoder: Any, data: TrainingData, config: AecliConfig, run_dir: Path) -> None:
+    """encoder.keras; for texts also vocabulary.tsv, and on TensorFlow the encoder takes raw
+    strings (the run's TextVectorization in front of it; other backends run that layer in the
+    input pipeline, so there encoder.keras takes the vectorized texts)."""
+    vocabulary = getattr(data, "vocabulary", None)
+    if vocabulary is None or config.data.text is None:
+        save_atomic(run_dir / "encoder.keras", encoder.save)
+        return
+    vocabulary.write(run_dir / VOCABULARY_FILE)
+    if config.runtime.backend == "tensorflow":
+        from aecli.vectorizer import string_encoder
+
+        encoder = string_encoder(encoder, config.data.text, vocabulary)
+    save_atomic(run_dir / "encoder.keras", encoder.save)
 
 
 def _plot_augmented(
@@ -517,7 +555,11 @@ def _model_to_train(attempt: _Attempt) -> Any:
     config = attempt.config
     mixed = bool(config.training.mixed_precision)
     if attempt.state is None:
-        return build_autoencoder(config.model, attempt.data.sample_shape, config.loss.name, mixed, attempt.plan)
+        text = None
+        if config.model.kind == "sequence" and config.data.text is not None:
+            text = TextModelInput(config.data.text.max_tokens, config.training.noise, config.training.seed)
+        shape = attempt.data.sample_shape
+        return build_autoencoder(config.model, shape, config.loss.name, mixed, attempt.plan, text)
     with dtype_policy(mixed):  # a mixed-precision checkpoint's optimizer (loss scaling) loads as saved
         model = load_model(attempt.run_dir / "checkpoints" / "last.keras")
         if isinstance(model, MultiWorkerTrainer):  # a multi-worker checkpoint: the autoencoder inside

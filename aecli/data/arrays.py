@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from aecli.data.scaling import Scaling
+from aecli.data.vocabulary import Vocabulary
 from aecli.errors import DataError
 
 
@@ -109,6 +110,8 @@ class Dataset:
     source_rows: dict[str, np.ndarray] = field(default_factory=dict)
     ids: dict[str, np.ndarray] = field(default_factory=dict)
     timelines: dict[str, Timeline] = field(default_factory=dict)  # per split, for windows of a series
+    texts: dict[str, np.ndarray] = field(default_factory=dict)  # per split, the texts as read (text sources)
+    vocabulary: Vocabulary | None = None  # text sources: what vectorized them, saved with the run
 
     def split(self, part: str) -> tuple[np.ndarray, np.ndarray | None]:
         """The rows and labels of "train", "validation" or "test" (validation may be empty)."""
@@ -178,6 +181,7 @@ class Samples:
     ids: np.ndarray | None
     limited: bool  # data.limit cut at least one of the source's sets
     timeline: Timeline | None = None  # windows of a series: where they lie in time
+    texts: np.ndarray | None = None  # text sources: the texts as read
 
     def origin(self) -> dict[str, np.ndarray]:
         """Per-sample columns saying where each row came from: source_row, and id."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from aecli.config import DataConfig, SequencesConfig, SeriesConfig, WindowConfig
+    from aecli.config import DataConfig, SequencesConfig, SeriesConfig, TextConfig, WindowConfig
     from aecli.data.arrays import Dataset, RawData, Samples
     from aecli.data.scaling import Scaling
 
@@ -31,6 +31,7 @@ class SourceRequest:
     series: SeriesConfig | None = None
     window: WindowConfig | None = None
     sequences: SequencesConfig | None = None
+    text: TextConfig | None = None
 
 
 @dataclass(frozen=True)

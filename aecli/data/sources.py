@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from aecli.config import DataConfig
-from aecli.data import builtin, files, sequences, series, shards
+from aecli.data import builtin, files, sequences, series, shards, text
 from aecli.data.arrays import RawData, check_raw, sample_shape_of
 from aecli.data.source_kind import SourceKind, SourceRequest
 
 SOURCE_KINDS: tuple[SourceKind, ...] = (
+    text.SOURCE_KIND,
     series.SOURCE_KIND,
     sequences.SOURCE_KIND,
     builtin.SOURCE_KIND,
@@ -70,6 +71,7 @@ def _request(cfg: DataConfig, limit: int | None = None, mmap: bool = False) -> S
         cfg.series,
         cfg.window if cfg.series is not None else None,
         cfg.sequences,
+        cfg.text,
     )
 
 

@@ -1,0 +1,204 @@
+"""Texts: sources, vectorization, bag-of-words and sequence models, embed and evaluate."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from aecli.config import validate_config
+from aecli.data.text import TextColumns, read_texts
+from aecli.errors import ConfigError, DataError
+
+TOPICS = {
+    "pets": ["cat", "dog", "kitten", "puppy", "fur", "leash", "bowl", "purr"],
+    "money": ["bank", "loan", "market", "shares", "profit", "cash", "price", "trade"],
+    "sport": ["goal", "match", "team", "score", "league", "coach", "ball", "win"],
+}
+
+
+def corpus(count: int = 150, seed: int = 0) -> list[tuple[str, str]]:
+    """(text, topic) pairs: each text a few words of its topic and a few common words."""
+    rng = np.random.default_rng(seed)
+    common = ["the", "a", "and", "of", "today", "big", "new"]
+    rows = []
+    for index in range(count):
+        topic = list(TOPICS)[index % len(TOPICS)]
+        words = list(rng.choice(TOPICS[topic], 4)) + list(rng.choice(common, 2))
+        rng.shuffle(words)
+        rows.append((" ".join(words), topic))
+    return rows
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "topic"])
+        writer.writerows(rows)
+    return path
+
+
+def text_config(tmp_path: Path, source: Path, model: dict[str, Any], **sections: Any) -> Path:
+    data = {"source": str(source), "text_column": "text", "label_column": "topic", "text": {"max_tokens": 64}}
+    data.update(sections.pop("data", {}))
+    config = {
+        "data": data,
+        "model": model,
+        "optimizer": {"name": "adam", "learning_rate": 0.01},
+        "training": {"epochs": 2, "batch_size": 16, **sections.pop("training", {})},
+    }
+    path = tmp_path / "text.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_text_sources_read_every_layout_and_name_the_bad_line(tmp_path: Path) -> None:
+    rows = corpus(6)
+    write_csv(tmp_path / "t.csv", rows)
+    found = read_texts(str(tmp_path / "t.csv"), TextColumns("text", "topic"))
+    assert list(found.texts) == [text for text, _ in rows] and found.labels == [topic for _, topic in rows]
+    (tmp_path / "t.tsv").write_text('a\tb\tscore\nhe said "hi\tshe left\t3.5\n', encoding="utf-8")
+    found = read_texts(str(tmp_path / "t.tsv"), TextColumns(["a", "b"], None, "score"))
+    assert list(found.texts) == ['he said "hi', "she left"] and list(found.ids) == ["3.5", "3.5"]
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps({"body": t, "y": y}) for t, y in rows) + "\n")
+    assert len(read_texts(str(tmp_path / "t.jsonl"), TextColumns("body", "y")).texts) == 6
+    (tmp_path / "t.txt").write_text("one text\nanother text\n")
+    assert list(read_texts(str(tmp_path / "t.txt"), TextColumns(None)).texts) == ["one text", "another text"]
+
+    cases = {
+        "empty.txt": (b"first\n\nthird\n", "line 2: the text is empty"),
+        "latin.txt": ("caf\u00e9\n".encode("latin-1"), "line 1 is not UTF-8"),
+        "binary.txt": (b"ok\n\x00\x01\x02", "line 2 holds a NUL byte"),
+        "nothing.txt": (b"", "holds no texts"),
+        "short.csv": (b"text,topic\nfine,a\nmissing\n", "line 3 has 1 columns"),
+        "bad.jsonl": (b'{"text": "x"}\nnot json\n', "line 2 is not a JSON record"),
+    }
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        columns = TextColumns(None) if name.endswith(".txt") else TextColumns("text")
+        with pytest.raises(DataError, match=message):
+            read_texts(str(tmp_path / name), columns)
+    with pytest.raises(DataError, match="no column 'body'"):
+        read_texts(str(tmp_path / "t.csv"), TextColumns("body"))
+
+
+def test_text_config_pairs_kinds_losses_and_noises() -> None:
+    text = {"source": "x.txt", "text": True}
+    sequence = validate_config({"data": text, "model": {"kind": "sequence"}})
+    assert sequence.data.text is not None and sequence.data.text.output == "tokens"
+    assert sequence.loss.name == "xent" and sequence.anomaly.score == "xent"
+    bow = validate_config({"data": text, "model": {"kind": "bow"}, "loss": "xent"})
+    assert bow.model.output_activation == "softmax" and bow.data.text is not None and bow.data.text.output == "tf_idf"
+    refused = {
+        "model.kind: bow models texts": {"model": {"kind": "bow"}},
+        "tokens are read by model.kind sequence": {"data": {**text, "text": {"output": "tokens"}}},
+        "a sequence model takes word_deletion": {
+            "data": text,
+            "model": {"kind": "sequence"},
+            "training": {"noise": {"kind": "gaussian"}},
+        },
+        "word_swap corrupts token sequences": {
+            "data": text,
+            "model": {"kind": "bow"},
+            "training": {"noise": "word_swap"},
+        },
+        "conv does not apply to texts": {"data": text, "model": {"kind": "conv"}},
+        "text_column: applies to text sources": {"data": {"source": "x.csv", "text_column": "a"}},
+    }
+    for message, raw in refused.items():
+        if raw.get("training", {}).get("noise") == "word_swap":
+            raw["training"]["noise"] = {"kind": "word_swap"}
+        with pytest.raises(ConfigError, match=message):
+            validate_config(raw)
+
+
+def test_word_noise_deletes_masks_and_swaps_only_words() -> None:
+    from aecli.text_layers import WordNoise
+
+    tokens = np.array([[5, 6, 7, 8, 9, 0, 0, 0]] * 64, np.float32)
+    deleted = np.asarray(WordNoise("word_deletion", 0.6, seed=1)(tokens, training=True))
+    kept = (deleted > 0).sum(axis=1)
+    assert kept.min() >= 1 and 1.0 < kept.mean() < 3.5  # about 40% of 5 words survive
+    for row in deleted:  # the survivors keep their order, padding stays at the end
+        words = row[row > 0]
+        assert list(words) == sorted(words) and (row[len(words) :] == 0).all()
+    masked = np.asarray(WordNoise("word_mask", 0.5, seed=1)(tokens, training=True))
+    assert set(np.unique(masked[:, :5])) <= {1, 5, 6, 7, 8, 9} and (masked[:, 5:] == 0).all()
+    swapped = np.asarray(WordNoise("word_swap", 0.5, seed=1)(tokens, training=True))
+    assert (np.sort(swapped[:, :5], axis=1) == tokens[:, :5]).all() and (swapped != tokens).any()
+    assert (np.asarray(WordNoise("word_deletion", 0.6)(tokens, training=False)) == tokens).all()
+
+
+@pytest.mark.slow
+def test_bow_run_trains_embeds_and_beats_nothing_silently(tmp_path: Path, cli: Callable[..., Any]) -> None:
+    source = write_csv(tmp_path / "topics.csv", corpus(150))
+    config = text_config(tmp_path, source, {"kind": "bow", "encoder": [], "latent_dim": 4}, training={"epochs": 30})
+    result = cli("train", config, "--runs-dir", tmp_path / "runs", "--quiet")
+    assert result.exit_code == 0, result.output
+    run = Path(result.stdout.strip().splitlines()[-1])
+    assert (run / "vocabulary.tsv").read_text().startswith("token\tidf\n")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train_errors"]["score"] == "xent" and 0 < metrics["reconstruction"]["word_recall"] <= 1
+
+    (tmp_path / "new.txt").write_text("the cat and the dog\nbank loan profit\n")
+    result = cli("embed", run, tmp_path / "new.txt", "--out", tmp_path / "codes.npy")
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "codes.npy").shape == (2, 4)
+
+    result = cli("evaluate", run, "--out", tmp_path / "eval")
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(evaluation["latent"]) == {"autoencoder", "tf-idf", "lsa-4"}
+    assert evaluation["latent"]["autoencoder"]["knn_accuracy"] > 0.6  # three topics apart
+    assert "Nearest neighbours" in (tmp_path / "eval" / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_sequence_run_denoises_and_its_encoder_embeds_raw_strings(tmp_path: Path, cli: Callable[..., Any]) -> None:
+    source = write_csv(tmp_path / "topics.csv", corpus(120))
+    model = {"kind": "sequence", "embedding_dim": 16, "encoder": [16], "decoder": [16], "latent_dim": 8}
+    sections = {"data": {"text": {"max_tokens": 64, "sequence_length": 5}}, "training": {"noise": "word_deletion"}}
+    sections["training"] = {"noise": {"kind": "word_deletion", "amount": 0.5}}
+    config = text_config(tmp_path, source, model, **sections)
+    result = cli("train", config, "--runs-dir", tmp_path / "runs", "--quiet")
+    assert result.exit_code == 0, result.output
+    run = Path(result.stdout.strip().splitlines()[-1])
+    info = json.loads((run / "run.json").read_text())
+    assert any("more than data.text.sequence_length (5)" in note for note in info["data"].get("notes", [])) or True
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 <= metrics["reconstruction"]["token_accuracy"] <= 1 and metrics["reconstruction"]["perplexity"] > 1
+
+    import keras
+    import tensorflow as tf
+
+    encoder = keras.saving.load_model(run / "encoder.keras")  # plain Keras: the vectorizer is inside
+    codes = np.asarray(encoder(tf.constant(["the cat sat", "bank loan"])))
+    assert codes.shape == (2, 8)
+
+    pairs = tmp_path / "pairs.tsv"
+    lines = ["sentence1\tsentence2\tscore"]
+    lines += [
+        f"{a}\t{b}\t{score}" for (a, _), (b, _), score in zip(corpus(10), corpus(10, seed=1), range(10), strict=True)
+    ]
+    pairs.write_text("\n".join(lines) + "\n")
+    result = cli("evaluate", run, "--pairs", pairs, "--out", tmp_path / "eval")
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert evaluation["pairs"]["n_pairs"] == 10 and -1 <= evaluation["pairs"]["autoencoder"]["spearman"] <= 1
+    result = cli("embed", run, tmp_path / "missing.txt", "--out", tmp_path / "c.npy")
+    assert result.exit_code == 2 and "no such file" in result.output and not (tmp_path / "c.npy").exists()
+
+
+@pytest.mark.slow
+def test_one_word_vocabulary_is_a_one_line_error(tmp_path: Path, cli: Callable[..., Any]) -> None:
+    source = write_csv(tmp_path / "one.csv", [("word", "a")] * 20)
+    config = text_config(tmp_path, source, {"kind": "bow", "encoder": [], "latent_dim": 2})
+    result = cli("train", config, "--runs-dir", tmp_path / "runs", "--quiet")
+    assert result.exit_code == 2 and "a vocabulary needs at least 2" in result.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

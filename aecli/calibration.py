@@ -26,7 +26,7 @@ from aecli.thresholds import ThresholdSpec, false_positive_rate, parse_threshold
 
 THRESHOLDS_FILE = "thresholds.json"
 VALIDATION_ERRORS = "val_errors.csv"
-SCORES = ("mse", "mae", "bce")  # the per-sample error measures a threshold can be on
+SCORES = ("mse", "mae", "bce", "xent")  # per-sample error measures a threshold can be on (xent: text models)
 
 
 def chosen_score(requested: str | None, metrics: dict[str, Any]) -> str:

@@ -591,7 +591,11 @@ def reconstruct(
     run_dir: RunArgument,
     inputs: Annotated[
         list[Path] | None,
-        typer.Argument(help="Image files (PNG/JPG...) or data files (IDX, .npz, .npy, .csv).", show_default=False),
+        typer.Argument(
+            help="Image files (PNG/JPG...) or data files (IDX, .npz, .npy, .csv); for a text run, text files (.txt, "
+            ".csv, .tsv, .jsonl).",
+            show_default=False,
+        ),
     ] = None,
     indices: Annotated[str | None, typer.Option(help="Indices of the run's test split, e.g. 0,5,9.")] = None,
     text: Annotated[
@@ -609,7 +613,10 @@ def reconstruct(
     out: Annotated[Path | None, typer.Option(help="Output folder (default: <run>/reconstruct-<timestamp>).")] = None,
     noise: Annotated[
         str | None,
-        typer.Option(help="Corrupt the inputs first: gaussian:0.3, salt_pepper:0.1 or mask:0.2 (the denoising demo)."),
+        typer.Option(
+            help="Corrupt the inputs first: gaussian:0.3, salt_pepper:0.1 or mask:0.2 (the denoising demo); for a "
+            "sequence run word_deletion:0.6, word_mask:P, word_swap:P or none (default: the run's training noise)."
+        ),
     ] = None,
     save_latent: Annotated[
         bool, typer.Option("--save-latent", help="Also write the latent codes (latent.npy).")
@@ -622,7 +629,8 @@ def reconstruct(
     force: ForceOption = False,
     backend: BackendOption = None,
 ) -> None:
-    """Reconstruct given inputs (and denoise them with --noise); writes images, a grid and a CSV."""
+    """Reconstruct given inputs (and denoise them with --noise); writes images, a grid and a CSV (for texts:
+    the decoded sentences or likeliest words, and a CSV)."""
     from aecli.commands.reconstruct import ReconstructRequest
     from aecli.commands.reconstruct import reconstruct as reconstruct_inputs
 
@@ -804,8 +812,8 @@ def compare(
             "interrupted: finished cells are kept; run the same command with --resume SWEEP_DIR "
             "(the compare-* folder) to train the rest",
         )
-    table = Table(title="comparison (ranked by test MSE, the metric every loss shares)")
     columns = column_titles(outcome.rows)
+    table = Table(title=f"comparison (ranked by {columns['test_mse']}, the metric every loss shares)")
     for key in outcome.varied:
         table.add_column(key)
     for title in columns.values():
@@ -815,6 +823,9 @@ def compare(
         table.add_row(*[str(row[key]) for key in outcome.varied], *[format_value(row, c) for c in columns], style=style)
     console.print(table)
     sweep = outcome.sweep_dir
+    if outcome.best is None:  # no cell completed: nothing was plotted, and the command failed
+        typer.echo(f"error: no cell completed (each one's error is above); tables: {sweep / 'comparison.md'}", err=True)
+        raise typer.Exit(2)
     console.print(f"tables: {sweep / 'comparison.md'}, comparison.csv; curves: curves.png, curves_time.png")
     typer.echo(str(sweep))
 

@@ -248,6 +248,15 @@ class TextConfig(_Section):
         "run reads new texts",
     )
 
+    @model_validator(mode="after")
+    def _room_for_words(self) -> TextConfig:
+        if self.output == "tokens" and self.max_tokens < 4:
+            raise ValueError(
+                f"max_tokens: {self.max_tokens} leaves token outputs room for {self.max_tokens - 2} word(s) besides "
+                "padding and [UNK]; use at least 4"
+            )
+        return self
+
     def _inapplicable(self) -> dict[str, str]:
         if self.output == "tokens":
             return {"ngrams": "applies to bag-of-words outputs (tf_idf, count, multi_hot), not tokens"}
@@ -273,7 +282,7 @@ class DataConfig(_Section):
     label_column: str | int | None = Field(
         None, description="CSV/TSV column (name or index) or JSON Lines key holding the labels"
     )
-    text_column: str | int | list[str | int] | None = Field(
+    text_column: str | int | Annotated[list[str | int], Field(min_length=1)] | None = Field(
         None,
         description="text sources: the CSV/TSV column (name or index) or JSON Lines key holding the texts; a list "
         "reads each listed column as texts of their own (both sentences of a pair)",
@@ -359,8 +368,17 @@ class DataConfig(_Section):
             raise ValueError("text: a source holds texts (data.text) or values over time (data.series, data.sequences)")
         if self.text_column is not None and self.text is None:
             raise ValueError("text_column: applies to text sources; add `text: true` to data")
+        texts = self.text_column if isinstance(self.text_column, list) else [self.text_column]
+        if len(set(map(str, texts))) < len(texts):
+            raise ValueError("text_column: a column is listed twice (its texts would be read twice)")
+        if self.label_column is not None and str(self.label_column) in map(str, texts):
+            raise ValueError("label_column: is also a text column")
         if self.text is not None and self.augment.active:
             raise ValueError("augment: image augmentation does not apply to texts")
+        if self.text is not None and self.scaling != "auto":
+            raise ValueError("scaling: texts are vectorized (data.text.output), not scaled")
+        if self.text is not None and self.labels_path is not None:
+            raise ValueError("labels_path: a text source's labels are a column (data.label_column)")
         if self.is_series and self.augment.active:
             raise ValueError("augment: image augmentation does not apply to time series")
         if self.series is not None:

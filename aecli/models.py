@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aecli.config import ModelConfig, NoiseConfig
 from aecli.errors import ConfigError
 from aecli.model_parts import Autoencoder, LayerSpec
+from aecli.text_plan import plan_sequence
 
 if TYPE_CHECKING:
     pass
@@ -104,8 +105,6 @@ def plan_autoencoder(cfg: ModelConfig, input_shape: tuple[int, ...], vocabulary:
     """The layers of the encoder then the decoder, with output shapes and parameter counts.
     `vocabulary`: for text data, the vocabulary size (sequence models embed token ids)."""
     if cfg.kind == "sequence":
-        from aecli.text_models import plan_sequence
-
         return plan_sequence(cfg, input_shape, vocabulary)
     if cfg.is_recurrent:
         return _plan_recurrent(cfg, input_shape)

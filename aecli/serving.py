@@ -29,7 +29,7 @@ from aecli.data.arrays import fit_to_model
 from aecli.errors import DataError
 from aecli.evaluation import predict_batched
 from aecli.scoring import Columns, checked_rows, csv_chunks, element_names, score_rows, top_contributions
-from aecli.trained_run import TrainedRun, load_model, open_trained_run
+from aecli.trained_run import TrainedRun, load_model, open_trained_run, refuse_text_run
 
 KINDS = ("score", "embed", "reconstruct")
 
@@ -240,6 +240,7 @@ def metadata(detector: Detector, request: ServeRequest) -> dict[str, Any]:
 
 def open_detector(request: ServeRequest) -> Detector:
     run = open_trained_run(request.run_dir)
+    refuse_text_run(run, "serve")
     in_use = threshold_in_use(run.path, run.metrics, request.score, request.threshold)
     select_backend(request.backend or run.config.runtime.backend)
     model = load_model(run.path / "model.keras", compile=False)

@@ -14,12 +14,12 @@ import numpy as np
 
 from aecli.atomic import read_json
 from aecli.backend import import_tensorflow
-from aecli.config import AecliConfig, DataConfig, build_config, load_config
+from aecli.config import AecliConfig, DataConfig, TextConfig, build_config, load_config
 from aecli.data import Dataset, Samples, Scaling, load_dataset, load_for_model
 from aecli.data.vocabulary import VOCABULARY_FILE
-from aecli.errors import AecliError, DataError, RunError, clip
+from aecli.errors import AecliError, ConfigError, DataError, RunError, clip
 from aecli.fingerprints import check_unchanged
-from aecli.runs import REQUIRED_ARTIFACTS, read_run_info, recorded_fingerprints
+from aecli.runs import REQUIRED_ARTIFACTS, config_digest, read_run_info, recorded_fingerprints
 
 
 @dataclass(frozen=True)
@@ -46,17 +46,41 @@ class TrainedRun:
             data |= {"series": series, "window": own.window.model_dump()}
         if own.sequences is not None:
             data["sequences"] = own.sequences.model_dump()
-        if own.text is not None:  # the run's vectorizer: its settings and saved vocabulary
-            data["text"] = {**own.text.model_dump(mode="json"), "vocabulary": str(self.path / VOCABULARY_FILE)}
-            if source.lower().endswith((".csv", ".tsv", ".jsonl")):
-                data |= {key: getattr(own, key) for key in ("text_column", "label_column", "id_column")}
-            base = {"data": data, "model": {"kind": self.config.model.kind}}  # which vectors the model reads
-            return build_config(base=base, overrides=overrides, allowed=("data",), command=option).data
+        if own.text is not None:
+            return self._text_config_for(source, overrides, option)
         if source.lower().endswith(".csv"):
             for key in ("label_column", "id_column"):
                 if getattr(own, key) is not None:
                     data[key] = getattr(own, key)
         return build_config(base={"data": data}, overrides=overrides, allowed=("data",), command=option).data
+
+    def _text_config_for(self, source: str, overrides: Sequence[str], option: str) -> DataConfig:
+        """A text source read with the run's vectorizer: its settings and its vocabulary.tsv (checked
+        against the digest recorded at training), the run's columns for a table; `--set` may change
+        the columns and rows read, never the vectorizer."""
+        own = self.config.data
+        assert own.text is not None
+        vocabulary = self.path / VOCABULARY_FILE
+        recorded = self.info.get("vocabulary", {}).get("sha256")
+        if not vocabulary.is_file() or (recorded is not None and recorded != config_digest(vocabulary)):
+            raise RunError(
+                f"run {self.path}: {VOCABULARY_FILE} is missing or changed since training; its model reads token "
+                "ids of that vocabulary: restore the file or train again"
+            )
+        data: dict[str, Any] = {
+            "source": source,
+            "text": {**own.text.model_dump(mode="json"), "vocabulary": str(vocabulary)},
+        }
+        if source.lower().endswith((".csv", ".tsv", ".jsonl")):
+            data |= {key: getattr(own, key) for key in ("text_column", "label_column", "id_column")}
+        base = {"data": data, "model": {"kind": self.config.model.kind}}  # which vectors the model reads
+        cfg = build_config(base=base, overrides=overrides, allowed=("data",), command=option).data
+        if cfg.text != TextConfig.model_validate(data["text"]):
+            raise ConfigError(
+                f"--set data.text: {option} reads texts with the run's own vectorizer (data.text as trained, and "
+                f"{VOCABULARY_FILE}); only the columns and rows read may change"
+            )
+        return cfg
 
     def read_samples(self, source: str, overrides: Sequence[str], option: str) -> Samples:
         """Every row of a source named on the command line, read the way the run read its data
@@ -100,6 +124,15 @@ def open_trained_run(run_dir: Path, needs: Sequence[str] = ()) -> TrainedRun:
     except (AecliError, KeyError, TypeError, ValueError, IndexError) as exc:
         raise RunError(f"run {run_dir} has unreadable records ({clip(str(exc))})") from None
     return TrainedRun(run_dir, info, config, scaling, sample_shape, metrics)
+
+
+def refuse_text_run(run: TrainedRun, command: str) -> None:
+    """The commands that score raw feature rows do not read texts (yet): say what does."""
+    if run.config.data.text is not None:
+        raise RunError(
+            f"{command}: run {run.path} models texts; use aecli embed, evaluate (anomalies: --normal-classes) or "
+            "reconstruct"
+        )
 
 
 def _check_scaling(scaling: Scaling, sample_shape: tuple[int, ...]) -> None:

@@ -151,6 +151,9 @@ def test_light_commands_never_import_heavy_libraries(tiny_config, tmp_path: Path
     (tmp_path / "s.csv").write_text("t,v\n" + "".join(f"2024-01-01 00:{m:02d}:00,{m}\n" for m in range(60)))
     series = {"source": str(tmp_path / "s.csv"), "series": {"time_column": "t"}, "window": {"size": 8}}
     series_config = tiny_config({"data": series, "model": {"kind": "conv1d", "filters": [4]}}, name="series.yaml")
+    (tmp_path / "t.txt").write_text("a text\nanother text\n")
+    texts = {"source": str(tmp_path / "t.txt"), "text": {"max_tokens": 50}}
+    text_config = tiny_config({"data": texts, "model": {"kind": "sequence"}}, name="text.yaml")
     script = textwrap.dedent(
         f"""
         import sys
@@ -160,9 +163,10 @@ def test_light_commands_never_import_heavy_libraries(tiny_config, tmp_path: Path
         for args in (["--help"], ["validate", {str(config)!r}], ["schema"], ["train", "--bogus"],
                      ["validate", "/nonexistent.yaml"], ["validate", {str(sharded)!r}], ["prepare", "--help"],
                      ["validate", {str(series_config)!r}], ["embed", "--help"], ["score", "--help"],
-                     ["threshold", "--help"]):
+                     ["threshold", "--help"], ["validate", {str(text_config)!r}]):
             result = runner.invoke(app, args)
             assert result.exit_code in (0, 2), result.output
+            assert "validate" not in args or "nonexistent" in args[-1] or result.exit_code == 0, result.output
         heavy = [m for m in ("tensorflow", "keras", "sklearn", "matplotlib") if m in sys.modules]
         print(",".join(heavy))
         """

@@ -49,7 +49,7 @@ def test_knob_of_another_optimizer_is_an_error() -> None:
         ({"optimizer": {"learning_rate": -1}}, r"optimizer\.learning_rate: input should be greater than 0, got -1"),
         ({"model": {"encoder": [0, 3]}}, r"model\.encoder\.0: input should be greater than 0, got 0"),
         ({"model": {"latent_dim": "big"}}, r"model\.latent_dim: input should be a valid integer.*got 'big'"),
-        ({"loss": "mes"}, r"loss\.name: input should be 'mse', 'bce', 'mae' or 'huber', got 'mes'"),
+        ({"loss": "mes"}, r"loss\.name: input should be 'mse', 'bce', 'mae', 'huber' or 'xent', got 'mes'"),
         ({"training": {"epochs": 0}}, r"training\.epochs: input should be greater than 0"),
         ({"data": {"validation_split": 1.5}}, r"data\.validation_split: input should be less than 1"),
         ({"training": "fast"}, r"training: expected a mapping of keys, got 'fast'"),

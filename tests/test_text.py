@@ -76,6 +76,7 @@ def test_text_sources_read_every_layout_and_name_the_bad_line(tmp_path: Path) ->
         "latin.txt": ("caf\u00e9\n".encode("latin-1"), "line 1 is not UTF-8"),
         "binary.txt": (b"ok\n\x00\x01\x02", "line 2 holds a NUL byte"),
         "nothing.txt": (b"", "holds no texts"),
+        "wide.txt": ("one\ntwo\n".encode("utf-16"), "UTF-16 text; convert it to UTF-8"),
         "short.csv": (b"text,topic\nfine,a\nmissing\n", "line 3 has 1 columns"),
         "bad.jsonl": (b'{"text": "x"}\nnot json\n', "line 2 is not a JSON record"),
     }
@@ -149,7 +150,18 @@ def test_bow_run_trains_embeds_and_beats_nothing_silently(tmp_path: Path, cli: C
     (tmp_path / "new.txt").write_text("the cat and the dog\nbank loan profit\n")
     result = cli("embed", run, tmp_path / "new.txt", "--out", tmp_path / "codes.npy")
     assert result.exit_code == 0, result.output
-    assert np.load(tmp_path / "codes.npy").shape == (2, 4)
+    codes = np.load(tmp_path / "codes.npy")
+    assert codes.shape == (2, 4)
+    from aecli.data.vocabulary import Vocabulary
+    from aecli.trained_run import load_encoder
+    from aecli.vectorizer import vectorize
+
+    text = validate_config(yaml.safe_load(config.read_text())).data.text
+    assert text is not None
+    dense = vectorize(
+        np.array(["the cat and the dog", "bank loan profit"], object), text, Vocabulary.read(run / "vocabulary.tsv")
+    )
+    assert np.allclose(codes, load_encoder(run).predict_on_batch(dense), atol=1e-5)  # embed's sparse path: same codes
 
     result = cli("evaluate", run, "--out", tmp_path / "eval")
     assert result.exit_code == 0, result.output
@@ -157,6 +169,32 @@ def test_bow_run_trains_embeds_and_beats_nothing_silently(tmp_path: Path, cli: C
     assert set(evaluation["latent"]) == {"autoencoder", "tf-idf", "lsa-4"}
     assert evaluation["latent"]["autoencoder"]["knn_accuracy"] > 0.6  # three topics apart
     assert "Nearest neighbours" in (tmp_path / "eval" / "report.html").read_text()
+    refused = {
+        ("embed", "--set", "data.text.max_tokens=50"): "reads texts with the run's own vectorizer",
+        ("evaluate", "--normal-classes", "cars"): "none occur in the labels (present: 'money', 'pets', 'sport')",
+        ("evaluate", "--pairs", source): "--pair-columns: no column 'sentence1'",
+    }
+    for (command, *options), message in refused.items():
+        extra = [tmp_path / "new.txt", "--out", tmp_path / "x.npy"] if command == "embed" else []
+        result = cli(command, run, *extra, *options)
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+    result = cli("evaluate", run, "--normal-classes", "pets,money", "--out", tmp_path / "anomalies")
+    assert result.exit_code == 0, result.output
+    anomaly = json.loads((tmp_path / "anomalies" / "metrics.json").read_text())["anomaly"]
+    assert set(anomaly) == {"autoencoder", "tf-idf", "lsa-4"} and anomaly["autoencoder"]["n_anomalies"] > 0
+    assert all(0 <= table["auroc"] <= 1 for table in anomaly.values())
+
+    vocabulary = (run / "vocabulary.tsv").read_text()
+    (run / "vocabulary.tsv").write_text(vocabulary.replace("\tcat\t", "\tcow\t").replace("\ncat\t", "\ncow\t"))
+    result = cli("embed", run, tmp_path / "new.txt", "--out", tmp_path / "y.npy")
+    assert result.exit_code == 2 and "vocabulary.tsv is missing or changed since training" in result.output
+    (run / "vocabulary.tsv").write_text(vocabulary)
+
+    result = cli("reconstruct", run, "--text", "cat dog kitten puppy", "--out", tmp_path / "rec")
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "rec" / "reconstructions.csv").open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert len(set(row["top_words"].split()) & {"cat", "dog", "kitten", "puppy", "fur", "leash", "bowl", "purr"}) >= 3
 
 
 @pytest.mark.slow
@@ -169,8 +207,8 @@ def test_sequence_run_denoises_and_its_encoder_embeds_raw_strings(tmp_path: Path
     result = cli("train", config, "--runs-dir", tmp_path / "runs", "--quiet")
     assert result.exit_code == 0, result.output
     run = Path(result.stdout.strip().splitlines()[-1])
-    info = json.loads((run / "run.json").read_text())
-    assert any("more than data.text.sequence_length (5)" in note for note in info["data"].get("notes", [])) or True
+    notes = json.loads((run / "run.json").read_text())["data"]["notes"]
+    assert any("120 of 120 texts have more than data.text.sequence_length (5)" in note for note in notes)
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0 <= metrics["reconstruction"]["token_accuracy"] <= 1 and metrics["reconstruction"]["perplexity"] > 1
 
@@ -191,14 +229,20 @@ def test_sequence_run_denoises_and_its_encoder_embeds_raw_strings(tmp_path: Path
     assert result.exit_code == 0, result.output
     evaluation = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert evaluation["pairs"]["n_pairs"] == 10 and -1 <= evaluation["pairs"]["autoencoder"]["spearman"] <= 1
+    result = cli("reconstruct", run, "--text", "the cat sat", "--noise", "word_mask:1", "--out", tmp_path / "rec")
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "rec" / "reconstructions.csv").open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["tokens"] == "the cat [UNK]" and row["noised"] == "[UNK] [UNK] [UNK]" and row["decoded"]
     result = cli("embed", run, tmp_path / "missing.txt", "--out", tmp_path / "c.npy")
     assert result.exit_code == 2 and "no such file" in result.output and not (tmp_path / "c.npy").exists()
 
 
 @pytest.mark.slow
 def test_one_word_vocabulary_is_a_one_line_error(tmp_path: Path, cli: Callable[..., Any]) -> None:
-    source = write_csv(tmp_path / "one.csv", [("word", "a")] * 20)
-    config = text_config(tmp_path, source, {"kind": "bow", "encoder": [], "latent_dim": 2})
-    result = cli("train", config, "--runs-dir", tmp_path / "runs", "--quiet")
-    assert result.exit_code == 2 and "a vocabulary needs at least 2" in result.output
+    for rows in ([("word", "a")] * 20, [("!!! ???", "a")] * 20):  # one word; no word at all (tf_idf)
+        source = write_csv(tmp_path / "one.csv", rows)
+        config = text_config(tmp_path, source, {"kind": "bow", "encoder": [], "latent_dim": 2})
+        result = cli("train", config, "--runs-dir", tmp_path / "runs", "--quiet")
+        assert result.exit_code == 2 and "a vocabulary needs at least 2" in result.output, result.output
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

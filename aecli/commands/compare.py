@@ -175,9 +175,10 @@ def run_comparison(request: CompareRequest, reporter_factory: Any = None, say: A
             training = outcome.metrics["training"]
             validated = training["final_val_loss"] is not None
             final = training["final_val_loss"] if validated else training["final_loss"]
+            measure, value = test_error(outcome.metrics)
             say(
-                f"    final {'val loss' if validated else 'loss'} {final:.4g}, test mse "
-                f"{outcome.metrics['reconstruction']['mse']:.4g}, {training['epochs_run']} epochs in "
+                f"    final {'val loss' if validated else 'loss'} {final:.4g}, test {measure} "
+                f"{value:.4g}, {training['epochs_run']} epochs in "
                 f"{training['wall_seconds']:.1f}s"
             )
         else:
@@ -246,11 +247,20 @@ def _cell_result(sweep_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
         final_loss=curve[-1],
         best_loss=min(curve),
         best_epoch=curve.index(min(curve)) + 1,
-        test_mse=metrics["reconstruction"]["mse"],
+        test_mse=test_error(metrics)[1],
+        test_measure=test_error(metrics)[0],
         wall_seconds=training["wall_seconds"],
         samples_per_second=training["samples_per_second"],
     )
     return result
+
+
+def test_error(metrics: dict[str, Any]) -> tuple[str, float]:
+    """The test-split error every cell reports: mse (for bags of words, of each word's presence,
+    whichever loss trained them), or for sequence models, which have no mse, their token
+    cross-entropy (always their loss)."""
+    reconstruction = metrics["reconstruction"]
+    return ("mse", reconstruction["mse"]) if "mse" in reconstruction else ("xent", reconstruction["xent"])
 
 
 NUMERIC_COLUMNS = (
@@ -273,7 +283,7 @@ def column_titles(rows: list[dict[str, Any]]) -> dict[str, str]:
         "final_loss": f"final {loss}",
         "best_loss": f"best {loss}",
         "best_epoch": "best epoch",
-        "test_mse": "test MSE",
+        "test_mse": "test xent" if {row.get("test_measure") for row in rows} == {"xent"} else "test MSE",
         "epochs_to_5pct": "epochs to 5% of best",
         "wall_seconds": "seconds",
         "samples_per_second": "samples/s",
@@ -315,6 +325,7 @@ def _summarise(
             "loss_name": configs[members[0]].loss.name,
             "runs": f"{len(done)}/{len(members)}",
             "monitor": done[0]["monitor"] if done else None,
+            "test_measure": done[0]["test_measure"] if done else None,
             "status": "/".join(statuses),
             "group": group,
         }

@@ -15,10 +15,11 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from aecli.atomic import atomic_path
-from aecli.config import DataConfig
+from aecli.config import DataConfig, TextConfig
 from aecli.data.text import Record, columns_of, text_records
 from aecli.data.vocabulary import Vocabulary
 from aecli.errors import DataError
+from aecli.interrupts import pending_interrupt
 
 
 def embed_texts(
@@ -26,23 +27,60 @@ def embed_texts(
 ) -> tuple[int, int]:
     """Write the codes of every text of `cfg.source` to `out` (.npy, or .csv with line, id,
     label and codes); returns (texts, dimensions)."""
-    from aecli.vectorizer import text_vectorization
-
     assert cfg.text is not None and cfg.text.vocabulary is not None
-    layer = text_vectorization(cfg.text, Vocabulary.read(cfg.text.vocabulary))
+    encode = text_encoder(encoder, cfg.text, Vocabulary.read(cfg.text.vocabulary))
     try:
         chunks = _chunks(text_records(cfg.source, columns_of(cfg), "input"), batch_size)
         with atomic_path(out) as temp:
             writer = _NpyWriter(temp) if out.suffix.lower() == ".npy" else _CsvWriter(temp, cfg)
             with writer:
                 for records in chunks:
-                    vectors = np.asarray(layer([record[0] for record in records]), np.float32)
-                    writer.add(records, np.asarray(encoder.predict_on_batch(vectors), np.float32))
+                    writer.add(records, encode([record[0] for record in records]))
+                    _raise_pending_interrupt()
                     if progress is not None:
                         progress(writer.rows)
+        _raise_pending_interrupt()
     except DataError as exc:
-        raise DataError(str(exc).replace("data.source", "input", 1)) from None
+        message = str(exc).replace("data.source", "input", 1)
+        if message.startswith(("data.label_column", "data.id_column")):
+            message += " (the run's; --set data.label_column=null or data.id_column=null reads INPUT without it)"
+        raise DataError(message) from None
     return writer.rows, writer.dimensions
+
+
+def _raise_pending_interrupt() -> None:
+    """A Ctrl-C that arrived while TensorFlow was in native code can be swallowed there: the flag
+    the handler left is checked after every chunk, so no file is written after one."""
+    interrupt = pending_interrupt()
+    if interrupt is not None:
+        raise interrupt
+
+
+def text_encoder(encoder: Any, text: TextConfig, vocabulary: Vocabulary) -> Callable[[list[str]], np.ndarray]:
+    """Texts -> codes. A bag-of-words encoder that starts with its unit-length normalization and a
+    Dense layer runs them on the sparse bags (scipy), and the rest of its layers as they are:
+    the same codes, without a dense vocabulary-wide row per text."""
+    from aecli.vectorizer import sparse_bags, text_vectorization
+
+    bags = sparse_bags(text, vocabulary)
+    layers = [layer for layer in encoder.layers if type(layer).__name__ != "InputLayer"]
+    chain = len(encoder.inputs) == 1 and all(len(layer._inbound_nodes) == 1 for layer in layers)
+    if bags is None or not chain or [type(layer).__name__ for layer in layers[:2]] != ["UnitNormalization", "Dense"]:
+        layer = text_vectorization(text, vocabulary)
+        return lambda texts: np.asarray(encoder.predict_on_batch(np.asarray(layer(texts), np.float32)), np.float32)
+    from keras import ops
+    from sklearn.preprocessing import normalize
+
+    first, rest = layers[1], layers[2:]
+    kernel, bias = ops.convert_to_numpy(first.kernel), ops.convert_to_numpy(first.bias)
+
+    def encode(texts: list[str]) -> np.ndarray:
+        hidden = first.activation(np.asarray(normalize(bags(texts)) @ kernel + bias, np.float32))
+        for layer in rest:
+            hidden = layer(hidden)
+        return np.asarray(ops.convert_to_numpy(hidden), np.float32)
+
+    return encode
 
 
 def _chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:

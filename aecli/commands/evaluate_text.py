@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from aecli.calibration import threshold_in_use
 from aecli.config import DataConfig
-from aecli.data import Dataset, label_codes
+from aecli.data import Dataset, label_codes, present_labels
 from aecli.data.text import TextColumns, load_text_dataset, load_texts_for_model, read_texts
 from aecli.data.vocabulary import Vocabulary
 from aecli.errors import DataError, EvaluationError
@@ -70,6 +71,11 @@ def evaluate_text_run(run: TrainedRun, request: Any) -> TextEvaluation:
         if labels is None:
             raise EvaluationError("--normal-classes: the evaluated texts have no labels (data.label_column)")
         is_anomaly = ~np.isin(labels, label_codes(request.normal_classes, names, "--normal-classes"))
+        if is_anomaly.all():  # a typo, most likely: say what there is
+            present = present_labels(labels, names)
+            raise EvaluationError(
+                f"--normal-classes {request.normal_classes}: none occur in the labels (present: {present})"
+            )
         metrics["anomaly"] = _anomaly_table(run, found.errors["xent"], texts, is_anomaly, baselines, training)
     metrics = {"run": str(run.path), "data": description, "evaluated": now_iso(), "modality": "text", **metrics}
     points, method = project_2d(codes, "tsne" if request.tsne else "pca", seed=run.config.training.seed)
@@ -131,14 +137,23 @@ def _pair_table(
     """Spearman and Pearson of each method's cosine similarity against the pairs' gold scores."""
     from aecli.vectorizer import vectorize
 
-    found = read_texts(str(path), TextColumns([columns[0], columns[1]], None, columns[2]), what="--pairs")
-    assert found.ids is not None
+    if path.suffix.lower() not in (".tsv", ".csv", ".jsonl"):
+        raise DataError(f"--pairs {path}: expected a .tsv, .csv or .jsonl file of text pairs and scores")
     try:
-        gold = np.array([float(value) for value in found.ids[::2]])
-    except ValueError:
-        raise DataError(f"--pairs {path}: column {columns[2]!r} holds a value that is not a number") from None
-    if len(gold) < 3 or not np.isfinite(gold).all():
-        raise DataError(f"--pairs {path}: needs at least 3 pairs with finite scores")
+        found = read_texts(str(path), TextColumns([columns[0], columns[1]], None, columns[2]), what="--pairs")
+    except DataError as exc:
+        message = str(exc).replace("data.text_column", "--pair-columns").replace("data.id_column", "--pair-columns")
+        raise DataError(message.replace("data.source", "--pairs")) from None
+    assert found.ids is not None
+    gold = np.full(len(found.ids) // 2, np.nan)
+    for pair, value in enumerate(found.ids[::2]):
+        try:
+            gold[pair] = float(value)
+        except ValueError:
+            line = found.lines[2 * pair]
+            raise DataError(f"--pairs {path}: line {line}: the score {value!r} is not a number") from None
+    if len(gold) < 3 or not np.isfinite(gold).all() or np.ptp(gold) == 0:
+        raise DataError(f"--pairs {path}: needs at least 3 pairs with finite scores that are not all equal")
     text = run.data_config_for(str(path), [], "--pairs").text
     assert text is not None and text.vocabulary is not None
     codes = predict_batched(encoder, vectorize(found.texts, text, Vocabulary.read(text.vocabulary)))
@@ -158,13 +173,13 @@ def _anomaly_table(
 ) -> dict[str, Any]:
     """AUROC/AUPRC of the autoencoder's cross-entropy, of LSA's reconstruction error and of the
     TF-IDF distance to the nearest training text."""
-    threshold = float(run.metrics["train_errors"].get("default_threshold_value") or np.percentile(scores, 95))
-    table = {"autoencoder": anomaly_report(scores, is_anomaly, threshold)}
+    in_use = threshold_in_use(run.path, run.metrics, "xent", None)  # thresholds.json's, or the run's default
+    table = {"autoencoder": {**anomaly_report(scores, is_anomaly, in_use.value), "threshold_spec": in_use.method}}
     vectors = baselines.vectors(texts)
     train = baselines.vectors(training.texts["train"])
     nearest = np.asarray((vectors["tf-idf"] @ train["tf-idf"].T).max(axis=1).todense()).ravel()
     for name, values in (("tf-idf", 1 - nearest), *_lsa_residuals(baselines, vectors)):
-        table[name] = anomaly_report(values, is_anomaly, float(np.percentile(values, 95)))
+        table[name] = {**anomaly_report(values, is_anomaly, float(np.percentile(values, 95))), "threshold_spec": "p95"}
     return table
 
 

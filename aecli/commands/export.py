@@ -23,7 +23,7 @@ from aecli.export import (
     export_metadata,
     serving_model,
 )
-from aecli.trained_run import open_trained_run
+from aecli.trained_run import open_trained_run, refuse_text_run
 
 
 @dataclass
@@ -51,6 +51,7 @@ def export_run(request: ExportRequest) -> ExportOutcome:
     if missing:
         raise ExportError(f"--format {request.format} needs {', '.join(missing)}: pip install 'aecli[deploy]'")
     run = open_trained_run(request.run_dir)
+    refuse_text_run(run, "export")
     kind = run.config.model.kind
     if (request.format, kind) in UNSUPPORTED:
         raise ExportError(

@@ -50,8 +50,8 @@ def reconstruct_texts(run: TrainedRun, request: Any) -> TextReconstruction:
             row = {"source": source, "input": given, "tokens": shown, "noised": noised}
             rows.append(row | {"decoded": decode_tokens(decoded[index : index + 1], vocabulary)[0]})
     else:  # bow, or a dense or vae model of bags of words: its output rates every word
-        if request.noise:
-            raise EvaluationError("--noise: word noise applies to sequence models; a bag of words is read whole")
+        if request.noise and request.noise != "none":
+            raise EvaluationError("--noise: a bag-of-words run takes no noise (word noise is for sequence models)")
         probabilities = np.asarray(load_model(run.path / "model.keras", compile=False).predict_on_batch(clean))
         accuracy = word_recall(probabilities, (clean > 0).astype(np.float64))
         words = np.array(["[UNK]", *vocabulary.tokens], dtype=object)
@@ -89,15 +89,18 @@ def _texts(run: TrainedRun, request: Any) -> tuple[np.ndarray, list[str]]:
 
 
 def _noise(run: TrainedRun, spec: str | None) -> NoiseConfig | None:
-    """--noise KIND:AMOUNT (word_deletion, word_mask, word_swap), or the run's own word noise."""
+    """--noise KIND:AMOUNT (word_deletion, word_mask, word_swap), none, or the run's own word noise."""
     if spec is None:
         return run.config.training.noise
+    if spec == "none":
+        return None
     kind, _, amount = spec.partition(":")
     try:
         return NoiseConfig.model_validate({"kind": kind, "amount": float(amount)})
     except ValueError:
         raise EvaluationError(
-            f"--noise {spec!r}: a sequence model takes word_deletion:P, word_mask:P or word_swap:P (P in (0, 1])"
+            f"--noise {spec!r}: a sequence model takes word_deletion:P, word_mask:P or word_swap:P (P in (0, 1]), "
+            "or none"
         ) from None
 
 

@@ -36,7 +36,7 @@ from aecli.scoring import (
     looks_like_json_lines,
     score_chunks,
 )
-from aecli.trained_run import TrainedRun, load_model, open_trained_run
+from aecli.trained_run import TrainedRun, load_model, open_trained_run, refuse_text_run
 
 
 @dataclass
@@ -72,6 +72,7 @@ def score_input(request: ScoreRequest, stdin: IO[str], stdout: IO[str]) -> Score
     if request.out is not None and not request.out.parent.is_dir():
         raise RunError(f"--out {request.out}: no folder {request.out.parent}")
     run = open_trained_run(request.run_dir, needs=("train_errors.csv",))
+    refuse_text_run(run, "score")
     in_use = threshold_in_use(run.path, run.metrics, request.score, request.threshold)
     score, threshold, method = in_use.score, in_use.value, in_use.method
     names, chunks, as_json = _chunks(run, request, stdin)

@@ -28,7 +28,7 @@ from aecli.calibration import (
 from aecli.errors import EvaluationError, RunError
 from aecli.evaluation import per_sample_errors, predict_batched
 from aecli.thresholds import parse_threshold
-from aecli.trained_run import TrainedRun, load_model, open_trained_run
+from aecli.trained_run import TrainedRun, load_model, open_trained_run, refuse_text_run
 
 
 @dataclass
@@ -53,6 +53,8 @@ class ThresholdOutcome:
 def set_threshold(request: ThresholdRequest) -> ThresholdOutcome:
     """Compute the threshold, make it the run's active one (thresholds.json), and say what it flags."""
     run = open_trained_run(request.run_dir, needs=("train_errors.csv",))
+    if request.normal_data or request.normal_classes or request.anomaly_data:
+        refuse_text_run(run, "threshold with --normal-data, --normal-classes or --anomaly-data")
     score = chosen_score(request.score, run.metrics)
     spec = parse_threshold(request.method, "--method")
     if request.normal_classes is not None and request.anomaly_data is not None:

@@ -463,6 +463,8 @@ def _save_encoder(encoder: Any, data: TrainingData, config: AecliConfig, run_dir
         save_atomic(run_dir / "encoder.keras", encoder.save)
         return
     vocabulary.write(run_dir / VOCABULARY_FILE)
+    digest = config_digest(run_dir / VOCABULARY_FILE)  # checked whenever the run reads texts again
+    update_run_info(run_dir, vocabulary={"file": VOCABULARY_FILE, "tokens": len(vocabulary.tokens), "sha256": digest})
     if config.runtime.backend == "tensorflow":
         from aecli.vectorizer import string_encoder
 

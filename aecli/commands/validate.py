@@ -32,4 +32,5 @@ def validate_experiment(path: Path, overrides: Sequence[str]) -> Validated:
     config = build_config(path, overrides)
     input_shape = peek_sample_shape(config.data)
     check_augment(config.data.augment, input_shape)
-    return Validated(config, input_shape, plan_autoencoder(config.model, input_shape))
+    vocabulary = None if config.data.text is None else config.data.text.max_tokens
+    return Validated(config, input_shape, plan_autoencoder(config.model, input_shape, vocabulary))

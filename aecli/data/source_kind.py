@@ -32,6 +32,7 @@ class SourceRequest:
     window: WindowConfig | None = None
     sequences: SequencesConfig | None = None
     text: TextConfig | None = None
+    text_column: str | int | list[str | int] | None = None
 
 
 @dataclass(frozen=True)

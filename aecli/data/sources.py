@@ -72,6 +72,7 @@ def _request(cfg: DataConfig, limit: int | None = None, mmap: bool = False) -> S
         cfg.window if cfg.series is not None else None,
         cfg.sequences,
         cfg.text,
+        cfg.text_column,
     )
 
 

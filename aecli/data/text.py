@@ -19,7 +19,7 @@ import numpy as np
 
 from aecli.config import DataConfig, TextConfig
 from aecli.data.arrays import Dataset, RawData, Rows, Samples
-from aecli.data.files import column_index
+from aecli.data.files import column_index, memory_bytes
 from aecli.data.labels import class_mask, encode_labels
 from aecli.data.scaling import Scaling
 from aecli.data.source_kind import SourceKind, SourceRequest
@@ -113,6 +113,8 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             if len(raw) > MAX_LINE_BYTES:
                 raise DataError(f"{path}: line {number} is longer than {MAX_LINE_BYTES // 2**20} MiB: not text")
             if b"\0" in raw:
+                if number == 1 and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+                    raise DataError(f"{path}: UTF-16 text; convert it to UTF-8, e.g. iconv -f utf-16 -t utf-8")
                 raise DataError(f"{path}: line {number} holds a NUL byte: a binary file, not UTF-8 text")
             try:
                 line = raw.decode("utf-8")
@@ -200,12 +202,17 @@ def _records(
                 raise DataError(f"{path}: line {number}: the text is {shorten(text)}, not a string")
             if not text.strip():
                 raise DataError(f"{path}: line {number}: the text is empty; remove the line or fill it in")
-            label = None if label_at is None else _cell(cells[label_at])
-            identity = None if id_at is None else _cell(cells[id_at])
+            try:
+                label = None if label_at is None else _cell(cells[label_at])
+                identity = None if id_at is None else _cell(cells[id_at])
+            except DataError as exc:
+                raise DataError(f"{path}: line {number}: {exc}") from None
             yield text, label, identity, number
 
 
 def _cell(value: Any) -> str:
+    if value is None:
+        raise DataError("a label or id is null")
     return value if isinstance(value, str) else json.dumps(value)
 
 
@@ -233,6 +240,7 @@ def load_text_dataset(cfg: DataConfig, seed: int) -> Dataset:
         if len(pool.x) < 2:
             raise DataError(f"data.validation_split: {len(pool.x)} training text(s) cannot be split further")
         pool, validation = pool.split(cfg.validation_split, rng)
+    _check_vectors_fit(len(found.texts), text)
     vocabulary = Vocabulary.read(text.vocabulary) if text.vocabulary is not None else adapt_vocabulary(pool.x, text)
     splits = {"train": pool, "test": test, **({"validation": validation} if validation is not None else {})}
     x = {name: vectorize(rows.x, text, vocabulary) for name, rows in splits.items()}
@@ -269,6 +277,19 @@ def load_text_dataset(cfg: DataConfig, seed: int) -> Dataset:
     )
 
 
+def _check_vectors_fit(texts: int, text: TextConfig) -> None:
+    """Bags of words are held as dense rows of max_tokens floats: refuse before allocating what
+    this machine cannot hold (half its memory), with what would fit."""
+    width = text.sequence_length if text.output == "tokens" else text.max_tokens
+    needed = texts * width * 4
+    if needed > memory_bytes() // 2:
+        fits = max(1, memory_bytes() // 2 // (4 * texts))
+        raise DataError(
+            f"data.text: {texts:,} texts x {width:,} values need {needed / 2**30:.1f} GiB as float32 rows, more than "
+            f"half this machine's memory; use data.text.max_tokens of at most {fits:,} (or fewer texts, data.limit)"
+        )
+
+
 def load_texts_for_model(cfg: DataConfig, sample_shape: tuple[int, ...], scaling: Scaling) -> Samples:
     """Every text of a source, vectorized with the run's vocabulary (data.text.vocabulary)."""
     from aecli.vectorizer import vectorize
@@ -277,6 +298,7 @@ def load_texts_for_model(cfg: DataConfig, sample_shape: tuple[int, ...], scaling
     if text.vocabulary is None:
         raise DataError("data.text.vocabulary: a trained run reads texts with its own vocabulary (vocabulary.tsv)")
     found = read_texts(cfg.source, columns_of(cfg), cfg.limit)
+    _check_vectors_fit(len(found.texts), text)
     x = vectorize(found.texts, text, Vocabulary.read(text.vocabulary))
     if x.shape[1:] != sample_shape:
         raise DataError(f"data.source: texts vectorize to {x.shape[1:]}, but the model expects {sample_shape}")
@@ -291,7 +313,11 @@ def _text(cfg: DataConfig) -> TextConfig:
 
 
 def text_sample_shape(request: SourceRequest) -> tuple[int, ...]:
+    """The vector width, after reading the source's first text (so `aecli validate` finds a
+    missing file, a binary one or a missing column without reading the rest)."""
     assert request.text is not None
+    columns = TextColumns(request.text_column, request.label_column, request.id_column)
+    next(text_records(request.source, columns))
     width = request.text.sequence_length if request.text.output == "tokens" else request.text.max_tokens
     return (width,)
 

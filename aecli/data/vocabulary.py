@@ -49,6 +49,8 @@ class Vocabulary:
                 raise DataError(f"data.text.vocabulary {path}: line {number} is not TOKEN<tab>IDF")
             tokens.append(token)
             weights.append(value)
+        if len(set(tokens)) < len(tokens):
+            raise DataError(f"data.text.vocabulary {path}: a token is listed twice; a vocabulary lists each once")
         if len(tokens) < 2:
             raise DataError(f"data.text.vocabulary {path}: holds {len(tokens)} token(s); a vocabulary needs 2")
         idf = np.array(weights, np.float32)

@@ -246,3 +246,34 @@ def test_one_word_vocabulary_is_a_one_line_error(tmp_path: Path, cli: Callable[.
         result = cli("train", config, "--runs-dir", tmp_path / "runs", "--quiet")
         assert result.exit_code == 2 and "a vocabulary needs at least 2" in result.output, result.output
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_sentence_vae_adds_an_annealed_kl_term_and_encodes_to_its_mean() -> None:
+    from aecli.models import TextModelInput, build_autoencoder
+
+    config = validate_config(
+        {
+            "data": {"source": "x.txt", "text": {"max_tokens": 40, "sequence_length": 6}},
+            "model": {
+                "kind": "sequence",
+                "variational": True,
+                "beta": 0.5,
+                "beta_warmup_steps": 4,
+                "word_dropout": 0.3,
+                "embedding_dim": 8,
+                "encoder": [8],
+                "decoder": [8],
+                "latent_dim": 4,
+            },
+        }
+    )
+    autoencoder = build_autoencoder(config.model, (6,), text=TextModelInput(40))
+    tokens = np.array([[5, 6, 7, 0, 0, 0], [8, 9, 10, 11, 0, 0]], np.float32)
+    codes = np.asarray(autoencoder.encoder(tokens))
+    assert np.allclose(codes, np.asarray(autoencoder.encoder(tokens)))  # inference: the mean, no sampling
+    kl = []
+    for _ in range(6):
+        autoencoder.model(tokens, training=True)
+        kl.append(float(sum(float(np.asarray(loss)) for loss in autoencoder.model.losses)))
+    assert kl[0] == 0.0 and kl[1] > 0.0  # beta rises from 0 over the first 4 steps (KL annealing)
+    assert {layer.name for layer in autoencoder.decoder.layers} >= {"word_dropout"}

@@ -30,7 +30,7 @@ def embed_texts(
     assert cfg.text is not None and cfg.text.vocabulary is not None
     encode = text_encoder(encoder, cfg.text, Vocabulary.read(cfg.text.vocabulary))
     try:
-        chunks = _chunks(text_records(cfg.source, columns_of(cfg), "input"), batch_size)
+        chunks = _chunks(islice(text_records(cfg.source, columns_of(cfg), "input"), cfg.limit), batch_size)
         with atomic_path(out) as temp:
             writer = _NpyWriter(temp) if out.suffix.lower() == ".npy" else _CsvWriter(temp, cfg)
             with writer:

@@ -46,6 +46,17 @@ ForceOption = Annotated[
     ),
 ]
 RunArgument = Annotated[Path, typer.Argument(help="A completed run directory.", show_default=False)]
+TextOption = Annotated[
+    list[str] | None,
+    typer.Option("--text", help="Text runs: a text to reconstruct (repeatable; INPUT may be text files too)."),
+]
+NoiseOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Corrupt the inputs first: gaussian:0.3, salt_pepper:0.1 or mask:0.2 (the denoising demo); for a "
+        "sequence run word_deletion:0.6, word_mask:P, word_swap:P or none (default: the run's training noise)."
+    ),
+]
 PairsOption = Annotated[
     Path | None,
     typer.Option(
@@ -598,10 +609,7 @@ def reconstruct(
         ),
     ] = None,
     indices: Annotated[str | None, typer.Option(help="Indices of the run's test split, e.g. 0,5,9.")] = None,
-    text: Annotated[
-        list[str] | None,
-        typer.Option("--text", help="Text runs: a text to reconstruct (repeatable; INPUT may be text files too)."),
-    ] = None,
+    text: TextOption = None,
     time_range: Annotated[
         str | None,
         typer.Option(
@@ -611,13 +619,7 @@ def reconstruct(
         ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default: <run>/reconstruct-<timestamp>).")] = None,
-    noise: Annotated[
-        str | None,
-        typer.Option(
-            help="Corrupt the inputs first: gaussian:0.3, salt_pepper:0.1 or mask:0.2 (the denoising demo); for a "
-            "sequence run word_deletion:0.6, word_mask:P, word_swap:P or none (default: the run's training noise)."
-        ),
-    ] = None,
+    noise: NoiseOption = None,
     save_latent: Annotated[
         bool, typer.Option("--save-latent", help="Also write the latent codes (latent.npy).")
     ] = False,

@@ -235,7 +235,7 @@ def test_conv_model_loads_in_plain_keras(digits: tuple, tmp_path: Path) -> None:
             r"regularization\.sparsity: needs latent_activation sigmoid",
         ),
         ({"model": {"kind": "vae", "beta": -1}}, r"model\.beta: input should be greater than or equal to 0"),
-        ({"model": {"beta": 2}}, r"model\.beta: applies to model\.kind vae only"),
+        ({"model": {"beta": 2}}, r"model\.beta: applies to model\.kind vae and variational sequence models"),
         ({"model": {"filters": [8]}}, r"model\.filters: applies to conv models only"),
         ({"model": {"kind": "vae"}, "loss": "huber"}, r"loss\.name: a vae's reconstruction term is mse or bce"),
         ({"training": {"noise": {"kind": "mask", "amount": 1.5}}}, r"training\.noise\.amount: the mask fraction"),

@@ -107,7 +107,7 @@ def _evaluated(run: TrainedRun, request: Any, training: Dataset) -> tuple[Evalua
     if request.data is None:
         origin = training.origin("test")
         found = (training.texts["test"], training.x_test, training.y_test, training.label_names, origin)
-        return found, "test split"
+        return found, "the test split"
     cfg = run.data_config_for(request.data, request.data_overrides, "--data")
     try:
         samples = load_texts_for_model(cfg, run.sample_shape, run.scaling)
@@ -115,7 +115,7 @@ def _evaluated(run: TrainedRun, request: Any, training: Dataset) -> tuple[Evalua
         raise DataError(str(exc).replace("data.source", "--data", 1)) from None
     assert samples.texts is not None
     evaluated = (samples.texts, samples.x, samples.y, samples.label_names, samples.origin())
-    return evaluated, f"{request.data} ({len(samples.x)} texts)"
+    return evaluated, str(request.data)
 
 
 def _latent_table(
@@ -194,7 +194,7 @@ def _lsa_residuals(baselines: Baselines, vectors: dict[str, Any]) -> list[tuple[
 def _blocks(run: TrainedRun, metrics: dict[str, Any], accuracy: str) -> list[tuple[str, Any]]:
     model = run.config.model
     blocks: list[tuple[str, Any]] = [
-        ("text", f"Run {run.path} evaluated on the {metrics['data']} ({metrics['n_samples']} texts)."),
+        ("text", f"Run {run.path} evaluated on {metrics['data']} ({metrics['n_samples']} texts)."),
         ("heading", "Experiment"),
         (
             "table",

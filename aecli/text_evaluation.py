@@ -44,9 +44,11 @@ def text_errors(model: Any, x: np.ndarray, model_kind: str, loss_name: str) -> T
             probabilities = np.asarray(ops.convert_to_numpy(output), np.float64)
             present = (batch > 0).astype(np.float64)
             residual = probabilities - present
+            bce = np.asarray(ops.convert_to_numpy(bag_errors(batch, output, "bce")), np.float64)
+            own = bce if loss_name == "bce" else bag_errors(batch, output, loss_name)  # xent: the model's own loss
             columns = {
-                "xent": np.asarray(ops.convert_to_numpy(bag_errors(batch, output, loss_name)), np.float64),
-                "bce": np.asarray(ops.convert_to_numpy(bag_errors(batch, output, "bce")), np.float64),
+                "xent": np.asarray(ops.convert_to_numpy(own), np.float64),
+                "bce": bce,
                 "mse": np.mean(residual**2, axis=1),
                 "mae": np.mean(np.abs(residual), axis=1),
             }

@@ -58,19 +58,17 @@ def adapt_vocabulary(texts: np.ndarray, text: TextConfig) -> Vocabulary:
     """The vocabulary (and idf weights) of `texts`, the most frequent tokens first."""
     tf = import_tensorflow()
     batches = tf.data.Dataset.from_tensor_slices(texts.astype(str)).batch(VECTORIZE_BATCH)
-    words = text_vectorization(text.model_copy(update={"output": "tokens"}))
-    words.adapt(batches)  # the words alone first: Keras's tf_idf adapt fails outright on none
-    tokens = [str(token) for token in words.get_vocabulary() if token not in SPECIAL_TOKENS]
+    layer = text_vectorization(text)
+    try:
+        layer.adapt(batches)
+        tokens = [str(token) for token in layer.get_vocabulary() if token not in SPECIAL_TOKENS]
+    except AttributeError:  # Keras's tf_idf adapt fails outright on texts without a single word
+        tokens = []
     if len(tokens) < 2:
         raise DataError(
             f"data.source: the training texts hold {len(tokens)} distinct word(s) after data.text.standardize "
             f"{text.standardize!r}; a vocabulary needs at least 2"
         )
-    if text.output == "tokens":
-        return Vocabulary(tokens)
-    layer = text_vectorization(text)
-    layer.adapt(batches)
-    tokens = [str(token) for token in layer.get_vocabulary() if token not in SPECIAL_TOKENS]
     idf = None
     if text.output == "tf_idf":
         weights = np.asarray(layer._lookup_layer.idf_weights_const, np.float32)  # Keras keeps no public accessor

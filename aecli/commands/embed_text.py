@@ -57,15 +57,14 @@ def _raise_pending_interrupt() -> None:
 
 
 def text_encoder(encoder: Any, text: TextConfig, vocabulary: Vocabulary) -> Callable[[list[str]], np.ndarray]:
-    """Texts -> codes. A bag-of-words encoder that starts with its unit-length normalization and a
-    Dense layer runs them on the sparse bags (scipy), and the rest of its layers as they are:
-    the same codes, without a dense vocabulary-wide row per text."""
+    """Texts -> codes. A bow encoder (a chain the plan builds: unit-length normalization, Dense
+    layers) runs its first two layers on the sparse bags (scipy), and the rest as they are: the
+    same codes, without a dense vocabulary-wide row per text."""
     from aecli.vectorizer import sparse_bags, text_vectorization
 
     bags = sparse_bags(text, vocabulary)
     layers = [layer for layer in encoder.layers if type(layer).__name__ != "InputLayer"]
-    chain = len(encoder.inputs) == 1 and all(len(layer._inbound_nodes) == 1 for layer in layers)
-    if bags is None or not chain or [type(layer).__name__ for layer in layers[:2]] != ["UnitNormalization", "Dense"]:
+    if bags is None or [type(layer).__name__ for layer in layers[:2]] != ["UnitNormalization", "Dense"]:
         layer = text_vectorization(text, vocabulary)
         return lambda texts: np.asarray(encoder.predict_on_batch(np.asarray(layer(texts), np.float32)), np.float32)
     from keras import ops

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from aecli.calibration import threshold_in_use
-from aecli.config import DataConfig
-from aecli.data import Dataset, label_codes, present_labels
-from aecli.data.text import TextColumns, load_text_dataset, load_texts_for_model, read_texts
+from aecli.config import TextConfig
+from aecli.data import label_codes, present_labels
+from aecli.data.arrays import origin_columns
+from aecli.data.text import TextColumns, TextSplits, load_texts_for_model, read_texts, split_texts
 from aecli.data.vocabulary import Vocabulary
 from aecli.errors import DataError, EvaluationError
 from aecli.evaluation import anomaly_report, latent_report, predict_batched, project_2d
@@ -39,8 +40,6 @@ from aecli.text_evaluation import (
 )
 from aecli.trained_run import TrainedRun, load_encoder, load_model
 
-PAIR_COLUMNS = ("sentence1", "sentence2", "score")  # the STS Benchmark's layout
-
 
 @dataclass
 class TextEvaluation:
@@ -51,9 +50,12 @@ class TextEvaluation:
 
 def evaluate_text_run(run: TrainedRun, request: Any) -> TextEvaluation:
     """Everything is computed before the output folder is created."""
-    cfg = run.data_config_for(run.config.data.source, [], "data")
-    training = load_text_dataset(_with_run_splits(run, cfg), seed=run.config.training.seed)
-    evaluated, description = _evaluated(run, request, training)
+    text = run.data_config_for(run.config.data.source, [], "data").text  # the run's, its vocabulary checked
+    assert text is not None and text.vocabulary is not None
+    vocabulary = Vocabulary.read(text.vocabulary)
+    splits = split_texts(run.config.data, seed=run.config.training.seed)  # as training split them
+    train_texts = splits.splits["train"].x
+    evaluated, description = _evaluated(run, request, splits, text, vocabulary)
     texts, x, labels, names, origin = evaluated
     model = load_model(run.path / "model.keras", compile=False)
     encoder = load_encoder(run.path)
@@ -61,11 +63,12 @@ def evaluate_text_run(run: TrainedRun, request: Any) -> TextEvaluation:
     found = text_errors(model, x, kind, loss)
     metrics: dict[str, Any] = text_summary(found, labels, names, kind)
     codes = predict_batched(encoder, x)
-    baselines = fit_baselines(training.texts["train"], codes.shape[1], run.config.training.seed)
+    baselines = fit_baselines(train_texts, codes.shape[1], run.config.training.seed)
     if labels is not None:
         metrics["latent"] = _latent_table(codes, texts, labels, baselines, run.config.training.seed)
     if request.pairs is not None:
-        metrics["pairs"] = _pair_table(request.pairs, request.pair_columns, run, encoder, baselines)
+        pairs = _pair_table(request.pairs, request.pair_columns, encoder, baselines, vectorizer(text, vocabulary))
+        metrics["pairs"] = pairs
     is_anomaly = None
     if request.normal_classes is not None:
         if labels is None:
@@ -76,7 +79,7 @@ def evaluate_text_run(run: TrainedRun, request: Any) -> TextEvaluation:
             raise EvaluationError(
                 f"--normal-classes {request.normal_classes}: none occur in the labels (present: {present})"
             )
-        metrics["anomaly"] = _anomaly_table(run, found.errors["xent"], texts, is_anomaly, baselines, training)
+        metrics["anomaly"] = _anomaly_table(run, found.errors["xent"], texts, is_anomaly, baselines, train_texts)
     metrics = {"run": str(run.path), "data": description, "evaluated": now_iso(), "modality": "text", **metrics}
     points, method = project_2d(codes, "tsne" if request.tsne else "pca", seed=run.config.training.seed)
     neighbours = nearest_neighbours(codes, texts)
@@ -92,22 +95,22 @@ def evaluate_text_run(run: TrainedRun, request: Any) -> TextEvaluation:
     return TextEvaluation(final, metrics, final / "report.html")
 
 
-def _with_run_splits(run: TrainedRun, cfg: DataConfig) -> DataConfig:
-    """The run's own data config (splits, classes, limit) with its saved vocabulary."""
-    own = run.config.data.model_dump(mode="json", exclude_none=True)
-    assert cfg.text is not None
-    own["text"] = cfg.text.model_dump(mode="json", exclude_none=True)
-    return DataConfig.model_validate(own)
-
-
 Evaluated = tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str] | None, dict[str, np.ndarray]]
 
 
-def _evaluated(run: TrainedRun, request: Any, training: Dataset) -> tuple[Evaluated, str]:
-    if request.data is None:
-        origin = training.origin("test")
-        found = (training.texts["test"], training.x_test, training.y_test, training.label_names, origin)
-        return found, "the test split"
+def vectorizer(text: TextConfig, vocabulary: Vocabulary) -> Any:
+    from aecli.vectorizer import vectorize
+
+    return lambda texts: vectorize(texts, text, vocabulary)
+
+
+def _evaluated(
+    run: TrainedRun, request: Any, splits: TextSplits, text: TextConfig, vocabulary: Vocabulary
+) -> tuple[Evaluated, str]:
+    if request.data is None:  # the run's test split: only its texts are vectorized
+        test = splits.splits["test"]
+        x = vectorizer(text, vocabulary)(test.x)
+        return (test.x, x, test.y, splits.label_names, origin_columns(test.positions, test.ids)), "the test split"
     cfg = run.data_config_for(request.data, request.data_overrides, "--data")
     try:
         samples = load_texts_for_model(cfg, run.sample_shape, run.scaling)
@@ -132,11 +135,9 @@ def _latent_table(
 
 
 def _pair_table(
-    path: Path, columns: tuple[str, str, str], run: TrainedRun, encoder: Any, baselines: Baselines
+    path: Path, columns: tuple[str, str, str], encoder: Any, baselines: Baselines, vectorize: Any
 ) -> dict[str, Any]:
     """Spearman and Pearson of each method's cosine similarity against the pairs' gold scores."""
-    from aecli.vectorizer import vectorize
-
     if path.suffix.lower() not in (".tsv", ".csv", ".jsonl"):
         raise DataError(f"--pairs {path}: expected a .tsv, .csv or .jsonl file of text pairs and scores")
     try:
@@ -154,9 +155,7 @@ def _pair_table(
             raise DataError(f"--pairs {path}: line {line}: the score {value!r} is not a number") from None
     if len(gold) < 3 or not np.isfinite(gold).all() or np.ptp(gold) == 0:
         raise DataError(f"--pairs {path}: needs at least 3 pairs with finite scores that are not all equal")
-    text = run.data_config_for(str(path), [], "--pairs").text
-    assert text is not None and text.vocabulary is not None
-    codes = predict_batched(encoder, vectorize(found.texts, text, Vocabulary.read(text.vocabulary)))
+    codes = predict_batched(encoder, vectorize(found.texts))
     table = {"n_pairs": len(gold), "autoencoder": correlations(cosine_pairs(codes[::2], codes[1::2]), gold)}
     for name, vectors in baselines.vectors(found.texts).items():
         table[name] = correlations(cosine_pairs(vectors[::2], vectors[1::2]), gold)
@@ -169,14 +168,14 @@ def _anomaly_table(
     texts: np.ndarray,
     is_anomaly: np.ndarray,
     baselines: Baselines,
-    training: Dataset,
+    train_texts: np.ndarray,
 ) -> dict[str, Any]:
     """AUROC/AUPRC of the autoencoder's cross-entropy, of LSA's reconstruction error and of the
     TF-IDF distance to the nearest training text."""
     in_use = threshold_in_use(run.path, run.metrics, "xent", None)  # thresholds.json's, or the run's default
     table = {"autoencoder": {**anomaly_report(scores, is_anomaly, in_use.value), "threshold_spec": in_use.method}}
     vectors = baselines.vectors(texts)
-    train = baselines.vectors(training.texts["train"])
+    train = baselines.vectors(train_texts)
     nearest = np.asarray((vectors["tf-idf"] @ train["tf-idf"].T).max(axis=1).todense()).ravel()
     for name, values in (("tf-idf", 1 - nearest), *_lsa_residuals(baselines, vectors)):
         table[name] = {**anomaly_report(values, is_anomaly, float(np.percentile(values, 95))), "threshold_spec": "p95"}

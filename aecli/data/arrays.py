@@ -110,7 +110,6 @@ class Dataset:
     source_rows: dict[str, np.ndarray] = field(default_factory=dict)
     ids: dict[str, np.ndarray] = field(default_factory=dict)
     timelines: dict[str, Timeline] = field(default_factory=dict)  # per split, for windows of a series
-    texts: dict[str, np.ndarray] = field(default_factory=dict)  # per split, the texts as read (text sources)
     vocabulary: Vocabulary | None = None  # text sources: what vectorized them, saved with the run
 
     def split(self, part: str) -> tuple[np.ndarray, np.ndarray | None]:

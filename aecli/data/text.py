@@ -220,12 +220,17 @@ def columns_of(cfg: DataConfig) -> TextColumns:
     return TextColumns(cfg.text_column, cfg.label_column, cfg.id_column)
 
 
-def load_text_dataset(cfg: DataConfig, seed: int) -> Dataset:
-    """Split the texts (seeded), adapt the vocabulary on the training texts (or read
-    data.text.vocabulary), and vectorize every split."""
-    from aecli.vectorizer import adapt_vocabulary, token_counts, vectorize
+@dataclass(frozen=True)
+class TextSplits:
+    """The texts of a source split as training splits them (seeded), not yet vectorized."""
 
-    text = _text(cfg)
+    found: TextRows
+    splits: dict[str, Rows]  # train, test, and validation when data.validation_split > 0
+    label_names: list[str] | None
+
+
+def split_texts(cfg: DataConfig, seed: int) -> TextSplits:
+    """Read the texts, split off test and validation texts (seeded), and keep data.classes."""
     found = read_texts(cfg.source, columns_of(cfg), cfg.limit)
     y, label_names = found.labelled()
     pool = Rows.of(found.texts, y, found.ids)
@@ -240,9 +245,21 @@ def load_text_dataset(cfg: DataConfig, seed: int) -> Dataset:
         if len(pool.x) < 2:
             raise DataError(f"data.validation_split: {len(pool.x)} training text(s) cannot be split further")
         pool, validation = pool.split(cfg.validation_split, rng)
+    splits = {"train": pool, "test": test, **({"validation": validation} if validation is not None else {})}
+    return TextSplits(found, splits, label_names)
+
+
+def load_text_dataset(cfg: DataConfig, seed: int) -> Dataset:
+    """Split the texts (seeded), adapt the vocabulary on the training texts (or read
+    data.text.vocabulary), and vectorize every split."""
+    from aecli.vectorizer import adapt_vocabulary, token_counts, vectorize
+
+    text = _text(cfg)
+    parts = split_texts(cfg, seed)
+    found, splits, label_names = parts.found, parts.splits, parts.label_names
+    pool, test, validation = splits["train"], splits["test"], splits.get("validation")
     _check_vectors_fit(len(found.texts), text)
     vocabulary = Vocabulary.read(text.vocabulary) if text.vocabulary is not None else adapt_vocabulary(pool.x, text)
-    splits = {"train": pool, "test": test, **({"validation": validation} if validation is not None else {})}
     x = {name: vectorize(rows.x, text, vocabulary) for name, rows in splits.items()}
     notes = []
     if text.output == "tokens":
@@ -272,7 +289,6 @@ def load_text_dataset(cfg: DataConfig, seed: int) -> Dataset:
         },
         source_rows={name: rows.positions for name, rows in splits.items()},
         ids={name: rows.ids for name, rows in splits.items() if rows.ids is not None},
-        texts={name: rows.x for name, rows in splits.items()},
         vocabulary=vocabulary,
     )
 

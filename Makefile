@@ -52,8 +52,9 @@ bench: $(STAMP) ## the fast path per model kind and backend against plain Keras/
 	$(BIN)/python benchmarks/bench_text.py --quick
 	$(BIN)/python benchmarks/bench.py --quick
 
-bench-full: $(STAMP) ## every benchmark at full size: more rounds, streaming, scoring, serving, workers, sweeps, the TSDAE text config (about 50 minutes)
+bench-full: $(STAMP) ## every benchmark at full size: more rounds, streaming (arrays and texts), scoring, serving, workers, sweeps, the TSDAE text config (about 50 minutes)
 	$(BIN)/python benchmarks/bench_streaming.py
+	$(BIN)/python benchmarks/bench_text_streaming.py
 	$(BIN)/python benchmarks/bench_kinds.py
 	$(BIN)/python benchmarks/bench_series.py
 	$(BIN)/python benchmarks/bench_workers.py

@@ -247,6 +247,12 @@ class TextConfig(_Section):
         description="a saved vocabulary (a run's vocabulary.tsv) to use instead of adapting one: how a trained "
         "run reads new texts",
     )
+    stream: bool | None = Field(
+        None,
+        description="training reads the texts a block at a time instead of holding them and their vectors in "
+        "memory (one pass counts them and adapts the vocabulary); unset: streamed when their vectors would "
+        "need more than a quarter of this machine's memory",
+    )
 
     @model_validator(mode="after")
     def _room_for_words(self) -> TextConfig:

@@ -17,6 +17,7 @@ import numpy as np
 from aecli.backend import import_tensorflow
 from aecli.data import ShardedData, TrainingData
 from aecli.data.labels import label_name
+from aecli.data.text_stream import StreamedTexts
 from aecli.errors import EvaluationError
 
 PSNR_CAP_DB = 100.0
@@ -111,7 +112,7 @@ def report_split(model: Any, data: TrainingData, part: str, per_class: bool) -> 
     A worker of a cluster reading its own share of a shard folder reports its rows, and every
     worker gets the whole split's errors (a collective: every worker calls this, in turn)."""
     names = data.label_names if per_class else None
-    if isinstance(data, ShardedData):
+    if isinstance(data, ShardedData | StreamedTexts):
         gather = None if data.share is None else data.share.gather
         return streamed_reconstruction_report(model, data.batches(part, PREDICT_BATCH_SIZE), names, gather)
     x, y = data.split(part)

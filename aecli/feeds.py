@@ -25,6 +25,7 @@ from aecli.backend import import_tensorflow
 from aecli.data import TrainingData
 from aecli.data.scaling import TENSOR_ALIGNMENT, aligned_empty
 from aecli.data.shards import BLOCK_ROWS, SHUFFLE_BUFFER_BYTES, ShardedData
+from aecli.data.text_stream import StreamedTexts
 from aecli.noise import NoiseSpec, corrupt, corrupt_tensor
 
 PIPELINE_THREADS = 2  # gathering a batch is a memory copy: two threads keep ahead of training
@@ -286,8 +287,9 @@ class Feeds:
 
 
 def fit_inputs(data: TrainingData) -> tuple[np.ndarray | Stream, np.ndarray | Stream | None]:
-    """The training and validation inputs of `fit_autoencoder`: arrays, or streams of a shard folder."""
-    if isinstance(data, ShardedData):
+    """The training and validation inputs of `fit_autoencoder`: arrays, or streams of a shard
+    folder or a text file."""
+    if isinstance(data, ShardedData | StreamedTexts):
         return Stream(data, "train"), Stream(data, "validation") if data.counts["validation"] else None
     return data.x_train, data.x_val
 
@@ -312,6 +314,7 @@ def _worker_feeds(train: Stream, validation: np.ndarray | Stream | None, options
     the same number of steps (each step is a collective), so the training rows repeat and an
     epoch is the global row count's worth of global batches; validation is a fixed number of
     batches per worker, the largest share's, a smaller share cycling through its rows again."""
+    assert isinstance(train.data, ShardedData)  # a text file is read whole by every worker
     share = train.data.share
     assert share is not None
     local, shuffle, seed, augment = (
@@ -385,9 +388,10 @@ def _array_training_feed(x_train: np.ndarray, options: FeedOptions) -> tuple[Any
 
 @dataclass
 class Stream:
-    """One part of a shard folder as `fit` consumes it: a row count and a tf.data pipeline."""
+    """One part of a shard folder or a streamed text file as `fit` consumes it: a row count and a
+    tf.data pipeline."""
 
-    data: ShardedData
+    data: ShardedData | StreamedTexts
     part: str
 
     @property
@@ -432,6 +436,7 @@ class Stream:
         memory after the first epoch so that filling them costs no second pass over its files);
         augmented with draws of its own."""
         tf = import_tensorflow()
+        assert isinstance(self.data, ShardedData)  # a text file is read whole by every worker
         share = self.data.share
         assert share is not None
         if steps is None:
@@ -452,9 +457,11 @@ class Stream:
         return untuned(batches.prefetch(2)).with_options(options)
 
     def _rows(self, shuffle: bool, seed: int) -> Any:
-        """The part's raw rows, block order and rows reshuffled every epoch when `shuffle`."""
+        """The part's raw rows (texts), block order and rows reshuffled every epoch when `shuffle`."""
         tf = import_tensorflow()
         data, part = self.data, self.part
+        if isinstance(data, StreamedTexts):
+            return data.tf_texts(part, shuffle, seed)
         epochs = itertools.count()  # from_generator calls `blocks` afresh every epoch
 
         def blocks() -> Iterator[np.ndarray]:
@@ -474,9 +481,11 @@ class Stream:
         return rows
 
     def _scaler(self) -> Callable[[Any], Any]:
-        """Raw rows to scaled float32 samples, in TensorFlow (the run's saved scaling)."""
+        """Raw rows to scaled float32 samples (texts to vectors), in TensorFlow (the run's saved scaling)."""
         tf = import_tensorflow()
         data = self.data
+        if isinstance(data, StreamedTexts):
+            return data.vectorizer()
         features = math.prod(data.sample_shape)
         # float32 arithmetic, unless the data's magnitude is beyond float32's exact integers
         # (2^24): then (x - offset) is computed in float64, as the in-memory path does.

@@ -429,6 +429,7 @@ def write_benchmarks(results: dict[str, Any], args: argparse.Namespace) -> None:
             "sweep.md",
             "schedules.md",
             "streaming.md",
+            "text_streaming.md",
         )
     ]
     extra = "".join("\n" + part.read_text() for part in parts if part.exists())

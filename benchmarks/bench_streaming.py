@@ -64,6 +64,13 @@ def train(source: str, workdir: Path, name: str) -> dict[str, Any]:
     }
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
+    run, measured = measured_train(path, workdir, name)
+    metrics = json.loads((run / "metrics.json").read_text())
+    return {**measured, "test_mse": metrics["reconstruction"]["mse"]}
+
+
+def measured_train(path: Path, workdir: Path, name: str) -> tuple[Path, dict[str, Any]]:
+    """`aecli train path` in a child process: its run, wall seconds and peak RSS, rows and speed."""
     command = [sys.executable, "-m", "aecli", "train", str(path), "--runs-dir", str(workdir / "runs"), "--quiet"]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -75,13 +82,12 @@ def train(source: str, workdir: Path, name: str) -> dict[str, Any]:
     run = Path(out.strip().splitlines()[-1])
     info = json.loads((run / "run.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
-    return {
+    return run, {
         "peak_rss_mib": usage.ru_maxrss / 1024,
         "wall_seconds": seconds,
         "train_rows": info["data"]["train"],
         "epoch_seconds": metrics["training"]["wall_seconds"],
         "samples_per_second": metrics["training"]["samples_per_second"],
-        "test_mse": metrics["reconstruction"]["mse"],
     }
 
 

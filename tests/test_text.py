@@ -277,3 +277,119 @@ def test_sentence_vae_adds_an_annealed_kl_term_and_encodes_to_its_mean() -> None
         kl.append(float(sum(float(np.asarray(loss)) for loss in autoencoder.model.losses)))
     assert kl[0] == 0.0 and kl[1] > 0.0  # beta rises from 0 over the first 4 steps (KL annealing)
     assert {layer.name for layer in autoencoder.decoder.layers} >= {"word_dropout"}
+
+
+def test_adapting_on_blocks_of_a_stream_equals_keras_tf_idf_adapt() -> None:
+    import keras
+
+    from aecli.config import TextConfig
+    from aecli.vectorizer import adapt_vocabulary
+
+    texts = np.array([text for text, _ in corpus(300)], dtype=object)
+    text = TextConfig(max_tokens=12, ngrams=2)  # fewer than the words: the most frequent are kept, in order
+    streamed = adapt_vocabulary(iter([texts[:7], texts[7:150], texts[150:]]), text, lambda: iter([texts]))
+    keras_own = keras.layers.TextVectorization(max_tokens=12, ngrams=2, output_mode="tf_idf")
+    keras_own.adapt(texts.astype(str), batch_size=64)
+    assert streamed.tokens == keras_own.get_vocabulary()[1:] and len(streamed.tokens) == 11
+    idf = np.asarray(keras_own._lookup_layer.idf_weights_const)[1:]
+    assert streamed.idf is not None and np.allclose(streamed.idf, idf, rtol=1e-6)
+    assert adapt_vocabulary(texts, text).tokens == streamed.tokens  # the in-memory path: the same
+
+
+def test_texts_stream_when_their_vectors_would_not_fit_in_memory(tmp_path: Path, monkeypatch: Any) -> None:
+    from aecli.data import is_streamed, text, text_stream
+
+    source = write_csv(tmp_path / "c.csv", corpus(200))
+    raw = {"source": str(source), "text_column": "text", "text": {"max_tokens": 64}}
+    cfg = validate_config({"data": raw, "model": {"kind": "bow"}}).data
+    vectors = 200 * 64 * 4  # the estimate: the file's size over its lines' mean size, times the width
+    monkeypatch.setattr(text_stream, "memory_bytes", lambda: 4 * vectors * 2)
+    assert not is_streamed(cfg)
+    monkeypatch.setattr(text_stream, "memory_bytes", lambda: 4 * vectors // 2)
+    assert is_streamed(cfg)
+    assert not is_streamed(cfg.model_copy(update={"limit": 50}))  # data.limit bounds what is read
+    held = validate_config({"data": {**raw, "text": {"max_tokens": 64, "stream": False}}, "model": {"kind": "bow"}})
+    assert not is_streamed(held.data)
+    monkeypatch.setattr(text, "memory_bytes", lambda: vectors)
+    with pytest.raises(DataError, match="train with data.text.stream: true, or use data.text.max_tokens of at most"):
+        text.load_text_dataset(held.data, seed=0)
+
+
+@pytest.mark.slow
+def test_a_streamed_text_run_keeps_its_parts_apart_and_evaluate_agrees(
+    tmp_path: Path, cli: Callable[..., Any], monkeypatch: Any
+) -> None:
+    from aecli.data import text_stream
+
+    monkeypatch.setattr(text_stream, "TEXT_BLOCK", 64)  # many blocks, each read and hashed on its own
+    rows = corpus(600)
+    source = write_csv(tmp_path / "c.csv", rows)
+    data = {"text": {"max_tokens": 64, "stream": True}, "validation_split": 0.1, "classes": ["pets", "money"]}
+    model = {"kind": "bow", "encoder": [16], "latent_dim": 4}
+    result = cli("train", text_config(tmp_path, source, model, data=data), "--runs-dir", tmp_path / "runs", "--quiet")
+    assert result.exit_code == 0, result.output
+    run = Path(result.stdout.strip().splitlines()[-1])
+    recorded = json.loads((run / "run.json").read_text())["data"]
+    assert recorded["streamed"] and recorded["texts"] == 600 and (run / "vocabulary.tsv").exists()
+
+    def table(name: str) -> list[dict[str, str]]:
+        with (run / name).open() as handle:
+            return list(csv.DictReader(handle))
+
+    parts = {name: table(name) for name in ("errors.csv", "train_errors.csv", "val_errors.csv")}
+    seen = {name: {int(row["source_row"]) for row in found} for name, found in parts.items()}
+    assert [len(seen[name]) for name in seen] == [recorded[part] for part in ("test", "train", "validation")]
+    assert not (seen["errors.csv"] & seen["train_errors.csv"] or seen["train_errors.csv"] & seen["val_errors.csv"])
+    assert 90 <= recorded["test"] <= 150  # about data.test_split's 0.2, decided text by text
+    for name in ("train_errors.csv", "val_errors.csv"):  # data.classes filters training texts only
+        assert {row["label"] for row in parts[name]} == {"pets", "money"}
+        assert all(rows[int(row["source_row"])][1] == row["label"] for row in parts[name])
+    assert {row["label"] for row in parts["errors.csv"]} == {"pets", "money", "sport"}
+
+    result = cli("evaluate", run, "--out", tmp_path / "eval")
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    trained = json.loads((run / "metrics.json").read_text())
+    assert evaluation["n_samples"] == recorded["test"]  # the texts training held out, no others
+    assert evaluation["reconstruction"]["xent"] == pytest.approx(trained["reconstruction"]["xent"], rel=1e-5)
+
+
+def test_a_bad_line_deep_in_a_streamed_file_is_refused_before_a_run_exists(
+    tmp_path: Path, cli: Callable[..., Any]
+) -> None:
+    rows = corpus(300)
+    source = write_csv(tmp_path / "c.csv", rows)
+    source.write_text(source.read_text().replace(f"{rows[250][0]},", ",", 1))  # line 252: no text
+    data = {"text": {"max_tokens": 64, "stream": True}}
+    config = text_config(tmp_path, source, {"kind": "bow", "latent_dim": 4}, data=data)
+    result = cli("train", config, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and "line 252: the text is empty" in result.output, result.output
+    assert "Traceback" not in result.output and not list((tmp_path / "runs").glob("*"))
+
+
+def test_a_streamed_file_that_changes_between_passes_is_refused(tmp_path: Path) -> None:
+    from aecli.data.text_stream import open_streamed_texts
+
+    source = write_csv(tmp_path / "c.csv", corpus(120))
+    raw = {"source": str(source), "text_column": "text", "text": {"max_tokens": 64, "stream": True}}
+    streamed = open_streamed_texts(validate_config({"data": raw, "model": {"kind": "bow"}}).data, seed=0)
+    assert sum(len(texts) for texts, _, _ in streamed.text_blocks("train")) == streamed.counts["train"]
+    with source.open("a") as handle:
+        handle.write("one more text,pets\n")
+    with pytest.raises(DataError, match="changed while training read it"):
+        next(streamed.text_blocks("train"))
+
+
+def test_bags_counted_from_token_ids_equal_keras_own_bags() -> None:
+    from aecli.config import TextConfig
+    from aecli.vectorizer import adapt_vocabulary, text_vectorization, vectorize
+
+    texts = np.array([text for text, _ in corpus(300)] + ["zzz unseen words", "Cat, DOG! the the the"], dtype=object)
+    for output in ("tf_idf", "count", "multi_hot"):
+        # a vocabulary cut short (unknown words counted as [UNK]), a roomy one, and word pairs
+        for max_tokens, ngrams in ((12, 1), (64, 1), (40, 2)):
+            text = TextConfig(max_tokens=max_tokens, output=output, ngrams=ngrams)
+            vocabulary = adapt_vocabulary(texts[:300], text)
+            keras_own = np.asarray(text_vectorization(text, vocabulary)(texts.astype(str)))
+            assert np.array_equal(vectorize(texts, text, vocabulary), keras_own), (output, max_tokens, ngrams)
+            assert keras_own[-2, 0] > 0  # the unseen words landed in [UNK]'s column

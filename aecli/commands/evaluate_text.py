@@ -17,6 +17,7 @@ from aecli.config import TextConfig
 from aecli.data import label_codes, present_labels
 from aecli.data.arrays import origin_columns
 from aecli.data.text import TextColumns, TextSplits, load_texts_for_model, read_texts, split_texts
+from aecli.data.text_stream import split_streamed_texts
 from aecli.data.vocabulary import Vocabulary
 from aecli.errors import DataError, EvaluationError
 from aecli.evaluation import anomaly_report, latent_report, predict_batched, project_2d
@@ -53,7 +54,9 @@ def evaluate_text_run(run: TrainedRun, request: Any) -> TextEvaluation:
     text = run.data_config_for(run.config.data.source, [], "data").text  # the run's, its vocabulary checked
     assert text is not None and text.vocabulary is not None
     vocabulary = Vocabulary.read(text.vocabulary)
-    splits = split_texts(run.config.data, seed=run.config.training.seed)  # as training split them
+    seed = run.config.training.seed
+    streamed = run.info["data"].get("streamed", False)  # as training split them
+    splits = (split_streamed_texts if streamed else split_texts)(run.config.data, seed)
     train_texts = splits.splits["train"].x
     evaluated, description = _evaluated(run, request, splits, text, vocabulary)
     texts, x, labels, names, origin = evaluated

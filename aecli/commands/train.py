@@ -26,8 +26,9 @@ from aecli.augment import augmented_examples, augmenter, check_augment
 from aecli.backend import import_tensorflow, select_backend
 from aecli.calibration import VALIDATION_ERRORS, Errors, calibrate, record_threshold
 from aecli.config import TEXT_KINDS, AecliConfig, AnomalyConfig, config_to_yaml, load_config
-from aecli.data import Dataset, TrainingData, is_streamed, open_training_data
+from aecli.data import TrainingData, is_streamed, open_training_data
 from aecli.data.shards import ShardedData, check_streamable
+from aecli.data.text_stream import StreamedTexts
 from aecli.data.vocabulary import VOCABULARY_FILE
 from aecli.distribute import ClusterError, Placement, check_mixed_precision, cluster_errors, place
 from aecli.errors import ConfigError, DataError, RunError, TrainingDivergedError, as_storage_error
@@ -329,7 +330,8 @@ def _worker_reading(data: TrainingData, placement: Placement) -> dict[str, Any]:
     if not placement.multi_worker:
         return {}
     if not isinstance(data, ShardedData):
-        note = "in-memory data: every worker reads the whole source and keeps every n-th batch"
+        held = "a streamed text file" if isinstance(data, StreamedTexts) else "in-memory data"
+        note = f"{held}: every worker reads the whole source and keeps every n-th batch"
         return {"worker_input": {"files_per_worker": "all", "note": note}}
     if data.share is None:
         note = data.sharing_note or (
@@ -446,7 +448,7 @@ def _train_and_report(attempt: _Attempt) -> dict[str, Any]:
 
 def _split_reporter(config: AecliConfig, data: TrainingData) -> Any:
     """report_split, or for a text model its own cross-entropy per text."""
-    if config.model.kind not in TEXT_KINDS or not isinstance(data, Dataset):
+    if config.model.kind not in TEXT_KINDS or isinstance(data, ShardedData):
         return report_split
     from aecli.text_evaluation import text_split_report
 
@@ -476,7 +478,7 @@ def _plot_augmented(
     augment: Any, data: TrainingData, run_dir: Path, seed: int, count: int = 8, copies: int = 3
 ) -> None:
     """A picture of what the model trains on: a few training images and augmented versions of them."""
-    if isinstance(data, ShardedData):
+    if isinstance(data, ShardedData | StreamedTexts):
         images = next(data.batches("train", count), (np.empty((0, *data.sample_shape)),))[0][:count]
     else:
         images = data.x_train[:count]
@@ -507,7 +509,9 @@ def _error_report(
     write_errors_csv(run_dir / "errors.csv", test.errors, test.labels, names, origin=test.origin)
     write_errors_csv(run_dir / "train_errors.csv", train.errors, train.labels, names, origin=train.origin)
     if validation is not None:  # held-out normal data: what fpr thresholds are measured on
-        write_errors_csv(run_dir / VALIDATION_ERRORS, validation.errors, validation.labels, names, validation.origin)
+        write_errors_csv(
+            run_dir / VALIDATION_ERRORS, validation.errors, validation.labels, names, origin=validation.origin
+        )
     metrics, train_report = test.metrics, train.metrics
     score = anomaly.score if anomaly.score in train.errors else "mse"
     notes = list(data.description.get("notes", []))

@@ -13,17 +13,20 @@ from aecli.data.scaling import Scaling, fit_channel_scaling, fit_scaling
 from aecli.data.shards import ShardedData
 from aecli.data.sharing import WorkerShare
 from aecli.data.sources import kind_of, read_data
+from aecli.data.text_stream import StreamedTexts
 from aecli.errors import DataError
 
-TrainingData = Dataset | ShardedData
+TrainingData = Dataset | ShardedData | StreamedTexts
 
 
 def open_training_data(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> TrainingData:
-    """Arrays in memory, or for a source too large for memory (a shard folder) a streamed view
+    """Arrays in memory, or for a source too large for memory (a shard folder, a large text file) a streamed view
     of it; either way split (seeded) and scaled the same way. `share`: this process is one
     worker of a cluster, and a streamed source is read a share of its files per worker."""
     kind = kind_of(cfg)
-    return load_dataset(cfg, seed) if kind.stream is None else kind.stream(cfg, seed, share)
+    if kind.stream is not None and kind.streams_source(cfg):
+        return kind.stream(cfg, seed, share)
+    return load_dataset(cfg, seed)
 
 
 def load_dataset(cfg: DataConfig, seed: int, test_only: bool = False) -> Dataset:
@@ -32,7 +35,7 @@ def load_dataset(cfg: DataConfig, seed: int, test_only: bool = False) -> Dataset
     `test_only`: the caller reads only the test split; a shard folder then loads nothing else.
     """
     kind = kind_of(cfg)
-    if kind.stream is not None:  # the same rows per split as streamed training saw
+    if kind.stream is not None and kind.streams_source(cfg):  # the same rows per split as streamed training saw
         return kind.stream(cfg, seed).materialize(("test",) if test_only else ("train", "validation", "test"))
     if kind.load is not None:
         return kind.load(cfg, seed)

@@ -51,6 +51,12 @@ class SourceKind:
     read: Callable[[SourceRequest], RawData]
     # (config, seed, worker share or None) -> a streamed view, like shards.ShardedData
     stream: Callable[..., Any] | None = None
+    # for a kind that streams only some sources (texts too large for memory): whether this one
+    streams: Callable[[DataConfig], bool] | None = None
     sample_shape: Callable[[SourceRequest], tuple[int, ...]] | None = None
     load: Callable[[DataConfig, int], Dataset] | None = None
     load_for_model: Callable[[DataConfig, tuple[int, ...], Scaling], Samples] | None = None
+
+    def streams_source(self, cfg: DataConfig) -> bool:
+        """Whether training streams this source block by block instead of loading it."""
+        return self.stream is not None and (self.streams is None or self.streams(cfg))

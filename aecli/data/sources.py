@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from aecli.config import DataConfig
-from aecli.data import builtin, files, sequences, series, shards, text
+from aecli.data import builtin, files, sequences, series, shards, text_source
 from aecli.data.arrays import RawData, check_raw, sample_shape_of
 from aecli.data.source_kind import SourceKind, SourceRequest
 
 SOURCE_KINDS: tuple[SourceKind, ...] = (
-    text.SOURCE_KIND,
+    text_source.SOURCE_KIND,
     series.SOURCE_KIND,
     sequences.SOURCE_KIND,
     builtin.SOURCE_KIND,
@@ -88,4 +88,4 @@ def peek_sample_shape(cfg: DataConfig) -> tuple[int, ...]:
 
 def is_streamed(cfg: DataConfig) -> bool:
     """Whether training streams this source block by block instead of loading it."""
-    return kind_of(cfg).stream is not None
+    return kind_of(cfg).streams_source(cfg)

@@ -22,7 +22,7 @@ from aecli.data.arrays import Dataset, RawData, Rows, Samples
 from aecli.data.files import column_index, memory_bytes
 from aecli.data.labels import class_mask, encode_labels
 from aecli.data.scaling import Scaling
-from aecli.data.source_kind import SourceKind, SourceRequest
+from aecli.data.source_kind import SourceRequest
 from aecli.data.vocabulary import Vocabulary
 from aecli.errors import DataError, clip, shorten
 
@@ -258,7 +258,7 @@ def load_text_dataset(cfg: DataConfig, seed: int) -> Dataset:
     parts = split_texts(cfg, seed)
     found, splits, label_names = parts.found, parts.splits, parts.label_names
     pool, test, validation = splits["train"], splits["test"], splits.get("validation")
-    _check_vectors_fit(len(found.texts), text)
+    check_vectors_fit(len(found.texts), text)
     vocabulary = Vocabulary.read(text.vocabulary) if text.vocabulary is not None else adapt_vocabulary(pool.x, text)
     x = {name: vectorize(rows.x, text, vocabulary) for name, rows in splits.items()}
     notes = []
@@ -293,16 +293,24 @@ def load_text_dataset(cfg: DataConfig, seed: int) -> Dataset:
     )
 
 
-def _check_vectors_fit(texts: int, text: TextConfig) -> None:
-    """Bags of words are held as dense rows of max_tokens floats: refuse before allocating what
-    this machine cannot hold (half its memory), with what would fit."""
-    width = text.sequence_length if text.output == "tokens" else text.max_tokens
+def vector_width(text: TextConfig) -> int:
+    """The length of a text's vector: its token ids, or a bag over the vocabulary."""
+    return text.sequence_length if text.output == "tokens" else text.max_tokens
+
+
+TRAINING_FIX = "train with data.text.stream: true, or use data.text.max_tokens of at most {fits:,} (or data.limit)"
+
+
+def check_vectors_fit(texts: int, text: TextConfig, what: str = "the texts", fix: str = TRAINING_FIX) -> None:
+    """Vectors are held as dense rows of float32: refuse before allocating what this machine
+    cannot hold (half its memory), saying what to do (`fix`, given the max_tokens that would fit)."""
+    width = vector_width(text)
     needed = texts * width * 4
     if needed > memory_bytes() // 2:
         fits = max(1, memory_bytes() // 2 // (4 * texts))
         raise DataError(
-            f"data.text: {texts:,} texts x {width:,} values need {needed / 2**30:.1f} GiB as float32 rows, more than "
-            f"half this machine's memory; use data.text.max_tokens of at most {fits:,} (or fewer texts, data.limit)"
+            f"data.text: {what}, {texts:,} texts x {width:,} values, need {needed / 2**30:.1f} GiB as float32 "
+            f"rows, more than half this machine's memory; {fix.format(fits=fits)}"
         )
 
 
@@ -314,7 +322,7 @@ def load_texts_for_model(cfg: DataConfig, sample_shape: tuple[int, ...], scaling
     if text.vocabulary is None:
         raise DataError("data.text.vocabulary: a trained run reads texts with its own vocabulary (vocabulary.tsv)")
     found = read_texts(cfg.source, columns_of(cfg), cfg.limit)
-    _check_vectors_fit(len(found.texts), text)
+    check_vectors_fit(len(found.texts), text, fix="read the first N texts with --set data.limit=N")
     x = vectorize(found.texts, text, Vocabulary.read(text.vocabulary))
     if x.shape[1:] != sample_shape:
         raise DataError(f"data.source: texts vectorize to {x.shape[1:]}, but the model expects {sample_shape}")
@@ -334,19 +342,8 @@ def text_sample_shape(request: SourceRequest) -> tuple[int, ...]:
     assert request.text is not None
     columns = TextColumns(request.text_column, request.label_column, request.id_column)
     next(text_records(request.source, columns))
-    width = request.text.sequence_length if request.text.output == "tokens" else request.text.max_tokens
-    return (width,)
+    return (vector_width(request.text),)
 
 
-def _refuse_raw(request: SourceRequest) -> RawData:
+def refuse_raw(request: SourceRequest) -> RawData:
     raise DataError(f"data.source {request.source}: texts are read by aecli train, evaluate and embed (data.text)")
-
-
-SOURCE_KIND = SourceKind(
-    "text",
-    claims=lambda request: request.text is not None,
-    read=_refuse_raw,
-    sample_shape=text_sample_shape,
-    load=load_text_dataset,
-    load_for_model=load_texts_for_model,
-)

@@ -365,6 +365,8 @@ def test_a_bad_line_deep_in_a_streamed_file_is_refused_before_a_run_exists(
     result = cli("train", config, "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 2 and "line 252: the text is empty" in result.output, result.output
     assert "Traceback" not in result.output and not list((tmp_path / "runs").glob("*"))
+    result = cli("train", config, "--runs-dir", tmp_path / "runs", "--set", "optimizer.name=gd")
+    assert result.exit_code == 2 and "which streamed data (a shard folder, a large text file)" in result.output
 
 
 def test_a_streamed_file_that_changes_between_passes_is_refused(tmp_path: Path) -> None:

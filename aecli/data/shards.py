@@ -616,8 +616,8 @@ def read_shards_into_memory(root: Path, limit: int | None = None) -> RawData:
 def check_streamable(optimizer_name: str) -> None:
     if optimizer_name == "gd":
         raise ConfigError(
-            "optimizer.name: gd takes the whole training set as one batch, which a streamed shard folder "
-            "never holds in memory; use sgd with a large training.batch_size"
+            "optimizer.name: gd takes the whole training set as one batch, which streamed data (a shard folder, "
+            "a large text file) never holds in memory; use sgd with a large training.batch_size"
         )
 
 

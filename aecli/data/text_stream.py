@@ -41,6 +41,7 @@ from aecli.data.vocabulary import Vocabulary
 from aecli.errors import DataError
 
 TEXT_BLOCK = 4096  # texts read, assigned to parts and vectorized together
+SHUFFLE_TEXTS = 65_536  # texts mixed across blocks at most: a buffer of short sentences would hold a whole epoch
 MEMORY_SHARE = 4  # data.text.stream unset: streamed when the vectors would need more than 1/4 of memory
 SAMPLED_LINES = 1000  # the first lines, from which a file's count of texts is estimated
 MAX_LABELS = 100_000  # more distinct values than this are not classes (an id column, most likely)
@@ -213,14 +214,16 @@ class StreamedTexts:
     def batches(self, part: str, batch_size: int | None = None) -> Iterator[tuple[np.ndarray, Any, np.ndarray]]:
         """Vectorized blocks of `part` in file order, with label codes and positions (the report);
         blocks of TEXT_BLOCK texts whatever `batch_size` (ShardedData's)."""
-        from aecli.vectorizer import vectorize
+        from aecli.vectorizer import vectorize, vectorizer_function
 
+        vectors = vectorizer_function(self.text, self.vocabulary)
         for texts, y, index in self.text_blocks(part):
-            yield vectorize(texts, self.text, self.vocabulary), y, index
+            yield vectorize(texts, self.text, self.vocabulary, vectors), y, index
 
     def tf_texts(self, part: str, shuffle: bool, seed: int) -> Any:
         """The texts of `part` as a tf.data pipeline of strings: read afresh every epoch, and with
-        `shuffle` mixed within blocks and across them in a buffer of SHUFFLE_BUFFER_BYTES."""
+        `shuffle` mixed within blocks and across them in a buffer of SHUFFLE_BUFFER_BYTES of text
+        (SHUFFLE_TEXTS texts at most)."""
         tf = import_tensorflow()
         epochs = itertools.count()  # from_generator calls `blocks` afresh every epoch
 
@@ -231,7 +234,7 @@ class StreamedTexts:
 
         texts = tf.data.Dataset.from_generator(blocks, output_signature=tf.TensorSpec((None,), tf.string)).unbatch()
         if shuffle:
-            buffer = max(TEXT_BLOCK, int(SHUFFLE_BUFFER_BYTES / max(self.mean_text_bytes, 1.0)))
+            buffer = min(SHUFFLE_TEXTS, max(TEXT_BLOCK, int(SHUFFLE_BUFFER_BYTES / max(self.mean_text_bytes, 1.0))))
             texts = texts.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
         return texts
 

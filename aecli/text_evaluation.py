@@ -127,7 +127,7 @@ class Baselines:
     dimensions: int
 
     def vectors(self, texts: np.ndarray) -> dict[str, np.ndarray]:
-        tfidf = self.tfidf.transform(texts.astype(str))
+        tfidf = self.tfidf.transform(list(texts))
         out = {"tf-idf": tfidf}
         if self.lsa is not None:
             out[f"lsa-{self.dimensions}"] = self.lsa.transform(tfidf)
@@ -139,7 +139,7 @@ def fit_baselines(train_texts: np.ndarray, dimensions: int, seed: int = 0) -> Ba
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     tfidf = TfidfVectorizer()
-    matrix = tfidf.fit_transform(train_texts.astype(str))
+    matrix = tfidf.fit_transform(list(train_texts))
     rank = min(matrix.shape) - 1
     lsa = TruncatedSVD(min(dimensions, rank), random_state=seed).fit(matrix) if rank >= 1 else None
     return Baselines(tfidf, lsa, dimensions if lsa is None else lsa.n_components)

@@ -31,6 +31,7 @@ from aecli.execution import (
     raise_pending_interrupt,
 )
 from aecli.feeds import Feeds, InMemoryValidation, Stream, make_feeds
+from aecli.interrupts import pending_interrupt
 from aecli.layers import MultiWorkerTrainer, VariationalAutoencoder
 from aecli.noise import NoiseSpec, noise_spec
 from aecli.runs import ResumeState
@@ -349,6 +350,13 @@ def _fit(
         if not streamed or "DataError: " not in str(exc):
             raise
         raise DataError(str(exc).split("DataError: ", 1)[1].splitlines()[0]) from None
+    except SystemError:
+        # Ctrl-C raised while TensorFlow's native code was calling Python (a streamed input's
+        # reader) can surface as "bad argument to internal function": it is the interrupt.
+        interrupt = pending_interrupt()
+        if interrupt is None:
+            raise
+        raise interrupt from None
     return time.perf_counter() - started
 
 

@@ -32,7 +32,8 @@ def text_vectorization(
 ) -> Any:
     """The TextVectorization layer `text` describes, with `vocabulary` when given (else to adapt);
     `sparse`: bags of words as a tf.SparseTensor (TensorFlow only); `whole`: token ids of every
-    word, each batch padded to its longest text (not cut to sequence_length)."""
+    word, not cut to sequence_length: ragged (a long text costs its own length), or with n-grams
+    (which Keras's ragged output leaves out) padded to the batch's longest text."""
     import_tensorflow()
     tokens = text.output == "tokens"
     options: dict[str, Any] = {
@@ -41,8 +42,11 @@ def text_vectorization(
         "output_mode": "int" if tokens else text.output,
         "name": name,
     }
-    if tokens and not whole:
-        options["output_sequence_length"] = text.sequence_length
+    if tokens:
+        if not whole:
+            options["output_sequence_length"] = text.sequence_length
+        elif text.ngrams == 1:
+            options["ragged"] = True
     else:
         options |= {"ngrams": text.ngrams if text.ngrams > 1 else None, "pad_to_max_tokens": True, "sparse": sparse}
     if vocabulary is not None:
@@ -60,6 +64,14 @@ def text_vectorization(
     return keras.layers.TextVectorization(**options)
 
 
+def string_tensor(texts: Any) -> Any:
+    """Texts as a tf.string tensor, each of its own length: through a numpy object array, never
+    numpy's fixed-width str (which pads every text to the longest: 4,096 texts with one of
+    1.5 MB took 24 GB)."""
+    tf = import_tensorflow()
+    return tf.constant(np.asarray(texts, dtype=object))
+
+
 def adapt_vocabulary(
     texts: np.ndarray | Iterable[np.ndarray], text: TextConfig, again: Callable[[], Iterable[np.ndarray]] | None = None
 ) -> Vocabulary:
@@ -69,10 +81,9 @@ def adapt_vocabulary(
     The vocabulary comes from adapting in count mode, and the idf weights from the multi-hot
     bags of the adapted vocabulary, with Keras's formula: Keras's own tf_idf adapt dedups every
     text in a Python loop, 90 times slower (37 s for 115,000 sentences, against 0.4 s)."""
-    tf = import_tensorflow()
     layer = text_vectorization(text.model_copy(update={"output": "count"}) if text.output == "tf_idf" else text)
     try:
-        layer.adapt(tf.constant(block.astype(str)) for block in _blocks(texts))
+        layer.adapt(string_tensor(block) for block in _blocks(texts))
         tokens = [str(token) for token in layer.get_vocabulary() if token not in SPECIAL_TOKENS]
     except AttributeError:  # Keras's adapt fails outright on texts without a single word
         tokens = []
@@ -102,17 +113,21 @@ def inverse_document_frequency(blocks: Iterable[np.ndarray], text: TextConfig, t
     holding = np.zeros(width, np.int64)
     documents = 0
     for block in blocks:
-        found = tf.cast(ids(tf.constant(block.astype(str))), tf.int64)
-        keys = tf.boolean_mask(tf.range(len(block), dtype=tf.int64)[:, None] * width + found, found > 0)
+        found = ids(string_tensor(block))
+        if isinstance(found, tf.RaggedTensor):
+            keys = found.value_rowids() * width + tf.cast(found.flat_values, tf.int64)
+        else:  # n-grams: padded with id 0
+            found = tf.cast(found, tf.int64)
+            keys = tf.boolean_mask(tf.range(len(block), dtype=tf.int64)[:, None] * width + found, found > 0)
         holding += np.bincount(tf.unique(keys)[0].numpy() % width, minlength=width)  # once per text
         documents += len(block)
     return np.log1p(documents / (1.0 + holding[2 : 2 + len(tokens)])).astype(np.float32)
 
 
 def bag_token_ids(text: TextConfig, vocabulary: Vocabulary) -> Any:
-    """The token ids of every word (and n-gram) of a batch of texts, each batch padded to its
-    longest text. Int mode numbers the words from 2 (0 pads, 1 is [UNK]), bags from 1 ([UNK]
-    is 0): one id more, so max_tokens + 1 of them."""
+    """The token ids of every word (and n-gram) of a batch of texts (text_vectorization's
+    `whole`). Int mode numbers the words from 2 (0 pads, 1 is [UNK]), bags from 1 ([UNK] is 0):
+    one id more, so max_tokens + 1 of them."""
     update = {"output": "tokens", "max_tokens": text.max_tokens + 1}
     return text_vectorization(text.model_copy(update=update), vocabulary, whole=True)
 
@@ -121,12 +136,11 @@ def vectorize(texts: np.ndarray, text: TextConfig, vocabulary: Vocabulary, vecto
     """Float32 model inputs, one row per text (token ids are exact in float32 below 2^24), in a
     buffer the training pipeline uses without a copy. `vectors`: vectorizer_function's, built
     once by a caller that vectorizes block after block (building one costs a trace)."""
-    tf = import_tensorflow()
     vectors = vectors or vectorizer_function(text, vocabulary)
     width = text.sequence_length if text.output == "tokens" else text.max_tokens
     out = aligned_empty((len(texts), width), np.dtype(np.float32))
     for start in range(0, len(texts), VECTORIZE_BATCH):
-        batch = tf.constant(texts[start : start + VECTORIZE_BATCH].astype(str))
+        batch = string_tensor(texts[start : start + VECTORIZE_BATCH])
         out[start : start + len(batch)] = vectors(batch).numpy()
     return out
 
@@ -141,7 +155,7 @@ def vectorizer_function(text: TextConfig, vocabulary: Vocabulary) -> Any:
     words: a third of each streamed epoch went there)."""
     tf = import_tensorflow()
     strings = [tf.TensorSpec((None,), tf.string)]  # one trace for every batch size
-    if text.output == "tokens":
+    if text.output == "tokens" or text.ngrams > 1:  # n-grams: Keras's own bags (see text_vectorization)
         layer = text_vectorization(text, vocabulary)
         return tf.function(lambda batch: tf.cast(layer(batch), tf.float32), input_signature=strings)
     ids = bag_token_ids(text, vocabulary)
@@ -154,7 +168,7 @@ def vectorizer_function(text: TextConfig, vocabulary: Vocabulary) -> Any:
         counts = tf.math.bincount(
             tf.cast(ids(batch), tf.int32), minlength=width, maxlength=width, axis=-1, dtype=tf.float32
         )
-        counts = counts[:, 1:]  # padding dropped
+        counts = tf.reshape(counts, (-1, width))[:, 1:]  # the shape bincount leaves unknown; column 0: no word
         return tf.minimum(counts, 1.0) if text.output == "multi_hot" else counts * weights
 
     return tf.function(bags, input_signature=strings)
@@ -178,14 +192,13 @@ def sparse_bags(text: TextConfig, vocabulary: Vocabulary) -> Any:
         return None
     import scipy.sparse
 
-    tf = import_tensorflow()
     # Keras's sparse tf_idf output fails (a GatherNd rank error): counts, weighted here
     mode = {"output": "multi_hot" if text.output == "multi_hot" else "count"}
     counts = text_vectorization(text.model_copy(update=mode), vocabulary, sparse=True)
     weights = idf_columns(text, vocabulary) if text.output == "tf_idf" else None
 
     def bags(texts: list[str]) -> Any:
-        found = counts(tf.constant(texts))
+        found = counts(string_tensor(texts))
         rows, columns = found.indices.numpy().T
         matrix = scipy.sparse.csr_matrix((found.values.numpy(), (rows, columns)), shape=(len(texts), text.max_tokens))
         return matrix if weights is None else matrix.multiply(weights[None, :]).tocsr()
@@ -203,7 +216,7 @@ def token_counts(texts: np.ndarray, text: TextConfig) -> np.ndarray:
     tf = import_tensorflow()
     counts = []
     for start in range(0, len(texts), VECTORIZE_BATCH):
-        batch = tf.constant(texts[start : start + VECTORIZE_BATCH].astype(str))
+        batch = string_tensor(texts[start : start + VECTORIZE_BATCH])
         if text.standardize in ("lower", "lower_and_strip_punctuation"):
             batch = tf.strings.lower(batch)
         if text.standardize in ("strip_punctuation", "lower_and_strip_punctuation"):

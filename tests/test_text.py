@@ -367,6 +367,23 @@ def test_a_bad_line_deep_in_a_streamed_file_is_refused_before_a_run_exists(
     assert "Traceback" not in result.output and not list((tmp_path / "runs").glob("*"))
     result = cli("train", config, "--runs-dir", tmp_path / "runs", "--set", "optimizer.name=gd")
     assert result.exit_code == 2 and "which streamed data (a shard folder, a large text file)" in result.output
+    result = cli("train", config, "--runs-dir", tmp_path / "runs", "--set", "data.limit=1")  # not "0 words"
+    assert result.exit_code == 2 and "1 texts are too few to split off a test set" in result.output, result.output
+
+
+def test_a_long_text_costs_its_own_length_not_every_texts(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from aecli.config import TextConfig
+    from aecli.vectorizer import adapt_vocabulary, vectorize
+
+    texts = np.array(["word " * 40_000] + [text for text, _ in corpus(999)], dtype=object)  # one of 200 kB
+    text = TextConfig(max_tokens=64)
+    tracemalloc.start()
+    vectorize(texts, text, adapt_vocabulary(texts, text))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 100 * 2**20  # numpy's fixed-width str would pad all 1,000 texts to 200 kB: 800 MB
 
 
 def test_a_streamed_file_that_changes_between_passes_is_refused(tmp_path: Path) -> None:

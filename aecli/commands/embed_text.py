@@ -60,13 +60,15 @@ def text_encoder(encoder: Any, text: TextConfig, vocabulary: Vocabulary) -> Call
     """Texts -> codes. A bow encoder (a chain the plan builds: unit-length normalization, Dense
     layers) runs its first two layers on the sparse bags (scipy), and the rest as they are: the
     same codes, without a dense vocabulary-wide row per text."""
-    from aecli.vectorizer import sparse_bags, text_vectorization
+    from aecli.vectorizer import sparse_bags, string_tensor, text_vectorization
 
     bags = sparse_bags(text, vocabulary)
     layers = [layer for layer in encoder.layers if type(layer).__name__ != "InputLayer"]
     if bags is None or [type(layer).__name__ for layer in layers[:2]] != ["UnitNormalization", "Dense"]:
         layer = text_vectorization(text, vocabulary)
-        return lambda texts: np.asarray(encoder.predict_on_batch(np.asarray(layer(texts), np.float32)), np.float32)
+        return lambda texts: np.asarray(
+            encoder.predict_on_batch(np.asarray(layer(string_tensor(texts)), np.float32)), np.float32
+        )
     from keras import ops
     from sklearn.preprocessing import normalize
 

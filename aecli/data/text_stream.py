@@ -230,7 +230,7 @@ class StreamedTexts:
         def blocks() -> Iterator[np.ndarray]:
             rng = np.random.default_rng([seed, next(epochs)]) if shuffle else None
             for texts, _, _ in self.text_blocks(part, rng):
-                yield texts.astype(str)
+                yield texts  # an object array: each text its own length
 
         texts = tf.data.Dataset.from_generator(blocks, output_signature=tf.TensorSpec((None,), tf.string)).unbatch()
         if shuffle:
@@ -283,6 +283,7 @@ class _Tally:
     texts: int = 0
     text_bytes: int = 0
     longer: int = 0  # token outputs: texts cut to data.text.sequence_length
+    complete: bool = False  # the whole file was read
 
     def add(
         self, texts: np.ndarray, labels: list[str | None], parts: np.ndarray, text: TextConfig, labelled: bool
@@ -321,13 +322,20 @@ def open_streamed_texts(cfg: DataConfig, seed: int, share: Any = None) -> Stream
                 tally.add(texts, found, parts, text, cfg.label_column is not None)
             if (parts == 0).any():
                 yield texts[parts == 0]
+        if tally is not None:
+            tally.complete = True
 
     if text.vocabulary is not None:
         vocabulary = Vocabulary.read(text.vocabulary)
         for _ in training_texts(tally):
             pass
     else:  # tf_idf's document counts take a second pass, over the training texts only
-        vocabulary = adapt_vocabulary(training_texts(tally), text, lambda: training_texts(None))
+        try:
+            vocabulary = adapt_vocabulary(training_texts(tally), text, lambda: training_texts(None))
+        except DataError:  # read to the end but no words: an empty split says why better, when it is one
+            if tally.complete:
+                _check_parts(cfg, dict(zip(PARTS, tally.counts.tolist(), strict=True)), tally.texts)
+            raise
     counts = dict(zip(PARTS, tally.counts.tolist(), strict=True))
     _check_parts(cfg, counts, tally.texts)
     if labels is None and cfg.label_column is not None:

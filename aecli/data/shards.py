@@ -455,7 +455,7 @@ def open_sharded(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -
     if cfg.classes is not None:
         data.class_codes = label_codes(cfg.classes, shards.label_names, "data.classes")
     data.counts = {part: data.count(part) for part in ("train", "validation", "test")}
-    _check_parts_hold_rows(data)
+    check_parts_hold_rows(cfg, data.counts, own_test="test" in shards.splits)
     if share is not None:
         _share_files(data, share)
     # uint8 images scaled /255: nothing to learn or check, no pass over the rows
@@ -479,15 +479,14 @@ def open_sharded(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -
     return data
 
 
-def _check_parts_hold_rows(data: ShardedData) -> None:
-    cfg = data.cfg
-    own_test = "test" in data.shards.splits
+def check_parts_hold_rows(cfg: DataConfig, counts: dict[str, int], own_test: bool = False) -> None:
+    """Every part training uses holds rows (streamed data counts them before training starts)."""
     for part, fix in (
         ("train", "lower the split fractions or widen data.classes / data.limit"),
         ("validation", "raise data.validation_split or data.limit, or set it to 0"),
         ("test", "the folder's test shards hold no rows" if own_test else "raise data.test_split or data.limit"),
     ):
-        if data.counts[part] == 0 and (part != "validation" or cfg.validation_split > 0):
+        if counts[part] == 0 and (part != "validation" or cfg.validation_split > 0):
             raise DataError(f"data.source {cfg.source}: the {part} split is empty; {fix}")
 
 

@@ -22,11 +22,11 @@ import numpy as np
 
 from aecli.backend import import_tensorflow
 from aecli.config import DataConfig, TextConfig
-from aecli.data.arrays import Dataset, Rows
+from aecli.data.arrays import Rows
 from aecli.data.files import memory_bytes
 from aecli.data.labels import class_mask, encode_labels, label_codes
 from aecli.data.scaling import Scaling
-from aecli.data.shards import SHUFFLE_BUFFER_BYTES, hash_position
+from aecli.data.shards import SHUFFLE_BUFFER_BYTES, check_parts_hold_rows, hash_position
 from aecli.data.text import (
     IDENTITY,
     MAX_LINE_BYTES,
@@ -244,35 +244,6 @@ class StreamedTexts:
 
         return vectorizer_function(self.text, self.vocabulary)
 
-    def materialize(self, parts: tuple[str, ...] = PARTS) -> Dataset:
-        """These parts in memory (the others empty), refused when their vectors would not fit."""
-        check_vectors_fit(sum(self.counts[part] for part in parts), self.text)
-        empty = (np.empty((0, *self.sample_shape), np.float32), None, np.empty(0, np.int64))
-        found: dict[str, tuple[Any, Any, Any]] = {}
-        for part in PARTS:
-            blocks = list(self.batches(part)) if part in parts else []
-            if not blocks:
-                found[part] = empty
-                continue
-            y = None if self.labels is None else np.concatenate([block[1] for block in blocks])
-            found[part] = (np.concatenate([block[0] for block in blocks]), y, np.concatenate([b[2] for b in blocks]))
-        validation = found["validation"] if self.counts["validation"] and "validation" in parts else None
-        return Dataset(
-            x_train=found["train"][0],
-            y_train=found["train"][1],
-            x_val=None if validation is None else validation[0],
-            y_val=None if validation is None else validation[1],
-            x_test=found["test"][0],
-            y_test=found["test"][1],
-            sample_shape=self.sample_shape,
-            is_image=False,
-            scaling=IDENTITY,
-            label_names=self.label_names,
-            description=self.description,
-            source_rows={part: rows for part, (_, _, rows) in found.items()},
-            vocabulary=self.vocabulary,
-        )
-
 
 @dataclass
 class _Tally:
@@ -372,13 +343,7 @@ def _classes(cfg: DataConfig) -> tuple[LabelCodes, list[int]]:
 def _check_parts(cfg: DataConfig, counts: dict[str, int], texts: int) -> None:
     if texts < 3:
         raise DataError(f"data.source {cfg.source}: {texts} texts are too few to split off a test set")
-    for part, fix in (
-        ("train", "lower the split fractions or widen data.classes / data.limit"),
-        ("validation", "raise data.validation_split or data.limit, or set it to 0"),
-        ("test", "raise data.test_split or data.limit"),
-    ):
-        if counts[part] == 0 and (part != "validation" or cfg.validation_split > 0):
-            raise DataError(f"data.source {cfg.source}: the {part} split is empty; {fix}")
+    check_parts_hold_rows(cfg, counts)
 
 
 def split_streamed_texts(cfg: DataConfig, seed: int) -> TextSplits:

@@ -22,11 +22,12 @@ from aecli.atomic import write_json_atomic
 from aecli.errors import EvaluationError, RunError, clip
 from aecli.reporting import read_error_column
 from aecli.runs import now_iso
-from aecli.thresholds import ThresholdSpec, false_positive_rate, parse_threshold, resolve_threshold
+from aecli.thresholds import SIGNED_SCORES, ThresholdSpec, false_positive_rate, parse_threshold, resolve_threshold
 
 THRESHOLDS_FILE = "thresholds.json"
 VALIDATION_ERRORS = "val_errors.csv"
-SCORES = ("mse", "mae", "bce", "xent")  # per-sample error measures a threshold can be on (xent: text models)
+# Per-sample scores a threshold can be on (xent: text models; knn, combined: runs that keep their codes).
+SCORES = ("mse", "mae", "bce", "xent", "knn", "combined")
 
 
 def chosen_score(requested: str | None, metrics: dict[str, Any]) -> str:
@@ -91,6 +92,7 @@ def calibrate(
         labelled.scores if needs == "labelled" and labelled is not None else train.scores,
         None if normal is None else normal.scores,
         None if labelled is None else labelled.is_anomaly,
+        signed=score in SIGNED_SCORES,
     )
     # What it flags of held-out normal data; for fpr those are the rows it was chosen on.
     rate_on = None if normal is None else normal.described() + (" (chosen on them)" if needs == "normal" else "")

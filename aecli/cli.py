@@ -285,6 +285,15 @@ def _print_training_summary(console: Console, metrics: dict[str, Any]) -> None:
     table.add_row(
         "training time", f"{training['wall_seconds']:.1f} s ({training['samples_per_second']:,.0f} samples/s)"
     )
+    errors = metrics.get("train_errors", {})
+    if "default_threshold_value" in errors:
+        rate = errors.get("default_threshold_false_positive_rate")
+        expected = "" if rate is None else f", flags {rate:.1%} of them"
+        table.add_row(
+            f"threshold ({errors['default_threshold']}, {errors['score']})",
+            f"{errors['default_threshold_value']:.5g}",
+        )
+        table.add_row("threshold from", f"{errors.get('default_threshold_from', 'training split')}{expected}")
     console.print(table)
 
 
@@ -364,6 +373,13 @@ def evaluate(
     tsne: Annotated[bool, typer.Option("--tsne", help="Project the latent space with t-SNE instead of PCA.")] = False,
     pairs: PairsOption = None,
     pair_columns: PairColumnsOption = "sentence1,sentence2,score",
+    baselines: Annotated[
+        bool,
+        typer.Option(
+            help="With labelled anomalies, also fit IsolationForest and PCA (as many components as the code) on the "
+            "run's training rows and report their AUROC/AUPRC beside the autoencoder's."
+        ),
+    ] = True,
     force: ForceOption = False,
     backend: BackendOption = None,
 ) -> None:
@@ -386,6 +402,7 @@ def evaluate(
         force=force,
         pairs=pairs,
         pair_columns=_pair_columns(pair_columns),
+        baselines=baselines,
     )
     outcome = _interruptible(lambda: evaluate_run(request), "interrupted: no evaluation folder written")
     console = _console()
@@ -577,6 +594,11 @@ def _print_evaluation_summary(console: Console, metrics: dict[str, Any]) -> None
         table.add_row(
             "flagged", f"{anomaly['n_flagged']} of {metrics['n_samples']} ({anomaly['n_anomalies']} anomalies)"
         )
+        for name, row in anomaly.get("baselines", {}).items():
+            if isinstance(row, dict):
+                table.add_row(f"baseline {name} auroc / auprc", f"{row['auroc']:.4f} / {row['auprc']:.4f}")
+            else:
+                table.add_row("baselines", f"skipped: {row}")
     in_time = metrics.get("anomalies_in_time")
     if in_time:
         table.add_row(f"threshold ({in_time['threshold_spec']}, {in_time['score']})", f"{in_time['threshold']:.5g}")

@@ -31,7 +31,7 @@ from pydantic_core import PydanticCustomError
 
 from aecli.errors import AecliError, ConfigError, clip, shorten
 from aecli.safe_yaml import CORE_RESOLVERS, MAX_DOCUMENT_BYTES, load_yaml
-from aecli.thresholds import parse_threshold
+from aecli.thresholds import AUTO_THRESHOLD, auto_threshold, parse_threshold
 
 Activation = Literal[
     "relu", "elu", "selu", "gelu", "silu", "swish", "leaky_relu", "tanh", "sigmoid", "softplus", "linear"
@@ -275,7 +275,7 @@ class TextConfig(_Section):
 
 
 # Scalings whose output is not in [0, 1]: the default output activation is then linear.
-UNBOUNDED_SCALINGS = ("none", "zscore", "zscore_global")
+UNBOUNDED_SCALINGS = ("none", "zscore", "zscore_global", "robust")
 
 
 class DataConfig(_Section):
@@ -307,11 +307,12 @@ class DataConfig(_Section):
         None, min_length=1, description="train only on these labels, as written in the data (numbers or names)"
     )
     limit: PositiveInt | None = Field(None, description="read at most this many rows of each source split")
-    scaling: Literal["auto", "minmax", "global", "zscore", "zscore_global", "none"] = Field(
+    scaling: Literal["auto", "minmax", "global", "zscore", "zscore_global", "robust", "none"] = Field(
         "auto",
         description="auto: uint8 /255, other images global min-max, tabular per-feature min-max, series z-score "
         "per channel, sequences min-max per channel; zscore: (x - mean) / std per feature (per channel for "
-        "series); all fitted on the training split",
+        "series); robust: (x - median) / (IQR / 1.349) per feature, which outliers in the training rows barely "
+        "move (the std where the IQR is 0); all fitted on the training split",
     )
     series: SeriesConfig | None = Field(
         None, description="data.source is a CSV of values over time: cut it into windows (data.window), split by time"
@@ -782,14 +783,20 @@ class AnomalyConfig(_Section):
     """How reconstruction errors become anomaly flags: recorded in the run, used by `aecli evaluate`
     unless its --score/--threshold say otherwise."""
 
-    score: Literal["mse", "mae", "bce", "xent"] = Field(
+    score: Literal["mse", "mae", "bce", "xent", "knn", "combined"] = Field(
         "mse",
-        description="per-sample error used as the anomaly score (bce needs data in [0, 1]; xent, the text models' "
-        "cross-entropy, is the default for bow and sequence)",
+        description="per-sample anomaly score: a reconstruction error (mse, mae, bce for data in [0, 1]; xent, the "
+        "text models' cross-entropy, is the default for bow and sequence), knn (mean distance from the code to "
+        "the `neighbours` nearest training codes) or combined (mse and knn, each standardised on the training "
+        "rows, averaged)",
+    )
+    neighbours: PositiveInt = Field(
+        10, le=1000, description="knn and combined: how many nearest training codes a row's distance averages"
     )
     threshold: str = Field(
-        "percentile:95",
-        description="max (largest training error), percentile:Q or mean_std:K of the training errors, "
+        AUTO_THRESHOLD,
+        description="auto (the default): fpr:0.05 when the run holds validation rows out, else percentile:95; "
+        "max (largest training error), percentile:Q or mean_std:K of the training errors, "
         "fpr:F (flags a share F of the held-out normal validation rows), contamination:F (flag that share of "
         "the evaluated data), or a number; best_f1 needs labelled anomalies: set it with aecli threshold",
     )
@@ -799,9 +806,16 @@ class AnomalyConfig(_Section):
         "or all (the smallest: a step is flagged only when every window covering it is)",
     )
 
+    def _inapplicable(self) -> dict[str, str]:
+        if self.score in ("knn", "combined"):
+            return {}
+        return {"neighbours": f"applies to anomaly.score knn and combined, not {self.score!r}"}
+
     @field_validator("threshold")
     @classmethod
     def _known_threshold(cls, value: str) -> str:
+        if value.strip() == AUTO_THRESHOLD:
+            return AUTO_THRESHOLD
         try:
             return str(parse_threshold(value, "threshold"))
         except AecliError as exc:
@@ -875,7 +889,7 @@ class AecliConfig(_Section):
                 "data.augment: augmentation runs in the tf.data input pipeline, and training.input_pipeline keras "
                 "hands numpy arrays to fit instead; use input_pipeline tensor (the default) or arrays"
             )
-        threshold = parse_threshold(self.anomaly.threshold)
+        threshold = auto_threshold(self.anomaly.threshold, self.data.validation_split > 0)
         if threshold.kind == "best_f1":
             raise ValueError(
                 "anomaly.threshold: best_f1 needs labelled anomalies, which training has not; train with another "
@@ -926,6 +940,8 @@ def _check_text_sections(config: AecliConfig) -> None:
         raise ValueError(f"anomaly.score: xent is for text models (bow, sequence), not {kind}")
     if kind == "sequence" and score != "xent":
         raise ValueError(f"anomaly.score: a sequence model's per-sample error is xent, not {score}")
+    if text is not None and score in ("knn", "combined"):
+        raise ValueError(f"anomaly.score: {score} is for arrays, tables and series; a text model's score is xent")
 
 
 def _loss_name(loss: Any) -> Any:

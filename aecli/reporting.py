@@ -295,7 +295,7 @@ def plot_error_histogram(
 ) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    bins = np.histogram_bin_edges(scores, bins=50)
+    bins = _bin_edges(scores)
     if is_anomaly is not None and is_anomaly.any() and (~is_anomaly).any():
         ax.hist(scores[~is_anomaly], bins=bins, alpha=0.6, label=f"normal ({int((~is_anomaly).sum())})")
         ax.hist(scores[is_anomaly], bins=bins, alpha=0.6, label=f"anomaly ({int(is_anomaly.sum())})")
@@ -306,6 +306,20 @@ def plot_error_histogram(
     ax.set(xlabel=f"reconstruction error ({score_name})", ylabel="samples", title="Reconstruction errors")
     ax.legend()
     _save(fig, path)
+
+
+def _bin_edges(scores: np.ndarray, bins: int = 50) -> np.ndarray:
+    """50 equal bins over the finite scores. numpy's own edges fail when the range is below the
+    floats' resolution at the scores' size (one row scoring 1e35, or equal scores): then the
+    bins span a relative 0.1% around them."""
+    finite = scores[np.isfinite(scores)]
+    if not finite.size:
+        return np.linspace(0.0, 1.0, bins + 1)
+    low, high = float(finite.min()), float(finite.max())
+    if high - low <= 1e-9 * max(abs(low), abs(high)) or high == low:
+        pad = max(abs(low), abs(high)) * 1e-3 or 0.5
+        low, high = low - pad, high + pad
+    return np.linspace(low, high, bins + 1)
 
 
 def plot_latent(

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from aecli.code_scores import CodeSpace
 from aecli.data.arrays import fit_to_model
 from aecli.data.labels import is_number
 from aecli.errors import DataError, clip, shorten
@@ -271,14 +272,15 @@ def score_chunks(
     names: list[str],
     top_k: int,
     what: str,
+    code_scorer: CodeScorer | None = None,
 ) -> Iterator[Scored]:
     """Each chunk scaled (unless it is already), reconstructed, and scored; `names` name the
     flattened input elements for the top-k contributions (squared residuals)."""
     for chunk in chunks:
         x = checked_rows(chunk.x, what, chunk.first)  # (raw: NaN named as such, before scaling)
-        x = x if chunk.scaled else fit_to_model(x, sample_shape, scaling, what)
+        x = x if chunk.scaled else fit_to_model(x, sample_shape, scaling, what, chunk.first)
         x_hat = reconstruct(x)
-        scores, flagged, residual = score_rows(x, x_hat, score, threshold)
+        scores, flagged, residual = score_rows(x, x_hat, score, threshold, code_scorer)
         yield Scored(chunk, scores, flagged, top_contributions(residual, names, top_k))
 
 
@@ -290,11 +292,28 @@ def checked_rows(x: np.ndarray, what: str, first: int = 0) -> np.ndarray:
     return x
 
 
-def score_rows(x: np.ndarray, x_hat: np.ndarray, score: str, threshold: float) -> tuple[np.ndarray, ...]:
+@dataclass(frozen=True)
+class CodeScorer:
+    """What a code-space score (knn, combined) needs besides the reconstruction: the run's
+    encoder (as a function of scaled rows) and its training codes."""
+
+    encode: Callable[[np.ndarray], np.ndarray]
+    space: CodeSpace
+
+    def scores(self, x: np.ndarray, mse: np.ndarray) -> dict[str, np.ndarray]:
+        return self.space.scores(self.encode(x), mse)
+
+
+def score_rows(
+    x: np.ndarray, x_hat: np.ndarray, score: str, threshold: float, code_scorer: CodeScorer | None = None
+) -> tuple[np.ndarray, ...]:
     """Scaled rows and their reconstructions -> per-row scores, flags, and squared residuals per
     input element (flattened): what score and serve report."""
     # The run's measure as evaluate computes it (bce by its formula even for a row outside [0, 1]).
-    scores = per_sample_errors(x, x_hat, bce=score == "bce")[score]
+    errors = per_sample_errors(x, x_hat, bce=score == "bce")
+    if code_scorer is not None:
+        errors.update(code_scorer.scores(x, errors["mse"]))
+    scores = errors[score]
     residual = np.square(x_hat.reshape(len(x), -1).astype(np.float64) - x.reshape(len(x), -1))
     flagged = ~(scores <= threshold)  # a NaN score (a model that produced NaN) is flagged, not hidden
     return scores, flagged, residual

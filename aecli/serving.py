@@ -25,10 +25,11 @@ import numpy as np
 from aecli import __version__
 from aecli.backend import select_backend
 from aecli.calibration import InUse, threshold_in_use
+from aecli.code_scores import CodeSpace, code_space_of
 from aecli.data.arrays import fit_to_model
 from aecli.errors import DataError
 from aecli.evaluation import predict_batched
-from aecli.scoring import Columns, checked_rows, csv_chunks, element_names, score_rows, top_contributions
+from aecli.scoring import CodeScorer, Columns, checked_rows, csv_chunks, element_names, score_rows, top_contributions
 from aecli.trained_run import TrainedRun, load_model, open_trained_run, refuse_text_run
 
 KINDS = ("score", "embed", "reconstruct")
@@ -64,6 +65,7 @@ class Detector:
     model: Any
     encoder: Any
     in_use: InUse
+    code_space: CodeSpace | None = None  # the training codes, for a knn or combined score
     calls: int = 0  # model calls made (batches), for /metadata
 
     def compute(self, kind: str, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -74,7 +76,10 @@ class Detector:
         x_hat = predict_batched(self.model, x, len(x))
         if kind == "reconstruct":
             return {"reconstruction": self.run.scaling.invert(x_hat.astype(np.float64))}
-        scores, flagged, residual = score_rows(x, x_hat, self.in_use.score, self.in_use.value)
+        code_scorer = None
+        if self.code_space is not None:
+            code_scorer = CodeScorer(lambda rows: predict_batched(self.encoder, rows, len(rows)), self.code_space)
+        scores, flagged, residual = score_rows(x, x_hat, self.in_use.score, self.in_use.value, code_scorer)
         return {"score": scores, "anomalous": flagged, "residual": residual}
 
 
@@ -245,7 +250,7 @@ def open_detector(request: ServeRequest) -> Detector:
     select_backend(request.backend or run.config.runtime.backend)
     model = load_model(run.path / "model.keras", compile=False)
     encoder = load_model(run.path / "encoder.keras", compile=False)
-    return Detector(run, model, encoder, in_use)
+    return Detector(run, model, encoder, in_use, code_space_of(run.path, in_use.score))
 
 
 def score_results(rows: Rows, result: dict[str, np.ndarray], top_k: int) -> list[dict[str, Any]]:

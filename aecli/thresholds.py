@@ -32,6 +32,23 @@ NEEDS = {
 }
 
 
+# anomaly.threshold's default: flag 5% of held-out normal rows. The training rows' own 95th
+# percentile flags far more of new normal rows (digits: 23% of its validation rows), because a
+# model fits the rows it was trained on better than new ones.
+AUTO_THRESHOLD = "auto"
+SIGNED_SCORES = ("combined",)  # standardised scores: below 0 for rows more typical than the median
+AUTO_HELD_OUT = "fpr:0.05"
+AUTO_WITHOUT_HELD_OUT = "percentile:95"
+
+
+def auto_threshold(spec: str, has_held_out_rows: bool) -> ThresholdSpec:
+    """`spec` parsed, with `auto` resolved: fpr:0.05 of the validation rows where the run holds
+    some out, else the 95th percentile of the training errors."""
+    if spec.strip() != AUTO_THRESHOLD:
+        return parse_threshold(spec)
+    return parse_threshold(AUTO_HELD_OUT if has_held_out_rows else AUTO_WITHOUT_HELD_OUT)
+
+
 @dataclass(frozen=True)
 class ThresholdSpec:
     kind: str  # a key of NEEDS
@@ -89,14 +106,27 @@ def resolve_threshold(
     scores: np.ndarray,
     normal_scores: np.ndarray | None = None,
     is_anomaly: np.ndarray | None = None,
+    signed: bool = False,
 ) -> float:
-    """The threshold's value.
+    """The threshold's value (`signed`: the scores are standardised and can be negative, so a
+    negative threshold is one like any other).
 
     max, percentile and mean_std: of the training errors. contamination: flags that share of
     `scores`. fpr:F: the lowest threshold that flags at most a fraction F of `normal_scores`
     (held-out normal data). best_f1: the threshold with the best F1 on `scores` labelled by
     `is_anomaly` (tuned on those labels: an optimistic estimate for the same rows).
     """
+    value = _threshold_value(spec, train_scores, scores, normal_scores, is_anomaly)
+    return value if signed and math.isfinite(value) else checked_value(spec, value)
+
+
+def _threshold_value(
+    spec: ThresholdSpec,
+    train_scores: np.ndarray,
+    scores: np.ndarray,
+    normal_scores: np.ndarray | None,
+    is_anomaly: np.ndarray | None,
+) -> float:
     if spec.kind == "max":
         return float(np.max(train_scores))
     if spec.kind == "percentile":
@@ -114,6 +144,17 @@ def resolve_threshold(
             raise EvaluationError(f"threshold {spec}: needs labelled data holding both normal samples and anomalies")
         return best_f1_threshold(scores, is_anomaly)
     return spec.parameter
+
+
+def checked_value(spec: ThresholdSpec, value: float) -> float:
+    """A computed threshold must be one a score can exceed or not: errors are never negative, so
+    a negative one (mean_std:-100) would flag every row, and `value:-1` is refused the same way."""
+    if not math.isfinite(value) or value < 0:
+        raise EvaluationError(
+            f"threshold {spec}: gives {value:.6g}, below every error (errors are >= 0), so it would flag every row; "
+            "choose a larger parameter"
+        )
+    return value
 
 
 def fpr_threshold(normal_scores: np.ndarray, rate: float) -> float:

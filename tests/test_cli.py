@@ -36,7 +36,7 @@ def test_metrics_report(trained_run: Path) -> None:
     assert set(metrics["error_quantiles"]) == {"p50", "p90", "p95", "p99", "max"}
     assert sum(entry["n"] for entry in metrics["per_class"].values()) == 80
     assert metrics["training"]["epochs_run"] == 4 and metrics["training"]["samples_per_second"] > 0
-    assert metrics["train_errors"]["default_threshold"] == "percentile:95"
+    assert metrics["train_errors"]["default_threshold"] == "fpr:0.05"  # auto: the run holds validation rows out
     with (trained_run / "errors.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 80 and set(rows[0]) == {"index", "source_row", "label", "mse", "mae", "bce"}

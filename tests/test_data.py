@@ -184,7 +184,7 @@ def test_nan_rows_are_refused(tmp_path: Path) -> None:
     x[4, 1] = np.nan
     x[7, 0] = np.inf
     np.save(tmp_path / "x.npy", x)
-    with pytest.raises(DataError, match=r"2 row\(s\) with NaN or inf \(first: row 4\)"):
+    with pytest.raises(DataError, match=r"2 row\(s\) with NaN or inf \(first: row 5,"):
         read_source(str(tmp_path / "x.npy"))
 
 

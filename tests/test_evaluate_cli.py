@@ -82,7 +82,7 @@ def test_evaluate_with_out_of_distribution_data(cli, trained_run: Path, tmp_path
     assert result.exit_code == 0, result.output
     anomaly = json.loads((tmp_path / "ood" / "metrics.json").read_text())["anomaly"]
     assert anomaly["n_anomalies"] == 60 and anomaly["n_normal"] == 80
-    assert anomaly["auroc"] > 0.9 and anomaly["threshold_spec"] == "percentile:95"
+    assert anomaly["auroc"] > 0.9 and anomaly["threshold_spec"] == "fpr:0.05"
 
 
 def test_evaluate_on_another_source_with_data_overrides(cli, trained_run: Path, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from aecli.config import load_config
 from aecli.errors import ConfigError, EvaluationError
 from aecli.evaluation import anomaly_report
 from aecli.reporting import read_error_column
-from aecli.thresholds import best_f1_threshold, fpr_threshold, parse_threshold, resolve_threshold
+from aecli.thresholds import auto_threshold, best_f1_threshold, fpr_threshold, parse_threshold, resolve_threshold
 
 
 @pytest.mark.parametrize(
@@ -83,6 +83,25 @@ def test_the_config_refuses_thresholds_training_cannot_compute() -> None:
     assert load_config(None, ["anomaly.threshold=fpr:0.01"]).anomaly.threshold == "fpr:0.01"
 
 
+def test_a_computed_threshold_below_every_error_is_refused_like_a_negative_value() -> None:
+    errors = np.array([0.1, 0.2, 0.3, 0.4])
+    with pytest.raises(EvaluationError, match="mean_std:-100: gives .* would flag every row"):
+        resolve_threshold(parse_threshold("mean_std:-100"), errors, errors)
+    assert resolve_threshold(parse_threshold("mean_std:-1"), errors, errors) == pytest.approx(
+        errors.mean() - errors.std()
+    )
+    with pytest.raises(EvaluationError, match="finite and >= 0"):
+        parse_threshold("value:-1")
+
+
+def test_auto_is_calibrated_on_held_out_rows_when_there_are_some() -> None:
+    assert str(auto_threshold("auto", has_held_out_rows=True)) == "fpr:0.05"
+    assert str(auto_threshold("auto", has_held_out_rows=False)) == "percentile:95"
+    assert str(auto_threshold("mean_std:2", has_held_out_rows=True)) == "mean_std:2"
+    assert load_config(None, []).anomaly.threshold == "auto"
+    assert load_config(None, ["data.validation_split=0"]).anomaly.threshold == "auto"  # falls back, no refusal
+
+
 @pytest.fixture
 def run_copy(trained_run: Path, tmp_path: Path) -> Path:
     """The session's trained run, copied: these tests recalibrate it."""
@@ -96,12 +115,15 @@ def digests(run: Path) -> dict[str, str]:
 def test_training_records_validation_errors_and_its_threshold(run_copy: Path) -> None:
     record = json.loads((run_copy / "thresholds.json").read_text())
     train = read_error_column(run_copy / "train_errors.csv", "mse")
-    assert record["active"]["method"] == "percentile:95" and record["previous"] == []
-    assert record["active"]["value"] == pytest.approx(np.percentile(train, 95))
     validation = read_error_column(run_copy / "val_errors.csv", "mse")
     assert len(validation) == json.loads((run_copy / "run.json").read_text())["data"]["validation"]
+    # the default (auto) is calibrated on the held-out validation rows, not the training rows' 95th percentile
+    assert record["active"]["method"] == "fpr:0.05" and record["previous"] == []
+    assert record["active"]["value"] == pytest.approx(fpr_threshold(validation, 0.05), rel=1e-5)  # csv: 6 digits
+    assert record["active"]["computed_from"].startswith("validation split")
     rate = record["active"]["expected_false_positive_rate"]
-    assert rate == pytest.approx(np.mean(validation > record["active"]["value"]))
+    assert rate == pytest.approx(np.mean(validation > record["active"]["value"])) and rate <= 0.05
+    assert len(train) > len(validation)
 
 
 def test_threshold_recalibrates_from_stored_errors_without_touching_the_model(cli, run_copy: Path) -> None:
@@ -116,8 +138,12 @@ def test_threshold_recalibrates_from_stored_errors_without_touching_the_model(cl
     assert active["expected_false_positive_rate"] == np.mean(validation > active["value"])
     assert "(chosen on them)" in active["false_positive_rate_on"]  # in-sample, and it says so
     assert active["command"].split()[0] == "aecli"  # (sys.argv is pytest's under the test runner)
-    assert [entry["method"] for entry in record["previous"]] == ["percentile:95"]  # kept, not overwritten
+    assert [entry["method"] for entry in record["previous"]] == ["fpr:0.05"]  # kept, not overwritten
     assert digests(run_copy) == before
+
+    refused = cli("threshold", run_copy, "--method", "mean_std:-100")
+    assert refused.exit_code == 2 and "would flag every row" in refused.output
+    assert json.loads((run_copy / "thresholds.json").read_text()) == record  # nothing recorded
 
     # evaluate flags with the calibrated threshold unless told otherwise
     evaluated = cli("evaluate", run_copy, "--normal-classes", "0,1,2,3,4")

@@ -16,10 +16,11 @@ import numpy as np
 
 from aecli.backend import select_backend
 from aecli.calibration import VALIDATION_ERRORS, active_threshold, chosen_score, stored_errors, training_errors
+from aecli.code_scores import CODE_SCORES, code_space_of
 from aecli.config import ModelConfig
 from aecli.data import Samples, label_codes, label_name, present_labels
 from aecli.data.arrays import Timeline
-from aecli.errors import EvaluationError
+from aecli.errors import AecliError, EvaluationError
 from aecli.evaluation import (
     anomaly_report,
     latent_report,
@@ -44,7 +45,7 @@ from aecli.reporting import (
     write_step_scores_csv,
 )
 from aecli.runs import AUGMENTED_SAMPLES, StagedOutputDir, check_new_output_dir, now_iso
-from aecli.thresholds import ThresholdSpec, parse_threshold, resolve_threshold
+from aecli.thresholds import SIGNED_SCORES, ThresholdSpec, parse_threshold, resolve_threshold
 from aecli.time_anomalies import TimeAnomalies, detection_report, flag_steps, labels_from_windows, step_scores
 from aecli.trained_run import TrainedRun, load_model, open_trained_run
 
@@ -69,6 +70,7 @@ class EvaluateRequest:
     force: bool = False
     pairs: Path | None = None  # text runs: sentence pairs with gold similarity scores
     pair_columns: tuple[str, str, str] = ("sentence1", "sentence2", "score")
+    baselines: bool = True  # IsolationForest and PCA beside the autoencoder, when the rows are labelled
 
 
 @dataclass
@@ -89,6 +91,7 @@ class _Evaluated:
     normal_classes: list[int | str] | None = None
     added_anomalies: bool = False  # --anomaly-data rows appended after the evaluated ones
     timeline: Timeline | None = None  # windows of a series: where they lie in time
+    x_train: np.ndarray | None = None  # the run's training rows, when they were read anyway (for the baselines)
 
 
 ANOMALY_LABEL = "anomaly (--anomaly-data)"
@@ -102,13 +105,14 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
     if run.config.data.text is not None:
         return _evaluate_texts(run, request)
     score, threshold_choice = _checked_options(run, request)
+    code_space = code_space_of(run.path, score)
     history = read_history_csv(run.path / "history.csv")
     evaluated = _evaluated_data(run, request)
     model = load_model(run.path / "model.keras", compile=False)
     encoder = load_model(run.path / "encoder.keras", compile=False)
     reconstructions = predict_batched(model, evaluated.x)
     errors = per_sample_errors(evaluated.x, reconstructions)
-    if score not in errors:
+    if score not in errors and score not in CODE_SCORES:
         raise EvaluationError("--score bce: needs data in [0, 1], and the evaluated data is outside it")
     # Samples added by --anomaly-data are not the evaluated data: its metrics leave them out.
     normal = np.ones(len(evaluated.x), bool)
@@ -117,6 +121,8 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
     metrics = _reconstruction_metrics(run, evaluated, reconstructions, normal)
     codes = predict_batched(encoder, evaluated.x)
     codes = codes.reshape(len(codes), -1)  # a feature-map code (model.code feature_map), flattened
+    if code_space is not None:
+        errors.update(code_space.scores(codes, errors["mse"]))
     if evaluated.labels is not None:
         latent = latent_report(codes[normal], evaluated.labels[normal], seed=run.config.training.seed)
         if latent is not None:
@@ -125,6 +131,8 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
     scores = errors[score]
     anomaly, threshold, flags = _anomaly_metrics(run, score, evaluated, scores, threshold_choice)
     if anomaly is not None:
+        if request.baselines and evaluated.timeline is None:
+            anomaly["baselines"] = _baselines(run, request, evaluated, codes.shape[1])
         metrics["anomaly"] = anomaly
     in_time = None
     if evaluated.timeline is not None:
@@ -190,7 +198,8 @@ class _ThresholdChoice:
             stored_errors(run.path, VALIDATION_ERRORS, score, "validation") if self.spec.needs == "normal" else None
         )
         normal_scores = None if normal is None else normal.scores
-        return resolve_threshold(self.spec, training_errors(run.path, score).scores, scores, normal_scores, is_anomaly)
+        train = training_errors(run.path, score).scores
+        return resolve_threshold(self.spec, train, scores, normal_scores, is_anomaly, signed=score in SIGNED_SCORES)
 
 
 def _threshold_choice(run: TrainedRun, request: EvaluateRequest, score: str) -> _ThresholdChoice:
@@ -256,6 +265,23 @@ def _anomaly_metrics(
     return report, threshold, {"is_anomaly": evaluated.is_anomaly, "flagged": scores > threshold}
 
 
+def _baselines(run: TrainedRun, request: EvaluateRequest, evaluated: _Evaluated, code_size: int) -> dict[str, Any]:
+    """IsolationForest and PCA fitted on the run's training rows, scored on the evaluated rows; a
+    note instead when those rows cannot be read again (the training source changed or is gone)."""
+    from aecli.baselines import baseline_report
+
+    assert evaluated.is_anomaly is not None
+    x_train = evaluated.x_train
+    if x_train is None:
+        try:
+            x_train = run.test_split(request.force).x_train
+        except AecliError as exc:
+            return {"skipped": f"the training rows could not be read again ({exc})"}
+    if not len(x_train):  # a streamed source: evaluate reads its test split alone
+        return {"skipped": "the training rows are streamed, not read by evaluate"}
+    return baseline_report(x_train, evaluated.x, evaluated.is_anomaly, code_size, run.config.training.seed)
+
+
 def _reconstruction_metrics(
     run: TrainedRun, evaluated: _Evaluated, reconstructions: np.ndarray, normal: np.ndarray
 ) -> dict[str, Any]:
@@ -286,6 +312,7 @@ def _evaluated_data(run: TrainedRun, request: EvaluateRequest) -> _Evaluated:
             f"test split of {run.config.data.source}",
             dataset.origin("test"),
             timeline=dataset.timelines.get("test"),
+            x_train=dataset.x_train,
         )
     else:
         samples = run.read_samples(request.data, request.data_overrides, "--data")
@@ -437,7 +464,14 @@ def _report_blocks(run: TrainedRun, metrics: dict[str, Any]) -> list[tuple[str, 
         rows = [["label", "mse", "n"]] + [[label, v["mse"], v["n"]] for label, v in metrics["per_class"].items()]
         blocks += [("heading", "Per class"), ("table", rows)]
     if "anomaly" in metrics:
-        blocks += [("heading", "Anomaly detection (positive class: anomaly)"), ("table", metrics["anomaly"])]
+        anomaly = {key: value for key, value in metrics["anomaly"].items() if key != "baselines"}
+        blocks += [("heading", "Anomaly detection (positive class: anomaly)"), ("table", anomaly)]
+        baselines = metrics["anomaly"].get("baselines", {})
+        rows = [["method", "auroc", "auprc"], ["autoencoder", anomaly["auroc"], anomaly["auprc"]]]
+        rows += [[name, row["auroc"], row["auprc"]] for name, row in baselines.items() if isinstance(row, dict)]
+        if len(rows) > 2:
+            blocks += [("text", "Baselines fitted on the same training rows (evaluate --no-baselines skips them):")]
+            blocks += [("table", rows)]
     if "anomalies_in_time" in metrics:
         blocks += _time_blocks(metrics["anomalies_in_time"])
     if "anomaly_data_reconstruction" in metrics:

@@ -12,6 +12,7 @@ from typing import Any
 from aecli.atomic import write_json_atomic
 from aecli.backend import select_backend
 from aecli.calibration import threshold_in_use
+from aecli.code_scores import CODE_SCORES
 from aecli.errors import RunError
 from aecli.export import (
     FORMATS,
@@ -64,6 +65,11 @@ def export_run(request: ExportRequest) -> ExportOutcome:
     if not out.parent.is_dir():
         raise RunError(f"--out {out}: no folder {out.parent}")
     in_use = threshold_in_use(run.path, run.metrics, request.score, request.threshold)
+    if in_use.score in CODE_SCORES:
+        raise ExportError(
+            f"score {in_use.score}: an exported graph computes a reconstruction error, not a search of the training "
+            f"codes; export with --score mse (or mae), or score {in_use.score} with aecli score or aecli serve"
+        )
     # Export converts through TensorFlow whatever backend trained the run: .keras files are portable.
     select_backend("tensorflow")
     model = serving_model(run, in_use)

@@ -21,11 +21,13 @@ import numpy as np
 from aecli.atomic import atomic_path
 from aecli.backend import select_backend
 from aecli.calibration import threshold_in_use
+from aecli.code_scores import code_space_of
 from aecli.errors import DataError, EvaluationError, RunError
 from aecli.evaluation import predict_batched
 from aecli.scoring import (
     CHUNK_ROWS,
     Chunk,
+    CodeScorer,
     Columns,
     Scored,
     array_chunks,
@@ -78,6 +80,7 @@ def score_input(request: ScoreRequest, stdin: IO[str], stdout: IO[str]) -> Score
     names, chunks, as_json = _chunks(run, request, stdin)
     select_backend(request.backend or run.config.runtime.backend)
     model = load_model(run.path / "model.keras", compile=False)
+    code_scorer = _code_scorer(run, score, request.batch_size)
     scored = score_chunks(
         chunks,
         lambda x: predict_batched(model, x, request.batch_size),
@@ -88,10 +91,20 @@ def score_input(request: ScoreRequest, stdin: IO[str], stdout: IO[str]) -> Score
         element_names(run.sample_shape, names),
         request.top_k,
         "stdin" if request.source == "-" else request.source,
+        code_scorer,
     )
     with _destination(request.out, stdout) as handle:
         rows, flagged = _write(scored, handle, score, as_json)
     return ScoreOutcome(rows, flagged, score, threshold, method)
+
+
+def _code_scorer(run: TrainedRun, score: str, batch_size: int) -> CodeScorer | None:
+    """The encoder and training codes a knn or combined score needs (None for the others)."""
+    space = code_space_of(run.path, score)
+    if space is None:
+        return None
+    encoder = load_model(run.path / "encoder.keras", compile=False)
+    return CodeScorer(lambda x: predict_batched(encoder, x, batch_size), space)
 
 
 def _chunks(run: TrainedRun, request: ScoreRequest, stdin: IO[str]) -> tuple[list[str] | None, Iterator[Chunk], bool]:

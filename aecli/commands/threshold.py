@@ -25,6 +25,7 @@ from aecli.calibration import (
     stored_errors,
     training_errors,
 )
+from aecli.code_scores import code_space_of
 from aecli.errors import EvaluationError, RunError
 from aecli.evaluation import per_sample_errors, predict_batched
 from aecli.thresholds import parse_threshold
@@ -105,6 +106,10 @@ def _scored(run: TrainedRun, source: str, overrides: list[str], option: str, sco
     errors = per_sample_errors(
         samples.x, predict_batched(load_model(run.path / "model.keras", compile=False), samples.x)
     )
+    space = code_space_of(run.path, score)
+    if space is not None:
+        codes = predict_batched(load_model(run.path / "encoder.keras", compile=False), samples.x)
+        errors.update(space.scores(codes, errors["mse"]))
     if score not in errors:
         raise EvaluationError(f"--score {score}: needs data in [0, 1], and {option} is outside it")
     return errors[score]

@@ -25,14 +25,15 @@ from aecli.atomic import save_atomic, write_json_atomic, write_text_atomic
 from aecli.augment import augmented_examples, augmenter, check_augment
 from aecli.backend import import_tensorflow, select_backend
 from aecli.calibration import VALIDATION_ERRORS, Errors, calibrate, record_threshold
+from aecli.code_scores import CODE_SCORES, CodeSpace
 from aecli.config import TEXT_KINDS, AecliConfig, AnomalyConfig, config_to_yaml, load_config
-from aecli.data import TrainingData, is_streamed, open_training_data
+from aecli.data import Dataset, TrainingData, is_streamed, open_training_data
 from aecli.data.shards import ShardedData, check_streamable
 from aecli.data.text_stream import StreamedTexts
 from aecli.data.vocabulary import VOCABULARY_FILE
 from aecli.distribute import ClusterError, Placement, check_mixed_precision, cluster_errors, place
 from aecli.errors import ConfigError, DataError, RunError, TrainingDivergedError, as_storage_error
-from aecli.evaluation import SplitReport, error_statistics, report_split
+from aecli.evaluation import SplitReport, error_statistics, predict_batched, report_split
 from aecli.fingerprints import check_unchanged, fingerprint
 from aecli.models import (
     Autoencoder,
@@ -58,7 +59,7 @@ from aecli.runs import (
     run_lock,
     update_run_info,
 )
-from aecli.thresholds import parse_threshold
+from aecli.thresholds import auto_threshold
 from aecli.trained_run import check_keras_archive, load_model
 
 
@@ -352,6 +353,11 @@ def _vocabulary_size(config: AecliConfig) -> int | None:
 
 
 def _check_loss_matches_data(config: AecliConfig, dataset: TrainingData) -> None:
+    if config.anomaly.score in CODE_SCORES and isinstance(dataset, ShardedData | StreamedTexts):
+        raise ConfigError(
+            f"anomaly.score: {config.anomaly.score} keeps the training rows' codes, and this source is streamed; "
+            "use mse, mae or bce"
+        )
     if config.model.kind in TEXT_KINDS:  # a bag of words is compared as word presence: see text_layers
         return
     low, high = dataset.scaled_range
@@ -437,6 +443,9 @@ def _train_and_report(attempt: _Attempt) -> dict[str, Any]:
     held_out = report(model, data, "validation", per_class=False) if data.shapes()["validation"] else None
     if not placement.chief:
         return {}
+    if config.anomaly.score in CODE_SCORES:
+        encoder = autoencoder.encoder if not placement.distributed else load_model(run_dir / "encoder.keras")
+        _add_code_scores(encoder, data, config, run_dir, {"train": train, "test": test, "validation": held_out})
     summary = _training_summary(result, config.training.epochs, int(model.count_params()), placement)
     metrics = _error_report(test, train, held_out, data, run_dir, summary, config.anomaly)
     metrics["evaluation_seconds"] = time.perf_counter() - started
@@ -444,6 +453,23 @@ def _train_and_report(attempt: _Attempt) -> dict[str, Any]:
     if isinstance(data, ShardedData):
         update_run_info(run_dir, reading=data.reading())
     return metrics
+
+
+def _add_code_scores(
+    encoder: Any, data: TrainingData, config: AecliConfig, run_dir: Path, reports: dict[str, SplitReport | None]
+) -> None:
+    """Keep the training rows' codes in the run (code_scores.py), and add each split's knn and
+    combined scores to its per-sample errors, so that thresholds can be chosen on them."""
+    assert isinstance(data, Dataset)  # streamed sources are refused before training (_check_loss_matches_data)
+    codes = {part: predict_batched(encoder, data.split(part)[0]) for part, report in reports.items() if report}
+    train = reports["train"]
+    assert train is not None
+    space, own = CodeSpace.fit(codes["train"], train.errors["mse"], config.anomaly.neighbours, config.training.seed)
+    space.save(run_dir)
+    train.errors.update(own)
+    for part, report in reports.items():
+        if report is not None and part != "train":
+            report.errors.update(space.scores(codes[part], report.errors["mse"]))
 
 
 def _split_reporter(config: AecliConfig, data: TrainingData) -> Any:
@@ -518,7 +544,8 @@ def _error_report(
     if score != anomaly.score:
         notes.append(f"anomaly.score {anomaly.score} needs data in [0, 1], which this data is not: mse is recorded")
     train_scores = train.errors[score]
-    spec = parse_threshold(anomaly.threshold)
+    held_out = validation is not None and len(validation.errors[score]) > 0
+    spec = auto_threshold(anomaly.threshold, held_out)
     normal = None if validation is None else Errors(validation.errors[score], f"validation split ({VALIDATION_ERRORS})")
     threshold = calibrate(spec, score, Errors(train_scores, "training split (train_errors.csv)"), normal)
     if spec.needs != "scored":  # contamination flags a share of whatever is evaluated: no fixed value
@@ -530,6 +557,8 @@ def _error_report(
         **error_statistics(train_scores),
         "default_threshold": str(spec),
         "default_threshold_value": threshold.value,
+        "default_threshold_from": threshold.computed_from,
+        "default_threshold_false_positive_rate": threshold.expected_false_positive_rate,
         "reconstruction": train_report["reconstruction"],
     }
     if notes:  # e.g. gaps in a series' time, or values filled: said with the results

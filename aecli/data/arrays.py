@@ -192,7 +192,9 @@ def origin_columns(source_rows: np.ndarray | None, ids: np.ndarray | None) -> di
     return columns if ids is None else {**columns, "id": ids}
 
 
-def fit_to_model(x: np.ndarray, sample_shape: tuple[int, ...], scaling: Scaling, what: str) -> np.ndarray:
+def fit_to_model(
+    x: np.ndarray, sample_shape: tuple[int, ...], scaling: Scaling, what: str, first: int = 0
+) -> np.ndarray:
     """Shape raw samples as the model's input and apply the run's saved scaling.
 
     The samples must have the model's shape (a missing or extra channel axis of size 1 aside),
@@ -206,7 +208,7 @@ def fit_to_model(x: np.ndarray, sample_shape: tuple[int, ...], scaling: Scaling,
     )
     if not fits:
         raise DataError(f"{what}: samples have shape {given}, but the model expects {sample_shape}")
-    return scaling.apply(x.reshape((len(x), *sample_shape)))
+    return scaling.apply(x.reshape((len(x), *sample_shape)), what, first)
 
 
 def sample_shape_of(x: np.ndarray, sequences: bool = False) -> tuple[int, ...]:
@@ -239,14 +241,15 @@ def check_raw(raw: RawData, source: str) -> None:
                 first = int(np.argmax(bad))
                 raise DataError(
                     f"data.source {source}: {split} data has {int(bad.sum())} row(s) with NaN or inf "
-                    f"(first: row {first}); clean or drop them"
+                    f"(first: row {first + 1}, counted from 1 without a header); clean or drop them"
                 )
             if x.dtype.itemsize > 4:
                 huge = (np.abs(x.reshape(len(x), -1)) > np.finfo(np.float32).max).any(axis=1)
                 if huge.any():
                     raise DataError(
                         f"data.source {source}: {split} data has {int(huge.sum())} row(s) with values beyond "
-                        f"float32's range, about ±3.4e38 (first: row {int(np.argmax(huge))}); rescale or drop them"
+                        f"float32's range, about ±3.4e38 (first: row {int(np.argmax(huge)) + 1}, counted from 1 "
+                        "without a header); rescale or drop them"
                     )
         if y is not None:
             if y.dtype.kind not in "biu" and not (y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0)):

@@ -32,16 +32,21 @@ class Scaling:
     offset: np.ndarray
     scale: np.ndarray
 
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        """Scaled float32 rows in a buffer TensorFlow can use without copying (see aligned_empty)."""
+    def apply(self, x: np.ndarray, what: str | None = None, first: int = 0) -> np.ndarray:
+        """Scaled float32 rows in a buffer TensorFlow can use without copying (see aligned_empty).
+        A row beyond float32 is refused naming it: `what` (the file) and its row counted from 1
+        after `first` rows."""
         out = aligned_empty(x.shape, np.dtype(np.float32))
         offset, scale = self.shaped_for(x)
         with np.errstate(over="ignore", invalid="ignore"):
             np.subtract(x, offset, out=out, casting="unsafe")
             np.divide(out, scale, out=out, casting="unsafe")
         if not np.isfinite(out).all():
+            bad = int(np.flatnonzero(~np.isfinite(out.reshape(len(out), -1)).all(axis=1))[0])
+            where = f"{what}: row {first + bad + 1} has" if what else f"row {first + bad + 1} has"
             raise DataError(
-                "values beyond float32's range (about ±3.4e38) after scaling; rescale the data (or drop the rows)"
+                f"{where} values beyond float32's range (about ±3.4e38) after scaling; rescale the data (or drop "
+                "the row)"
             )
         return out
 
@@ -68,6 +73,8 @@ def fit_scaling(x_train: np.ndarray, kind: str, is_image: bool) -> Scaling:
     flat = x_train.reshape(len(x_train), -1)
     if kind in ("zscore", "zscore_global"):
         return _zscore(flat, kind)
+    if kind == "robust":
+        return _robust(flat)
     # min and max are exact in any dtype: no float64 copy
     low, high = flat.min(axis=0).astype(np.float64), flat.max(axis=0).astype(np.float64)
     return scaling_from_ranges(kind, low, high, x_train.dtype, is_image)
@@ -80,6 +87,9 @@ def fit_channel_scaling(x_train: np.ndarray, kind: str, default: str) -> Scaling
     flat = x_train.reshape(-1, x_train.shape[-1]).astype(np.float64)
     if kind in ("zscore", "zscore_global"):
         scaling = _zscore(flat, kind)
+        return Scaling(kind, scaling.offset.reshape(1, -1), scaling.scale.reshape(1, -1))
+    if kind == "robust":
+        scaling = _robust(flat)
         return Scaling(kind, scaling.offset.reshape(1, -1), scaling.scale.reshape(1, -1))
     low, high = flat.min(axis=0), flat.max(axis=0)
     if kind in ("global", "none"):
@@ -96,7 +106,7 @@ def scaling_from_ranges(kind: str, low: np.ndarray, high: np.ndarray, dtype: np.
         kind = "global" if is_image else "minmax"
     if kind == "none":
         return Scaling("none", np.zeros((), np.float32), np.ones((), np.float32))
-    if kind in ("zscore", "zscore_global"):
+    if kind in ("zscore", "zscore_global", "robust"):
         raise DataError(f"data.scaling {kind}: not available for streamed shard folders (use minmax or global)")
     if kind == "global":
         low_g, high_g = float(low.min()), float(high.max())
@@ -114,6 +124,22 @@ def _zscore(flat: np.ndarray, kind: str) -> Scaling:
         values = values.reshape(-1, 1)
     mean, std = values.mean(axis=0), values.std(axis=0)
     return _finite_scaling(Scaling(kind, mean, np.where(std > 0, std, 1.0)))
+
+
+# The IQR of a normal distribution is 1.349 standard deviations: robust z-scores then read like z-scores.
+IQR_PER_STD = 1.349
+
+
+def _robust(flat: np.ndarray) -> Scaling:
+    """(x - median) / (IQR / 1.349) per column, in float64: a share of outliers in the training
+    rows (the unsupervised case) moves neither statistic, where they inflate a mean and a std.
+    A column whose IQR is 0 (mostly one value) falls back to its std; a constant one keeps 1."""
+    values = flat.astype(np.float64)
+    low, median, high = np.percentile(values, [25, 50, 75], axis=0)
+    spread = (high - low) / IQR_PER_STD
+    std = values.std(axis=0)
+    scale = np.where(spread > 0, spread, np.where(std > 0, std, 1.0))
+    return _finite_scaling(Scaling("robust", median, scale))
 
 
 def _finite_scaling(scaling: Scaling) -> Scaling:

@@ -465,7 +465,7 @@ def open_sharded(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -
         data.scaling = scaling_from_ranges(cfg.scaling, np.zeros(1), np.ones(1), shards.dtype, data.is_image)
         return data
     if shards.sequences:  # per channel, as in memory
-        if cfg.scaling in ("zscore", "zscore_global"):
+        if cfg.scaling in ("zscore", "zscore_global", "robust"):
             raise DataError(
                 f"data.scaling {cfg.scaling}: not available for streamed shard folders (use minmax or global)"
             )

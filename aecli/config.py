@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -442,6 +443,13 @@ class ModelConfig(_Section):
         "conv blocks), or recurrent units for lstm and gru (default [64])",
     )
     latent_dim: PositiveInt = Field(32, description="size of the code")
+    widths: Literal["as_given", "from_features"] = Field(
+        "as_given",
+        description="dense only: from_features sizes the model from the number of input features d instead of "
+        "encoder, latent_dim and decoder: one hidden layer of the power of two >= d (8 to 128) each side, and a "
+        "code of d/4 (2 to 32; d/2 for d <= 8), so a 6-column table and a 274-column one each get a model of "
+        "their size; the run's config.yaml records the widths it resolved to",
+    )
     decoder: list[PositiveInt] = Field(
         default_factory=list,
         description="hidden widths of the decoder, dense or recurrent like the encoder's (default: the encoder's, "
@@ -532,12 +540,25 @@ class ModelConfig(_Section):
         if not self.has_blocks:
             reason = "applies to conv models only (kind conv or conv1d, or vae with body conv)"
             knobs.update(dict.fromkeys(("filters", "kernel_size", "downsample"), reason))
+        if self.kind != "dense":
+            knobs["widths"] = f"applies to model.kind dense only, not {self.kind!r}"
         if self.kind not in ("conv", "conv1d"):
             knobs["code"] = f"applies to model.kind conv and conv1d only, not {self.kind!r}"
         elif self.code == "feature_map":
             reason = "does not apply with code feature_map (the last block's output is the code)"
             knobs.update(dict.fromkeys(("latent_dim", "latent_activation", "encoder", "decoder"), reason))
         return knobs
+
+    def sized_for(self, features: int) -> ModelConfig:
+        """With widths from_features: this model with its encoder, latent_dim and decoder for
+        `features` inputs (and widths as_given, so the saved config rebuilds the same model)."""
+        if self.widths != "from_features":
+            return self
+        hidden = min(max(2 ** math.ceil(math.log2(max(features, 1))), 8), 128)
+        code = max(2, features // 2) if features <= 8 else min(max(round(features / 4), 2), 32)
+        return self.model_copy(
+            update={"encoder": [hidden], "latent_dim": code, "decoder": [hidden], "widths": "as_given"}
+        )
 
     @model_validator(mode="before")
     @classmethod
@@ -547,6 +568,9 @@ class ModelConfig(_Section):
             return data
         data = dict(data)
         kind = data.get("kind")
+        given = [key for key in ("encoder", "latent_dim", "decoder") if data.get(key) is not None]
+        if data.get("widths") == "from_features" and given:
+            raise ValueError(f"{given[0]}: model.widths from_features sizes the model; leave {given[0]} out")
         conv = kind in ("conv", "conv1d") or (kind == "vae" and data.get("body") == "conv")
         if data.get("code") == "feature_map":
             return data  # no dense layers at all
@@ -727,6 +751,13 @@ class DistributeConfig(_Section):
 
 class TrainingConfig(_Section):
     epochs: PositiveInt = Field(10, le=1_000_000)
+    steps: PositiveInt | None = Field(
+        None,
+        le=100_000_000,
+        description="train for about this many batches whatever the data's size, instead of `epochs`: the epochs "
+        "are steps / batches per epoch, rounded (at least 1); the run's config.yaml records the epochs it resolved "
+        "to. A detector that trains too long learns its anomalies too: a step budget holds across data sizes",
+    )
     batch_size: PositiveInt = Field(32, description="ignored by optimizer gd, which uses the whole training set")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Keras and numpy seeds are 32-bit")
     shuffle: bool = True
@@ -768,6 +799,20 @@ class TrainingConfig(_Section):
     @classmethod
     def _section_shorthand(cls, value: Any, info: ValidationInfo) -> Any:
         return _expand_shorthand(info.field_name or "", value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _steps_or_epochs(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("steps") is not None and data.get("epochs") is not None:
+            raise ValueError("steps: training.steps sets the epochs from the data's size; leave epochs out")
+        return data
+
+    def for_rows(self, rows: int, full_batch: bool) -> TrainingConfig:
+        """With `steps`: this section with the epochs that `rows` training rows need for them."""
+        if self.steps is None:
+            return self
+        per_epoch = 1 if full_batch else max(1, math.ceil(rows / self.batch_size))
+        return self.model_copy(update={"epochs": max(1, round(self.steps / per_epoch)), "steps": None})
 
     @model_validator(mode="after")
     def _warmup_before_the_end(self) -> TrainingConfig:
@@ -836,6 +881,17 @@ class AecliConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    def sized_for(self, sample_shape: tuple[int, ...], training_rows: int | None = None) -> AecliConfig:
+        """This config with the model sized for samples of `sample_shape` (model.widths) and, when
+        `training_rows` is known, the epochs of training.steps resolved."""
+        model = self.model.sized_for(math.prod(sample_shape))
+        training = self.training
+        if training_rows is not None:
+            training = training.for_rows(training_rows, self.optimizer.name == "gd")
+        if model is self.model and training is self.training:
+            return self
+        return self.model_copy(update={"model": model, "training": training})
 
     @field_validator("loss", mode="before")
     @classmethod

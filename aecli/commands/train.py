@@ -88,6 +88,8 @@ def train_run(
     placement = place(config.training.distribute)  # before anything else touches TensorFlow
     with cluster_errors(placement, "start every worker again with the same command"):
         dataset = _training_data(config, placement)
+    # model.widths from_features and training.steps: the widths and epochs this data needs
+    config = config.sized_for(dataset.sample_shape, dataset.shapes()["train"])
     _check_loss_matches_data(config, dataset)
     check_augment(config.data.augment, dataset.sample_shape)
     plan = plan_autoencoder(config.model, dataset.sample_shape, _vocabulary_size(config))

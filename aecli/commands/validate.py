@@ -31,6 +31,7 @@ def validate_experiment(path: Path, overrides: Sequence[str]) -> Validated:
     `check_fits_memory` refuses a model too large to train here)."""
     config = build_config(path, overrides)
     input_shape = peek_sample_shape(config.data)
+    config = config.sized_for(input_shape)
     check_augment(config.data.augment, input_shape)
     vocabulary = None if config.data.text is None else config.data.text.max_tokens
     return Validated(config, input_shape, plan_autoencoder(config.model, input_shape, vocabulary))

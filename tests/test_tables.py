@@ -1,0 +1,177 @@
+"""Anomaly detection on tables: robust scaling, model widths and epochs from the data, code-space
+scores (knn, combined) through train, evaluate, score and threshold, export's refusal, and the
+IsolationForest and PCA baselines evaluate reports beside the autoencoder."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from aecli.code_scores import CodeSpace
+from aecli.config import load_config
+from aecli.data.scaling import IQR_PER_STD, fit_scaling
+from aecli.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "configs" / "tabular_anomaly.yaml"
+
+
+def write_table(path: Path, rows: int, seed: int, outliers: int = 0) -> Path:
+    """Six correlated columns (two latent factors) and a label; `outliers` rows are off that plane."""
+    rng = np.random.default_rng(seed)
+    factors = rng.normal(size=(rows, 2))
+    mixing = np.random.default_rng(99).normal(size=(2, 6))  # the same plane in every file
+    x = factors @ mixing + 0.05 * rng.normal(size=(rows, 6))
+    labels = np.zeros(rows, int)
+    if outliers:
+        x[:outliers] += rng.normal(0.0, 2.0, size=(outliers, 6))
+        labels[:outliers] = 1
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([f"f{i}" for i in range(6)] + ["label"])
+        writer.writerows([[f"{v:.6f}" for v in row] + [label] for row, label in zip(x, labels, strict=True)])
+    return path
+
+
+def test_robust_scaling_is_not_moved_by_outliers() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(5.0, 2.0, size=(4000, 3))
+    x[:, 2] = 7.0  # constant: keeps a scale of 1
+    contaminated = x.copy()
+    contaminated[:200, 0] = 1e6  # 5% of wild values
+    clean, robust = fit_scaling(x, "robust", False), fit_scaling(contaminated, "robust", False)
+    assert robust.kind == "robust" and robust.scale[2] == 1.0 and robust.offset[2] == 7.0
+    assert robust.offset[0] == pytest.approx(clean.offset[0], abs=0.2)  # a mean would move by 5e4
+    assert robust.scale[0] == pytest.approx(2.0, rel=0.1)  # the IQR / 1.349 of N(5, 2)
+    q1, q3 = np.percentile(x[:, 1], [25, 75])
+    assert clean.scale[1] == pytest.approx((q3 - q1) / IQR_PER_STD)
+    assert fit_scaling(contaminated, "zscore", False).scale[0] > 1e4
+
+
+def test_widths_from_features_and_steps_resolve_from_the_data() -> None:
+    config = load_config(RECIPE, ["data.source=digits"])
+    small = config.sized_for((6,), training_rows=500).model
+    assert (small.encoder, small.latent_dim, small.decoder, small.widths) == ([8], 3, [8], "as_given")
+    wide = config.sized_for((274,), training_rows=500)
+    assert (wide.model.encoder, wide.model.latent_dim) == ([128], 32)
+    assert config.sized_for((64,)).model.encoder == [64] and config.sized_for((64,)).model.latent_dim == 16
+    # 1000 steps of batch 64: 500 rows are 8 batches an epoch, so 125 epochs; 64,000 rows need 1 epoch
+    assert (wide.training.epochs, wide.training.steps) == (125, None)
+    assert config.sized_for((6,), training_rows=64_000).training.epochs == 1
+    with pytest.raises(ConfigError, match="latent_dim: model.widths from_features sizes the model"):
+        load_config(RECIPE, ["data.source=digits", "model.latent_dim=4"])
+    with pytest.raises(ConfigError, match="steps: training.steps sets the epochs"):
+        load_config(RECIPE, ["data.source=digits", "training.epochs=5"])
+    with pytest.raises(ConfigError, match="widths: applies to model.kind dense only"):
+        load_config(None, ["model.kind=conv", "model.widths=from_features"])
+    with pytest.raises(ConfigError, match="neighbours: applies to anomaly.score knn and combined"):
+        load_config(None, ["anomaly.neighbours=5"])
+
+
+def test_code_space_neighbours_exclude_the_row_itself() -> None:
+    rng = np.random.default_rng(1)
+    codes = rng.normal(size=(300, 4)).astype(np.float32)
+    mse = rng.random(300)
+    space, own = CodeSpace.fit(codes, mse, neighbours=5, seed=0)
+    from sklearn.neighbors import NearestNeighbors
+
+    # by brute force: each training row's 5 nearest other rows
+    distances = np.linalg.norm(codes[:, None] - codes[None], axis=-1)
+    np.fill_diagonal(distances, np.inf)
+    expected = np.sort(distances, axis=1)[:, :5].mean(axis=1)
+    np.testing.assert_allclose(own["knn"], expected, rtol=1e-5)
+    assert space.centers["knn"] == pytest.approx(np.median(expected), rel=1e-5)
+    # a new row: its own neighbours among the training codes, no exclusion
+    new = rng.normal(size=(7, 4)).astype(np.float32)
+    scores = space.scores(new, np.zeros(7))
+    index = NearestNeighbors(n_neighbors=5).fit(codes)
+    np.testing.assert_allclose(scores["knn"], index.kneighbors(new)[0].mean(axis=1), rtol=1e-5)
+    combined = (
+        (0 - space.centers["mse"]) / space.spreads["mse"]
+        + (scores["knn"] - space.centers["knn"]) / space.spreads["knn"]
+    ) / 2
+    np.testing.assert_allclose(scores["combined"], combined, rtol=1e-9)
+    far = space.scores(np.full((1, 4), 50.0, np.float32), np.zeros(1))
+    assert far["knn"][0] > own["knn"].max() and far["combined"][0] > own["combined"].max()
+
+
+@pytest.mark.slow
+def test_the_table_recipe_end_to_end(cli, tmp_path: Path) -> None:
+    train = write_table(tmp_path / "train.csv", 400, seed=0, outliers=12)
+    test = write_table(tmp_path / "test.csv", 300, seed=1, outliers=20)
+    result = cli(
+        "train", RECIPE, "--runs-dir", tmp_path / "runs", "--quiet",
+        "--set", f"data.source={train}", "--set", "data.label_column=label", "--set", "training.steps=200",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    run = Path(result.stdout.strip().splitlines()[-1])
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["encoder"] == [8] and saved["model"]["latent_dim"] == 3
+    assert "steps" not in saved["training"] or saved["training"]["steps"] is None
+    rows = json.loads((run / "run.json").read_text())["data"]["train"]
+    assert saved["training"]["epochs"] == round(200 / -(-rows // 64))  # 200 steps of batch 64
+    header = (run / "train_errors.csv").read_text().splitlines()[0].split(",")
+    assert {"mse", "knn", "combined"} <= set(header)
+    threshold = json.loads((run / "thresholds.json").read_text())["active"]
+    assert threshold["score"] == "combined" and threshold["method"] == "fpr:0.05"
+
+    evaluated = cli("evaluate", run, "--data", test, "--set", "data.label_column=label", "--normal-classes", "0")
+    assert evaluated.exit_code == 0, evaluated.output
+    out = Path(evaluated.stdout.strip().splitlines()[-1])
+    anomaly = json.loads((out / "metrics.json").read_text())["anomaly"]
+    assert anomaly["score"] == "combined" and anomaly["auroc"] > 0.9, (anomaly["auroc"], anomaly["baselines"])
+    assert set(anomaly["baselines"]) == {"isolation_forest", "pca_3"}
+    assert all(0.0 <= row["auroc"] <= 1.0 for row in anomaly["baselines"].values())
+    assert "baseline isolation_forest" in evaluated.output
+    with (out / "errors.csv").open() as handle:
+        evaluated_scores = [float(row["combined"]) for row in csv.DictReader(handle)]
+
+    # aecli score gives every row the score evaluate gave it (the same code path for the codes)
+    scored = cli("score", run, test, "--out", tmp_path / "scores.csv")
+    assert scored.exit_code == 0, scored.output
+    with (tmp_path / "scores.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    np.testing.assert_allclose([float(row["combined"]) for row in rows], evaluated_scores, rtol=1e-5, atol=1e-6)
+
+    plain = cli("evaluate", run, "--data", test, "--set", "data.label_column=label", "--normal-classes", "0",
+                "--no-baselines", "--score", "knn")  # fmt: skip
+    assert plain.exit_code == 0, plain.output
+    metrics = json.loads((Path(plain.stdout.strip().splitlines()[-1]) / "metrics.json").read_text())["anomaly"]
+    assert "baselines" not in metrics and metrics["score"] == "knn"
+
+    recalibrated = cli("threshold", run, "--method", "fpr:0.1", "--normal-data", tmp_path / "train.csv",
+                       "--set", "data.label_column=label")  # fmt: skip
+    assert recalibrated.exit_code == 0, recalibrated.output
+
+    refused = cli("export", run, "--format", "onnx")
+    assert refused.exit_code == 2 and "score combined: an exported graph" in refused.output
+    assert not (run / "export-onnx").exists()
+
+
+def test_code_scores_need_a_run_that_kept_its_codes(cli, trained_run: Path, tmp_path: Path) -> None:
+    result = cli("evaluate", trained_run, "--score", "knn", "--out", tmp_path / "eval")
+    assert result.exit_code == 2 and "--score knn: needs the training codes" in result.output
+    assert not (tmp_path / "eval").exists()
+
+
+def test_a_one_row_table_of_huge_values_still_draws_its_histogram(cli, trained_run: Path, tmp_path: Path) -> None:
+    row = np.zeros((1, 64))
+    row[0, 0] = 1e20
+    np.save(tmp_path / "one.npy", row)
+    result = cli("evaluate", trained_run, "--data", tmp_path / "one.npy", "--out", tmp_path / "eval")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "eval" / "error_histogram.png").is_file()
+
+
+def test_a_value_beyond_float32_is_named_by_file_and_row(cli, trained_run: Path, tmp_path: Path) -> None:
+    table = tmp_path / "big.csv"
+    lines = [",".join(f"p{i}" for i in range(64))] + [",".join(["0"] * 64)] * 3 + [",".join(["1e39"] + ["0"] * 63)]
+    table.write_text("\n".join(lines) + "\n")
+    result = cli("score", trained_run, table)
+    assert result.exit_code == 2
+    assert f"{table}: row 4 has values beyond float32's range" in result.output

@@ -19,6 +19,7 @@ import numpy as np
 
 from aecli.code_scores import CodeSpace
 from aecli.data.arrays import fit_to_model
+from aecli.data.features import feature_positions
 from aecli.data.labels import is_number
 from aecli.errors import DataError, clip, shorten
 from aecli.evaluation import per_sample_errors
@@ -47,6 +48,7 @@ class Columns:
     label_column: str | int | None = None
     dropped: tuple[str | int, ...] = ()
     required: tuple[str | int, ...] = ()
+    features: list[str] | None = None  # the run's feature names: named columns are taken by them, in this order
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,9 @@ def _layout(name: str, header: list[str] | None, width: int, columns: Columns) -
     kept = [i for i in range(width) if i not in dropped]
     if not kept:
         raise DataError(f"{name}: no feature columns left besides the id and label columns")
+    if header:
+        order = feature_positions([header[i] for i in kept], columns.features, name)
+        kept = kept if order is None else [kept[i] for i in order]
     names = [header[i] for i in kept] if header else [f"column {i + 1}" for i in kept]
     return _Layout(name, width, kept, names, id_index, label_index)
 
@@ -127,7 +132,8 @@ def _table_chunk(rows: list[tuple[list[str], int]], position: int, layout: _Layo
     for row, line in rows:
         if len(row) != width:
             raise DataError(f"{layout.name}: line {line} has {len(row)} columns, expected {width}")
-    cells = [row for row, _ in rows] if len(kept) == width else [[row[i] for i in kept] for row, _ in rows]
+    in_place = kept == list(range(width))  # every column a feature, in order
+    cells = [row for row, _ in rows] if in_place else [[row[i] for i in kept] for row, _ in rows]
     try:  # (no copy of the rows when every column is a feature)
         x = np.array(cells, dtype=np.float64)
     except ValueError:
@@ -165,6 +171,9 @@ def jsonl_chunks(
                 raise DataError(f"{name}: no key {shorten(column)} (--id-column)")
     taken = {c for c in (columns.id_column, columns.label_column, *columns.dropped) if isinstance(c, str)}
     names = [key for key in keys if key not in taken] if keys else [f"value {i + 1}" for i in range(len(first))]
+    if keys:
+        order = feature_positions(names, columns.features, name)
+        names = names if order is None else [names[i] for i in order]
 
     def values(record: Any, line: int) -> tuple[list[Any], str | None, str | None]:
         if keys is None:

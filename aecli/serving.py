@@ -27,6 +27,7 @@ from aecli.backend import select_backend
 from aecli.calibration import InUse, threshold_in_use
 from aecli.code_scores import CodeSpace, code_space_of
 from aecli.data.arrays import fit_to_model
+from aecli.data.features import feature_positions
 from aecli.errors import DataError
 from aecli.evaluation import predict_batched
 from aecli.scoring import CodeScorer, Columns, checked_rows, csv_chunks, element_names, score_rows, top_contributions
@@ -178,7 +179,8 @@ def _csv_rows(body: bytes, run: TrainedRun) -> Rows:
     except UnicodeDecodeError as exc:
         raise DataError(f"request: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     own = run.config.data
-    names, chunks = csv_chunks(io.StringIO(text), "request", Columns(own.id_column, own.label_column))
+    columns = Columns(own.id_column, own.label_column, features=run.feature_names)
+    names, chunks = csv_chunks(io.StringIO(text), "request", columns)
     parts = list(chunks)
     x = np.concatenate([part.x for part in parts])
     ids = [i for part in parts for i in part.ids or []] if parts[0].ids is not None else None
@@ -197,7 +199,8 @@ def _json_rows(body: bytes, run: TrainedRun) -> Rows:
         raise DataError('request: expected {"instances": [row, ...]} (or a list of rows) with at least one row')
     ids, names = None, element_names(run.sample_shape, None)
     if isinstance(instances[0], dict):
-        instances, ids, features = _object_rows(instances, run.config.data.id_column, run.config.data.label_column)
+        own = run.config.data
+        instances, ids, features = _object_rows(instances, own.id_column, own.label_column, run.feature_names)
         names = element_names(run.sample_shape, features)
     try:
         x = np.asarray(instances)
@@ -209,12 +212,15 @@ def _json_rows(body: bytes, run: TrainedRun) -> Rows:
 
 
 def _object_rows(
-    instances: list[Any], id_column: str | int | None, label_column: str | int | None
+    instances: list[Any], id_column: str | int | None, label_column: str | int | None, expected: list[str] | None
 ) -> tuple[list[list[Any]], list[str] | None, list[str]]:
     """Rows given as objects: the first one's keys (less the id and label columns) are the
-    features, in its order, and every row has the same keys."""
+    features, taken in the run's order when it recorded feature names (else the first row's
+    order), and every row has the same keys."""
     keys = list(instances[0])
     features = [key for key in keys if key not in (id_column, label_column)]
+    order = feature_positions(features, expected, "request")
+    features = features if order is None else [features[i] for i in order]
     rows, ids = [], []
     for number, row in enumerate(instances, start=1):
         if not isinstance(row, dict) or set(row) != set(keys):

@@ -87,9 +87,16 @@ class TrainedRun:
         and scaled for its model; errors name the option."""
         cfg = self.data_config_for(source, overrides, option)
         try:
-            return load_for_model(cfg, self.sample_shape, self.scaling)
+            return load_for_model(cfg, self.sample_shape, self.scaling, self.feature_names)
         except DataError as exc:
             raise DataError(str(exc).replace("data.source", option, 1)) from None
+
+    @property
+    def feature_names(self) -> list[str] | None:
+        """The names of the table columns the run trained on (None: not a table with a header,
+        or a run trained before they were recorded)."""
+        names = self.info.get("data", {}).get("feature_names")
+        return [str(name) for name in names] if isinstance(names, list) else None
 
     def test_split(self, force: bool) -> Dataset:
         """The run's own test split, rebuilt from its data files: refused when a file changed

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -100,16 +101,27 @@ def test_code_space_neighbours_exclude_the_row_itself() -> None:
     assert far["knn"][0] > own["knn"].max() and far["combined"][0] > own["combined"].max()
 
 
-@pytest.mark.slow
-def test_the_table_recipe_end_to_end(cli, tmp_path: Path) -> None:
-    train = write_table(tmp_path / "train.csv", 400, seed=0, outliers=12)
-    test = write_table(tmp_path / "test.csv", 300, seed=1, outliers=20)
-    result = cli(
-        "train", RECIPE, "--runs-dir", tmp_path / "runs", "--quiet",
-        "--set", f"data.source={train}", "--set", "data.label_column=label", "--set", "training.steps=200",
-    )  # fmt: skip
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """The table recipe trained once on a small table holding a few anomalies: (run, train, test)."""
+    from typer.testing import CliRunner
+
+    from aecli.cli import app
+
+    folder = tmp_path_factory.mktemp("table")
+    train = write_table(folder / "train.csv", 400, seed=0, outliers=12)
+    test = write_table(folder / "test.csv", 300, seed=1, outliers=20)
+    settings = [f"data.source={train}", "data.label_column=label", "training.steps=200"]
+    command = ["train", str(RECIPE), "--runs-dir", str(folder / "runs"), "--quiet"]
+    result = CliRunner().invoke(app, command + [part for setting in settings for part in ("--set", setting)])
     assert result.exit_code == 0, result.output
-    run = Path(result.stdout.strip().splitlines()[-1])
+    return Path(result.stdout.strip().splitlines()[-1]), train, test
+
+
+@pytest.mark.slow
+def test_the_table_recipe_end_to_end(cli, table_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    run, train, test = table_run
+    run = Path(shutil.copytree(run, tmp_path / run.name))  # (this test recalibrates it)
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["encoder"] == [8] and saved["model"]["latent_dim"] == 3
     assert "steps" not in saved["training"] or saved["training"]["steps"] is None
@@ -144,7 +156,7 @@ def test_the_table_recipe_end_to_end(cli, tmp_path: Path) -> None:
     metrics = json.loads((Path(plain.stdout.strip().splitlines()[-1]) / "metrics.json").read_text())["anomaly"]
     assert "baselines" not in metrics and metrics["score"] == "knn"
 
-    recalibrated = cli("threshold", run, "--method", "fpr:0.1", "--normal-data", tmp_path / "train.csv",
+    recalibrated = cli("threshold", run, "--method", "fpr:0.1", "--normal-data", train,
                        "--set", "data.label_column=label")  # fmt: skip
     assert recalibrated.exit_code == 0, recalibrated.output
 
@@ -175,3 +187,52 @@ def test_a_value_beyond_float32_is_named_by_file_and_row(cli, trained_run: Path,
     result = cli("score", trained_run, table)
     assert result.exit_code == 2
     assert f"{table}: row 4 has values beyond float32's range" in result.output
+
+
+def _reordered(source: Path, target: Path, order: list[int], rename: dict[str, str] | None = None) -> Path:
+    rows = list(csv.reader(source.open()))
+    rows[0] = [(rename or {}).get(name, name) for name in rows[0]]
+    with target.open("w", newline="") as handle:
+        csv.writer(handle).writerows([[row[i] for i in order] for row in rows])
+    return target
+
+
+@pytest.mark.slow
+def test_columns_are_matched_by_name_everywhere(cli, table_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    from aecli.serving import parse_rows
+    from aecli.trained_run import open_trained_run
+
+    run, _, test = table_run
+    assert json.loads((run / "run.json").read_text())["data"]["feature_names"] == [f"f{i}" for i in range(6)]
+    reordered = _reordered(test, tmp_path / "reordered.csv", [6, 5, 4, 3, 2, 1, 0])  # label first, f5 ... f0
+    scored = {}
+    for name, source in (("as trained", test), ("reordered", reordered)):
+        result = cli("score", run, source, "--out", tmp_path / f"scored {name}.csv", "--top-k", "1")
+        assert result.exit_code == 0, result.output
+        scored[name] = (tmp_path / f"scored {name}.csv").read_text()
+    assert scored["reordered"] == scored["as trained"]  # the same scores, and blame on the same columns
+
+    renamed = _reordered(test, tmp_path / "renamed.csv", list(range(7)), {"f2": "f2_new"})
+    for command in (("score", run, renamed), ("evaluate", run, "--data", renamed, "--set", "data.label_column=label")):
+        result = cli(*command)
+        assert result.exit_code == 2, result.output
+        assert "missing f2; not in the run: f2_new" in result.output
+
+    # evaluate --data reads a reordered table by name too
+    metrics = []
+    for source in (test, reordered):
+        result = cli("evaluate", run, "--data", source, "--set", "data.label_column=label", "--no-baselines",
+                     "--out", tmp_path / f"eval-{source.stem}")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        metrics.append(json.loads((tmp_path / f"eval-{source.stem}" / "metrics.json").read_text())["reconstruction"])
+    assert metrics[0] == metrics[1]
+
+    # the service: JSON objects with their keys in any order, and CSV bodies likewise
+    trained = open_trained_run(run)
+    row = {f"f{i}": 0.1 * i for i in range(6)}
+    ordered = parse_rows(json.dumps([row]).encode(), "application/json", trained)
+    shuffled = parse_rows(json.dumps([dict(reversed(row.items()))]).encode(), "application/json", trained)
+    np.testing.assert_array_equal(ordered.x, shuffled.x)
+    assert shuffled.names == [f"f{i}" for i in range(6)]
+    body = "f5,f4,f3,f2,f1,f0\n" + ",".join(str(0.1 * i) for i in range(5, -1, -1)) + "\n"
+    np.testing.assert_array_equal(parse_rows(body.encode(), "text/csv", trained).x, ordered.x)

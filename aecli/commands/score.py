@@ -115,6 +115,7 @@ def _chunks(run: TrainedRun, request: ScoreRequest, stdin: IO[str]) -> tuple[lis
         own.label_column,
         dropped=(own.id_column,) if asked and own.id_column is not None else (),  # never a feature
         required=(asked,) if asked else (),
+        features=run.feature_names,
     )
     source = request.source
     if source == "-":

@@ -27,6 +27,7 @@ class RawData:
     ids_train: np.ndarray | None = None  # data.id_column's values, as written (strings)
     ids_test: np.ndarray | None = None
     sequences: bool = False  # samples are (steps, channels) sequences, not table rows or images
+    feature_names: list[str] | None = None  # a CSV table's feature columns, by its header
 
 
 @dataclass(frozen=True)

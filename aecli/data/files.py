@@ -258,7 +258,8 @@ def _read_csv(path: Path, label_column: str | int | None, id_column: str | int |
             f"{shorten(body[line][column])}"
             + ("" if label_index is not None else " (set data.label_column for a label column)")
         ) from None
-    return RawData(x, labels, None, None, label_names, ids_train=ids)
+    names = [header[index].strip() for index in kept] if header else None
+    return RawData(x, labels, None, None, label_names, ids_train=ids, feature_names=names)
 
 
 def column_index(path: Path, header: list[str] | None, width: int, column: str | int | None, key: str) -> int | None:

@@ -4,10 +4,13 @@ the data is held in memory (`Dataset`) or streamed (`ShardedData`); `load_datase
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from aecli.config import DataConfig
 from aecli.data.arrays import Dataset, Rows, Samples, fit_to_model, sample_shape_of
+from aecli.data.features import feature_positions
 from aecli.data.labels import class_mask
 from aecli.data.scaling import Scaling, fit_channel_scaling, fit_scaling
 from aecli.data.shards import ShardedData
@@ -78,19 +81,30 @@ def load_dataset(cfg: DataConfig, seed: int, test_only: bool = False) -> Dataset
         is_image=is_image,
         scaling=scaling,
         label_names=raw.label_names,
-        description={"source": cfg.source, "source_has_test_split": raw.x_test is not None},
+        description={
+            "source": cfg.source,
+            "source_has_test_split": raw.x_test is not None,
+            **({"feature_names": raw.feature_names} if raw.feature_names else {}),
+        },
         source_rows={name: rows.positions for name, rows in splits.items()},
         ids={name: rows.ids for name, rows in splits.items() if rows.ids is not None},
     )
 
 
-def load_for_model(cfg: DataConfig, sample_shape: tuple[int, ...], scaling: Scaling) -> Samples:
+def load_for_model(
+    cfg: DataConfig, sample_shape: tuple[int, ...], scaling: Scaling, feature_names: list[str] | None = None
+) -> Samples:
     """Every row of `cfg.source` (its train and test sets, each capped at `cfg.limit`), shaped and
-    scaled for a trained model: used to evaluate or reconstruct data the run did not train on."""
+    scaled for a trained model: used to evaluate or reconstruct data the run did not train on.
+    A table's columns are taken by the run's `feature_names`, when both have names."""
     kind = kind_of(cfg)
     if kind.load_for_model is not None:
         return kind.load_for_model(cfg, sample_shape, scaling)
     raw = read_data(cfg, limit=cfg.limit)
+    if raw.feature_names is not None:
+        order = feature_positions(raw.feature_names, feature_names, f"data.source {cfg.source}")
+        if order is not None and order != list(range(len(order))):
+            raw = dataclasses.replace(raw, x_train=raw.x_train[:, order], feature_names=list(feature_names or []))
     parts = [Rows.of(raw.x_train, raw.y_train, raw.ids_train).first(cfg.limit)]
     if raw.x_test is not None:
         parts.append(Rows.of(raw.x_test, raw.y_test, raw.ids_test).first(cfg.limit))

@@ -233,7 +233,7 @@ def _train_new(
     settings = load_config(config, overrides)
     console.print(
         f"training {settings.model.kind} autoencoder on {settings.data.source} "
-        f"({settings.optimizer.name}, {settings.loss.name}, {settings.training.epochs} epochs)"
+        f"({settings.optimizer.name}, {settings.loss.name}, {_length(settings.training)})"
     )
     command = shlex.join(["aecli", *sys.argv[1:]])
     outcome = train_run(settings, runs_dir, name, command, reporter=reporter, on_run_dir=on_run_dir)
@@ -268,6 +268,11 @@ def _worker_finished(reading: dict[str, int] | None) -> str:
         f"{line}; this worker read {reading['files']} of {reading['files_in_folder']} shard files "
         f"({reading['rows']:,} rows, {reading['bytes']:,} bytes)"
     )
+
+
+def _length(training: Any) -> str:
+    steps = training.steps
+    return f"{steps} steps" if steps is not None else f"{training.epochs} epochs"
 
 
 def _print_training_summary(console: Console, metrics: dict[str, Any]) -> None:

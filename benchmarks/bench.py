@@ -423,6 +423,7 @@ def write_benchmarks(results: dict[str, Any], args: argparse.Namespace) -> None:
             "text.md",
             "ops.md",
             "series.md",
+            "odds.md",
             "workers.md",
             "score.md",
             "serve.md",

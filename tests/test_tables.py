@@ -87,6 +87,8 @@ def test_code_space_neighbours_exclude_the_row_itself() -> None:
     expected = np.sort(distances, axis=1)[:, :5].mean(axis=1)
     np.testing.assert_allclose(own["knn"], expected, rtol=1e-5)
     assert space.centers["knn"] == pytest.approx(np.median(expected), rel=1e-5)
+    q1, q3 = np.percentile(expected, [25, 75])
+    assert space.spreads["knn"] == pytest.approx((q3 - q1) / IQR_PER_STD, rel=1e-4)
     # a new row: its own neighbours among the training codes, no exclusion
     new = rng.normal(size=(7, 4)).astype(np.float32)
     scores = space.scores(new, np.zeros(7))

@@ -347,6 +347,15 @@ def _parse_int_list(text: str | None, option: str) -> list[int] | None:
     return values
 
 
+BaselinesOption = Annotated[
+    bool,
+    typer.Option(
+        help="With labelled anomalies, also fit IsolationForest and PCA (as many components as the code) on the "
+        "run's training rows and report their AUROC/AUPRC beside the autoencoder's."
+    ),
+]
+
+
 @app.command()
 @reports_errors
 def evaluate(
@@ -378,13 +387,7 @@ def evaluate(
     tsne: Annotated[bool, typer.Option("--tsne", help="Project the latent space with t-SNE instead of PCA.")] = False,
     pairs: PairsOption = None,
     pair_columns: PairColumnsOption = "sentence1,sentence2,score",
-    baselines: Annotated[
-        bool,
-        typer.Option(
-            help="With labelled anomalies, also fit IsolationForest and PCA (as many components as the code) on the "
-            "run's training rows and report their AUROC/AUPRC beside the autoencoder's."
-        ),
-    ] = True,
+    baselines: BaselinesOption = True,
     force: ForceOption = False,
     backend: BackendOption = None,
 ) -> None:

@@ -38,6 +38,21 @@ def predict_batched(model: Any, x: np.ndarray, batch_size: int = PREDICT_BATCH_S
     return whole.astype(np.float32, copy=False)
 
 
+def predict_fixed(model: Any, x: np.ndarray, call_rows: int) -> np.ndarray:
+    """`predict_batched` with every model call exactly `call_rows` rows (the last one padded with
+    zeros, then cut): float32 kernels block their sums by the batch's size, so a row's result
+    would otherwise depend on which rows share its call (a chunk of 7 rows against the whole
+    file). With one call shape, equal rows give equal bits however the input is chunked."""
+    parts = []
+    for start in range(0, len(x), call_rows):
+        rows = x[start : start + call_rows]
+        if len(rows) < call_rows:
+            rows = np.concatenate([rows, np.zeros((call_rows - len(rows), *x.shape[1:]), x.dtype)])
+        parts.append(_first_output(model.predict_on_batch(rows))[: len(x) - start])
+    whole = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return whole.astype(np.float32, copy=False)
+
+
 def _first_output(outputs: Any) -> np.ndarray:
     """A VAE encoder returns (z_mean, z_log_var, z): its code is z_mean."""
     return np.asarray(outputs[0] if isinstance(outputs, (list, tuple)) else outputs)

@@ -122,7 +122,8 @@ def test_training_records_validation_errors_and_its_threshold(run_copy: Path) ->
     assert record["active"]["value"] == pytest.approx(fpr_threshold(validation, 0.05), rel=1e-5)  # csv: 6 digits
     assert record["active"]["computed_from"].startswith("validation split")
     rate = record["active"]["expected_false_positive_rate"]
-    assert rate == pytest.approx(np.mean(validation > record["active"]["value"])) and rate <= 0.05
+    # (the CSV keeps 8 digits: the row at the threshold itself may read as just above it)
+    assert abs(rate - np.mean(validation > record["active"]["value"])) <= 1 / len(validation) and rate <= 0.05
     assert len(train) > len(validation)
 
 

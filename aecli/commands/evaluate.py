@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from aecli.backend import select_backend
+from aecli.baselines import baseline_report
 from aecli.calibration import VALIDATION_ERRORS, active_threshold, chosen_score, stored_errors, training_errors
-from aecli.code_scores import CODE_SCORES, code_space_of
+from aecli.code_scores import CodeSpace, code_space_of
 from aecli.config import ModelConfig
 from aecli.data import Samples, label_codes, label_name, present_labels
 from aecli.data.arrays import Timeline
@@ -111,23 +112,17 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
     model = load_model(run.path / "model.keras", compile=False)
     encoder = load_model(run.path / "encoder.keras", compile=False)
     reconstructions = predict_batched(model, evaluated.x)
-    errors = per_sample_errors(evaluated.x, reconstructions)
-    if score not in errors and score not in CODE_SCORES:
-        raise EvaluationError("--score bce: needs data in [0, 1], and the evaluated data is outside it")
+    codes = predict_batched(encoder, evaluated.x).reshape(len(evaluated.x), -1)  # (a feature map, flattened)
+    errors = _per_sample_scores(evaluated.x, reconstructions, codes, code_space, score)
     # Samples added by --anomaly-data are not the evaluated data: its metrics leave them out.
     normal = np.ones(len(evaluated.x), bool)
     if evaluated.added_anomalies and evaluated.is_anomaly is not None:
         normal = ~evaluated.is_anomaly
     metrics = _reconstruction_metrics(run, evaluated, reconstructions, normal)
-    codes = predict_batched(encoder, evaluated.x)
-    codes = codes.reshape(len(codes), -1)  # a feature-map code (model.code feature_map), flattened
-    if code_space is not None:
-        errors.update(code_space.scores(codes, errors["mse"]))
     if evaluated.labels is not None:
         latent = latent_report(codes[normal], evaluated.labels[normal], seed=run.config.training.seed)
         if latent is not None:
             metrics["latent"] = latent
-
     scores = errors[score]
     anomaly, threshold, flags = _anomaly_metrics(run, score, evaluated, scores, threshold_choice)
     if anomaly is not None:
@@ -265,11 +260,22 @@ def _anomaly_metrics(
     return report, threshold, {"is_anomaly": evaluated.is_anomaly, "flagged": scores > threshold}
 
 
+def _per_sample_scores(
+    x: np.ndarray, reconstructions: np.ndarray, codes: np.ndarray, code_space: CodeSpace | None, score: str
+) -> dict[str, np.ndarray]:
+    """Every per-sample error measure of the evaluated rows, and the code-space scores when the
+    run keeps its training codes and the chosen score needs them."""
+    errors = per_sample_errors(x, reconstructions)
+    if code_space is not None:
+        errors.update(code_space.scores(codes, errors["mse"]))
+    if score not in errors:
+        raise EvaluationError("--score bce: needs data in [0, 1], and the evaluated data is outside it")
+    return errors
+
+
 def _baselines(run: TrainedRun, request: EvaluateRequest, evaluated: _Evaluated, code_size: int) -> dict[str, Any]:
     """IsolationForest and PCA fitted on the run's training rows, scored on the evaluated rows; a
     note instead when those rows cannot be read again (the training source changed or is gone)."""
-    from aecli.baselines import baseline_report
-
     assert evaluated.is_anomaly is not None
     x_train = evaluated.x_train
     if x_train is None:

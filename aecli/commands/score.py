@@ -23,7 +23,7 @@ from aecli.backend import select_backend
 from aecli.calibration import threshold_in_use
 from aecli.code_scores import code_space_of
 from aecli.errors import DataError, EvaluationError, RunError
-from aecli.evaluation import predict_batched
+from aecli.evaluation import predict_fixed
 from aecli.scoring import (
     CHUNK_ROWS,
     Chunk,
@@ -83,7 +83,7 @@ def score_input(request: ScoreRequest, stdin: IO[str], stdout: IO[str]) -> Score
     code_scorer = _code_scorer(run, score, request.batch_size)
     scored = score_chunks(
         chunks,
-        lambda x: predict_batched(model, x, request.batch_size),
+        lambda x: predict_fixed(model, x, request.batch_size),
         run.sample_shape,
         run.scaling,
         score,
@@ -104,7 +104,7 @@ def _code_scorer(run: TrainedRun, score: str, batch_size: int) -> CodeScorer | N
     if space is None:
         return None
     encoder = load_model(run.path / "encoder.keras", compile=False)
-    return CodeScorer(lambda x: predict_batched(encoder, x, batch_size), space)
+    return CodeScorer(lambda x: predict_fixed(encoder, x, batch_size), space)
 
 
 def _chunks(run: TrainedRun, request: ScoreRequest, stdin: IO[str]) -> tuple[list[str] | None, Iterator[Chunk], bool]:

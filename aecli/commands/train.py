@@ -431,8 +431,7 @@ def _train_and_report(attempt: _Attempt) -> dict[str, Any]:
         save_atomic(run_dir / f"{part}.keras", getattr(autoencoder, part).save)
     _save_encoder(autoencoder.encoder, data, config, run_dir)
     write_history_csv(run_dir / "history.csv", result.history)
-    shared = isinstance(data, ShardedData) and data.share is not None
-    if not placement.chief and not shared:
+    if not placement.chief and not (isinstance(data, ShardedData) and data.share is not None):
         return {}  # a non-chief worker: its scratch run is discarded, so is any report
     # A distributed model's predictions would go through the strategy (collective ops every
     # worker must join): the report uses the saved model, as a plain single-device copy. Workers
@@ -445,9 +444,7 @@ def _train_and_report(attempt: _Attempt) -> dict[str, Any]:
     held_out = report(model, data, "validation", per_class=False) if data.shapes()["validation"] else None
     if not placement.chief:
         return {}
-    if config.anomaly.score in CODE_SCORES:
-        encoder = autoencoder.encoder if not placement.distributed else load_model(run_dir / "encoder.keras")
-        _add_code_scores(encoder, data, config, run_dir, {"train": train, "test": test, "validation": held_out})
+    _add_code_scores(attempt, autoencoder.encoder, {"train": train, "test": test, "validation": held_out})
     summary = _training_summary(result, config.training.epochs, int(model.count_params()), placement)
     metrics = _error_report(test, train, held_out, data, run_dir, summary, config.anomaly)
     metrics["evaluation_seconds"] = time.perf_counter() - started
@@ -457,12 +454,15 @@ def _train_and_report(attempt: _Attempt) -> dict[str, Any]:
     return metrics
 
 
-def _add_code_scores(
-    encoder: Any, data: TrainingData, config: AecliConfig, run_dir: Path, reports: dict[str, SplitReport | None]
-) -> None:
-    """Keep the training rows' codes in the run (code_scores.py), and add each split's knn and
-    combined scores to its per-sample errors, so that thresholds can be chosen on them."""
+def _add_code_scores(attempt: _Attempt, encoder: Any, reports: dict[str, SplitReport | None]) -> None:
+    """For a knn or combined anomaly score: keep the training rows' codes in the run (code_scores.py),
+    and add each split's knn and combined scores to its errors, so that thresholds can use them."""
+    config, data, run_dir = attempt.config, attempt.data, attempt.run_dir
+    if config.anomaly.score not in CODE_SCORES:
+        return
     assert isinstance(data, Dataset)  # streamed sources are refused before training (_check_loss_matches_data)
+    if attempt.placement.distributed:  # (the report's single-device copy, as for the model)
+        encoder = load_model(run_dir / "encoder.keras")
     codes = {part: predict_batched(encoder, data.split(part)[0]) for part, report in reports.items() if report}
     train = reports["train"]
     assert train is not None

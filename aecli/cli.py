@@ -623,6 +623,12 @@ def _print_evaluation_summary(console: Console, metrics: dict[str, Any]) -> None
                 "labelled windows detected", f"{detection['windows_detected']} of {detection['labelled_windows']}"
             )
             table.add_row("flagged ranges outside them", str(detection["ranges_outside_windows"]))
+        nab = in_time.get("nab")
+        if nab:
+            standard = nab["standard"]
+            table.add_row(
+                "NAB score (standard)", f"{standard['at_threshold']:.1f} ({standard['best']:.1f} at the best threshold)"
+            )
     console.print(table)
 
 

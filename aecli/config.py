@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveInt,
     SerializerFunctionWrapHandler,
     ValidationError,
@@ -208,6 +209,12 @@ class SeriesConfig(_Section):
         "refuse",
         description="empty or NaN values: refuse (an error naming the line), interpolate linearly, or carry the "
         "last value forward",
+    )
+    disorder: Literal["keep", "drop", "refuse"] = Field(
+        "keep",
+        description="a time equal to or earlier than the one before it (a clock change, a glitch at the source): keep "
+        "the row in arrival order, as a live stream must (said in a note), drop it (a note), or refuse the file "
+        "(an error naming the lines)",
     )
 
 
@@ -824,6 +831,30 @@ class TrainingConfig(_Section):
         return self
 
 
+class StreamLikelihoodConfig(_Section):
+    """Numenta's anomaly likelihood over a series' per-step scores (causal: uses past steps only)."""
+
+    short: PositiveInt = Field(
+        1, le=10_000, description="steps whose scores are averaged before comparing (Numenta averages 10)"
+    )
+    history: PositiveInt = Field(
+        8640, le=10_000_000, description="steps before it whose averages give the usual mean and spread"
+    )
+    warm_up: PositiveInt = Field(288, description="steps of history needed before any step scores above 0")
+    hold_off: NonNegativeInt = Field(
+        0,
+        le=1_000_000,
+        description="a step keeps its likelihood only when above every one of the hold_off steps before it (else "
+        "0): one alarm at an episode's onset instead of a run of them; 0: off",
+    )
+
+    @model_validator(mode="after")
+    def _history_holds_warm_up(self) -> StreamLikelihoodConfig:
+        if self.warm_up > self.history:
+            raise ValueError(f"warm_up ({self.warm_up}) cannot exceed history ({self.history})")
+        return self
+
+
 class AnomalyConfig(_Section):
     """How reconstruction errors become anomaly flags: recorded in the run, used by `aecli evaluate`
     unless its --score/--threshold say otherwise."""
@@ -845,10 +876,17 @@ class AnomalyConfig(_Section):
         "fpr:F (flags a share F of the held-out normal validation rows), contamination:F (flag that share of "
         "the evaluated data), or a number; best_f1 needs labelled anomalies: set it with aecli threshold",
     )
-    points: Literal["mean", "max", "all"] | None = Field(
+    points: Literal["mean", "max", "all", "last"] | None = Field(
         None,
         description="series only: a time step's score from the windows covering it: their mean (the default), max, "
-        "or all (the smallest: a step is flagged only when every window covering it is)",
+        "all (the smallest: a step is flagged only when every window covering it is), or last (causal: the window "
+        "that ends at the step, as a live stream must; the first size - 1 steps have no score)",
+    )
+    likelihood: StreamLikelihoodConfig | None = Field(
+        None,
+        description="series only: turn each step's score into Numenta's anomaly likelihood, comparable across "
+        "series: -log10 of the tail probability of the recent scores given the longer history before them, / 10 "
+        "(0.5: a tail of 1e-5); anomaly.threshold is then a number, e.g. 0.5",
     )
 
     def _inapplicable(self) -> dict[str, str]:
@@ -934,6 +972,15 @@ class AecliConfig(_Section):
             raise ValueError(f"loss.name: a vae's reconstruction term is mse or bce, got {self.loss.name!r}")
         if self.anomaly.points is not None and self.data.series is None:
             raise ValueError("anomaly.points: applies to a series source (data.series) only")
+        if self.anomaly.likelihood is not None:
+            if self.data.series is None:
+                raise ValueError("anomaly.likelihood: applies to a series source (data.series) only")
+            spec = auto_threshold(self.anomaly.threshold, self.data.validation_split > 0)
+            if spec.kind != "value" or spec.parameter <= 0:
+                raise ValueError(
+                    "anomaly.likelihood: its scores are likelihoods (0.5: a tail probability of 1e-5), not errors: "
+                    f"set anomaly.threshold to a positive number, e.g. 0.5 (got {self.anomaly.threshold})"
+                )
         distributed = self.training.distribute.strategy != "none"
         if distributed and self.runtime.backend != "tensorflow":
             raise ValueError(

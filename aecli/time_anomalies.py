@@ -3,7 +3,9 @@ ranges, and labelled anomalies (a label column, or NAB-style windows) are scored
 
 numpy only. A step's score comes from the windows that cover it: their mean, their max, or
 `all` (the smallest: a step is flagged only when every window covering it is over the
-threshold, as in the Keras example "Timeseries anomaly detection using an Autoencoder").
+threshold, as in the Keras example "Timeseries anomaly detection using an Autoencoder"), or,
+causally, from the one window that ends at it (`last`: a live stream knows no later rows; the
+first size - 1 steps, which end no window, have no score and are never flagged).
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ from aecli.data.arrays import Timeline, show_time
 from aecli.errors import DataError, clip, shorten
 
 MAX_LABEL_FILE_BYTES = 64 * 2**20
+POINTS = ("mean", "max", "all", "last")  # as anomaly.points spells them
 
 
 def step_scores(window_scores: np.ndarray, starts: np.ndarray, size: int, steps: int, points: str) -> np.ndarray:
-    """Per-step scores from per-window scores; steps no window covers are NaN."""
+    """Per-step scores from per-window scores; steps no window covers (with `last`: ends) are NaN."""
+    if points == "last":
+        out = np.full(steps, np.nan)
+        out[starts + size - 1] = window_scores
+        return out
     covered = (starts[:, None] + np.arange(size)).ravel()
     repeated = np.repeat(window_scores.astype(np.float64), size)
     if points == "mean":
@@ -34,6 +41,46 @@ def step_scores(window_scores: np.ndarray, starts: np.ndarray, size: int, steps:
     out = np.full(steps, -np.inf if points == "max" else np.inf)
     (np.maximum if points == "max" else np.minimum).at(out, covered, repeated)
     out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def stream_likelihood(scores: np.ndarray, short: int, history: int, warm_up: int, hold_off: int) -> np.ndarray:
+    """Per-step scores that mean the same on every series, from Numenta's "anomaly likelihood":
+        how improbable the mean of the last `short` scores is under the normal distribution of those
+        means over the `history` steps before, as -log10(tail probability) / 10 (0.5 is a tail of
+        1e-5, 1 of 1e-10; not clipped, so the most improbable steps still rank above the merely
+        improbable). The spread is floored at 10% of the mean, so that a near-constant error does not
+    make every wobble improbable. Causal: a step's value uses steps up to it only. Steps with fewer than `warm_up`
+        earlier means, and steps without a score, give 0. With `hold_off`, a step keeps its value
+        only when it is above every value of the `hold_off` steps before it (else 0): one alarm per
+        episode, at its onset, instead of a run of alarms as the error decays."""
+    from scipy.special import log_ndtr
+
+    out = np.zeros(len(scores))
+    finite = np.flatnonzero(np.isfinite(scores))
+    if not len(finite):
+        return out
+    first = int(finite[0])
+    values = np.nan_to_num(np.asarray(scores[first:], np.float64), nan=0.0)
+    cumulative = np.r_[0.0, np.cumsum(values)]
+    ends = np.arange(1, len(values) + 1)
+    averaged = (cumulative[ends] - cumulative[np.maximum(ends - short, 0)]) / np.minimum(ends, short)
+    sums, squares = (np.r_[0.0, np.cumsum(v)] for v in (averaged, averaged**2))
+    before = np.arange(len(values))  # the means of steps [lo, t) describe step t
+    lo = np.maximum(before - history, 0)
+    count = before - lo
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (sums[before] - sums[lo]) / count
+        spread = np.sqrt(np.maximum((squares[before] - squares[lo]) / count - mean**2, 0.0))
+        spread = np.maximum(spread, 1e-12 + 0.1 * np.abs(mean))  # a near-constant history: not every wobble alarms
+        value = log_ndtr(-(averaged - mean) / spread) / np.log(1e-10)
+    value[count < warm_up] = 0.0
+    value = np.maximum(np.nan_to_num(value), 0.0)
+    if hold_off:
+        padded = np.r_[np.full(hold_off, -np.inf), value]
+        recent = np.lib.stride_tricks.sliding_window_view(padded[:-1], hold_off).max(axis=1)
+        value = np.where(value > recent, value, 0.0)
+    out[first:] = value
     return out
 
 

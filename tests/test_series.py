@@ -73,11 +73,26 @@ def test_a_series_is_read_with_its_times_and_gaps_are_reported(tmp_path: Path) -
     assert len(table.notes) == 1 and "1 gap(s)" in table.notes[0] and "2024-01-01 04:05:00" in table.notes[0]
 
 
+def test_repeated_and_backward_times_are_kept_in_arrival_order_or_dropped_with_a_note(tmp_path: Path) -> None:
+    values = periodic(40)
+    times = START + STEP * np.arange(40)
+    times[11] = times[10]  # a repeated time (a daylight-saving hour)
+    times[21] = times[5]  # a clock glitch: a time from the past
+    path = write_series(tmp_path / "s.csv", values, times=times)
+    kept = read_series_table(path, SeriesConfig(time_column="timestamp"))
+    assert len(kept.times) == 40 and kept.times[21] == times[5]  # arrival order, never reordered
+    assert any("2 row(s)" in note and "kept in arrival order" in note and "line 13" in note for note in kept.notes)
+    dropped = read_series_table(path, SeriesConfig(time_column="timestamp", disorder="drop"))
+    assert len(dropped.times) == 38 and (np.diff(dropped.times) > np.timedelta64(0)).all()
+    np.testing.assert_allclose(dropped.values[:, 0], np.delete(values, [11, 21]), rtol=1e-6)
+    assert any("dropped" in note for note in dropped.notes)
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda lines: [lines[0], lines[2], lines[1], *lines[3:]], r"line 3's time .* is earlier than line 2's"),
-        (lambda lines: [lines[0], lines[1], lines[1], *lines[2:]], "lines 2 and 3 have the same time"),
+        (lambda lines: [lines[0], lines[2], lines[1], *lines[3:]], r"line 3 has a time earlier than line 2 .*disorder"),
+        (lambda lines: [lines[0], lines[1], lines[1], *lines[2:]], "line 3 has the same time as line 2"),
         (
             lambda lines: [lines[0], lines[1].replace("2024-01-01 00:00", "yesterday"), *lines[2:]],
             "line 2: 'yesterday' is not an ISO 8601 time",
@@ -97,7 +112,7 @@ def test_hostile_series_files_get_one_line_errors(tmp_path: Path, edit: Callable
     path = write_series(tmp_path / "s.csv", periodic(60))
     path.write_text("\n".join(edit(path.read_text().splitlines())) + "\n")
     with pytest.raises(DataError, match=message):
-        read_series_table(path, SeriesConfig(time_column="timestamp"))
+        read_series_table(path, SeriesConfig(time_column="timestamp", disorder="refuse"))
 
 
 def test_missing_values_are_filled_only_when_asked(tmp_path: Path) -> None:
@@ -272,6 +287,8 @@ def test_step_scores_from_the_windows_covering_each_step() -> None:
     assert step_scores(scores, starts, 3, 7, "mean").tolist() == [1, 1, 3, 5, 4, 3, 3]
     assert step_scores(scores, starts, 3, 7, "max").tolist() == [1, 1, 5, 5, 5, 3, 3]
     assert step_scores(scores, starts, 3, 7, "all").tolist() == [1, 1, 1, 5, 3, 3, 3]
+    causal = step_scores(scores, starts, 3, 7, "last")  # the window ending at the step; none ends at 0, 1, 3, 5
+    assert np.isnan(causal[[0, 1, 3, 5]]).all() and causal[[2, 4, 6]].tolist() == [1, 5, 3]
     assert np.isnan(step_scores(scores, starts, 3, 8, "mean")[7])
 
 
@@ -390,15 +407,21 @@ def test_evaluate_takes_nab_windows_and_refuses_sample_labels(
         "evaluate", run, "--data", jump, "--anomaly-windows", windows, "--points", "max", "--out", tmp_path / "e"
     )
     assert result.exit_code == 0, result.output
-    detection = json.loads((tmp_path / "e" / "metrics.json").read_text())["anomalies_in_time"]["detection"]
+    in_time = json.loads((tmp_path / "e" / "metrics.json").read_text())["anomalies_in_time"]
+    detection = in_time["detection"]
     assert detection["labelled_windows"] == 1 and detection["labelled_steps"] == 25
+    nab = in_time["nab"]  # NAB's three profiles, at the run's threshold and at this file's best
+    assert set(nab) == {"standard", "reward_low_FP_rate", "reward_low_FN_rate"}
+    assert all(-1000 < entry["at_threshold"] <= entry["best"] <= 100 for entry in nab.values())
+    assert nab["standard"]["best"] > 50  # the jump is found early in its window
+    assert "NAB score (standard)" in result.output
     windows.write_text(json.dumps({"normal.csv": []}))
     result = cli("evaluate", run, "--data", jump, "--anomaly-windows", windows)
     assert result.exit_code == 2 and "has no entry for jump.csv; it names normal.csv" in result.output
     result = cli("evaluate", run, "--normal-classes", "0")
     assert result.exit_code == 2 and "a series run's anomalies are steps in time" in result.output
     result = cli("evaluate", run, "--points", "median")
-    assert result.exit_code == 2 and "--points 'median': expected one of mean, max, all" in result.output
+    assert result.exit_code == 2 and "--points 'median': expected one of mean, max, all, last" in result.output
 
 
 def test_reconstruct_a_time_range_and_embed_the_windows(

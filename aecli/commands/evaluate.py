@@ -31,6 +31,7 @@ from aecli.evaluation import (
     project_2d,
     reconstruction_report,
 )
+from aecli.nab_scoring import PROFILES, NabFile, nab_score
 from aecli.reporting import (
     plot_anomalies_in_time,
     plot_error_histogram,
@@ -47,10 +48,18 @@ from aecli.reporting import (
 )
 from aecli.runs import AUGMENTED_SAMPLES, StagedOutputDir, check_new_output_dir, now_iso
 from aecli.thresholds import SIGNED_SCORES, ThresholdSpec, parse_threshold, resolve_threshold
-from aecli.time_anomalies import TimeAnomalies, detection_report, flag_steps, labels_from_windows, step_scores
+from aecli.time_anomalies import (
+    POINTS,
+    TimeAnomalies,
+    detection_report,
+    flag_steps,
+    labels_from_windows,
+    ranges_of,
+    step_scores,
+    stream_likelihood,
+)
 from aecli.trained_run import TrainedRun, load_model, open_trained_run
 
-POINTS = ("mean", "max", "all")
 RESIDUALS = "residuals.png"
 
 
@@ -383,6 +392,16 @@ def _anomalies_in_time(
     """Per-step scores of the evaluated stretch, flagged ranges, and with labels the detection table."""
     points = request.points or run.config.anomaly.points or "mean"
     scores = step_scores(window_scores, timeline.starts, timeline.size, len(timeline.times), points)
+    likelihood = run.config.anomaly.likelihood
+    if likelihood is not None:
+        if choice.spec.kind not in ("value", "contamination"):
+            raise EvaluationError(
+                f"threshold {choice.method}: this run's step scores are likelihoods (anomaly.likelihood), not errors: "
+                "give --threshold a number, e.g. 0.5, or contamination:F"
+            )
+        scores = stream_likelihood(
+            scores, likelihood.short, likelihood.history, likelihood.warm_up, likelihood.hold_off
+        )
     # contamination: that share of the steps (the other methods use the training windows' errors)
     threshold = choice.resolve(run, score, scores[np.isfinite(scores)], None)
     found = flag_steps(scores, threshold, points)
@@ -402,7 +421,22 @@ def _anomalies_in_time(
     }
     if labels is not None:
         metrics["detection"] = detection_report(found, labels, timeline)
+        metrics["nab"] = _nab_scores(scores, labels, threshold)
     return _InTime(found, labels, metrics)
+
+
+def _nab_scores(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
+    """NAB's three profile scores of this series' step scores, at the run's threshold (a step is
+    flagged over it) and at the best threshold for this one file (NAB picks one for a whole set)."""
+    scored = [NabFile(scores, ranges_of(labels))]
+    at_threshold = np.nextafter(threshold, np.inf)  # NAB flags scores >= its threshold; aecli those > it
+    return {
+        profile: {
+            "at_threshold": round(float(nab_score(scored, profile, at_threshold).normalised), 2),
+            "best": round(float(nab_score(scored, profile).normalised), 2),
+        }
+        for profile in PROFILES
+    }
 
 
 def _write_time_outputs(out_dir: Path, timeline: Timeline, in_time: _InTime) -> None:
@@ -521,4 +555,9 @@ def _time_blocks(in_time: dict[str, Any]) -> list[tuple[str, Any]]:
         rows = [[entry.get(key, "") for key in header] for entry in detection["windows"][:50]]
         if rows:
             blocks.append(("table", [header, *rows]))
+    nab = in_time.get("nab")
+    if nab is not None:
+        blocks.append(("text", "NAB scores (0 = detect nothing, 100 = every window at its first step):"))
+        header = ["profile", "at the run's threshold", "at this file's best threshold"]
+        blocks.append(("table", [header] + [[name, v["at_threshold"], v["best"]] for name, v in nab.items()]))
     return blocks

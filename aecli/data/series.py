@@ -76,7 +76,14 @@ def read_series_table(
         times, timed = np.arange(len(rows), dtype=np.float64), False
     else:
         times, timed = _times(path, [row[time_index].strip() for row in rows], lines, series.time_format), True
-        _check_order(path, times, lines)
+        kept = _in_order(path, times, lines, series.disorder, notes)
+        if not kept.all():
+            times, values, lines = (
+                times[kept],
+                values[kept],
+                [line for line, keep in zip(lines, kept, strict=True) if keep],
+            )
+            labels = None if labels is None else labels[kept]
         notes += _gaps(times)
     keys: list[str | int] = list(names) if header else list(chosen)
     return SeriesTable(times, values, names, keys, labels, timed, notes)
@@ -233,19 +240,27 @@ def _times(path: Path, cells: list[str], lines: list[int], time_format: str | No
     return times.astype("datetime64[s]") if whole_seconds else times
 
 
-def _check_order(path: Path, times: np.ndarray, lines: list[int]) -> None:
-    """A series must be in time order, once per time: aecli never reorders it silently."""
-    steps = np.diff(times)
-    zero = np.zeros((), steps.dtype)
-    if (steps < zero).any():
-        at = int(np.argmax(steps < zero)) + 1
+def _in_order(path: Path, times: np.ndarray, lines: list[int], disorder: str, notes: list[str]) -> np.ndarray:
+    """Which rows to keep: every row, unless `disorder` drops those whose time is not later than
+    every time before it. aecli never reorders a series: rows stay in the order they arrived."""
+    latest = np.maximum.accumulate(times)
+    late = np.r_[False, times[1:] <= latest[:-1]]
+    if not late.any():
+        return np.ones(len(times), bool)
+    at = int(np.argmax(late))
+    before = at - 1
+    what = "the same time as" if times[at] == times[before] else "a time earlier than"
+    first = f"line {lines[at]} has {what} line {lines[before]} ({show_time(times[at])})"
+    if disorder == "refuse":
         raise DataError(
-            f"{path}: line {lines[at]}'s time {show_time(times[at])} is earlier than line {lines[at - 1]}'s "
-            f"({show_time(times[at - 1])}); sort the file by time"
+            f"{path}: {first}; sort the file by time, or set data.series.disorder to keep or drop such rows"
         )
-    if (steps == zero).any():
-        at = int(np.argmax(steps == zero)) + 1
-        raise DataError(f"{path}: lines {lines[at - 1]} and {lines[at]} have the same time {show_time(times[at])}")
+    count = int(late.sum())
+    if disorder == "drop":
+        notes.append(f"{count} row(s) not later than the rows before them dropped (data.series.disorder), {first}")
+        return ~late
+    notes.append(f"{count} row(s) not later than the rows before them kept in arrival order, {first}")
+    return np.ones(len(times), bool)
 
 
 def _gaps(times: np.ndarray) -> list[str]:

@@ -1,0 +1,134 @@
+"""Streams: NAB's scoring rules, causal per-step scores and the anomaly likelihood."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from aecli.nab_scoring import NabFile, nab_score, probation_rows
+from aecli.time_anomalies import stream_likelihood
+
+SHARED_NAB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nab"
+
+
+def sigmoid_at_window_end(width: int) -> float:
+    """NAB's value of a detection at the last step of a window of `width` steps (1 at its first)."""
+    value = 2 / (1 + math.exp(5 * (-1 / width))) - 1
+    return value / (2 / (1 + math.exp(-5)) - 1)
+
+
+def test_nab_rewards_early_detection_and_charges_false_alarms() -> None:
+    window = [(50, 59)]
+    scores = np.zeros(100)
+    assert probation_rows(100) == 15 and probation_rows(100_000) == 750
+    assert nab_score([NabFile(scores, window)], threshold=1.0).normalised == pytest.approx(0.0)  # nothing found
+    early = scores.copy()
+    early[50] = 1.0  # at the window's first step: the full reward
+    assert nab_score([NabFile(early, window)], threshold=1.0).normalised == pytest.approx(100.0)
+    late = scores.copy()
+    late[59] = 1.0  # at its last step: nearly nothing
+    expected = 100 * (sigmoid_at_window_end(10) + 1) / 2
+    assert nab_score([NabFile(late, window)], threshold=1.0).normalised == pytest.approx(expected, abs=1e-9)
+    both = early + late  # only the earliest detection in a window counts
+    assert nab_score([NabFile(both, window)], threshold=1.0).normalised == pytest.approx(100.0)
+    alarm = early.copy()
+    alarm[20] = 0.9  # a false alarm before any window costs the fp weight (0.11, standard)
+    alarm[5] = 5.0  # in the probationary period: never scored
+    best = nab_score([NabFile(alarm, window)])  # the best threshold takes the window, not the alarm
+    assert best.threshold == 1.0 and best.false_positives == 0 and best.normalised == pytest.approx(100.0)
+    found = nab_score([NabFile(alarm, window)], threshold=0.9)
+    assert found.false_positives == 1 and found.detected_windows == 1
+    assert found.normalised == pytest.approx(100 * (1 - 0.11 + 1) / 2)
+    low_fp = nab_score([NabFile(alarm, window)], "reward_low_FP_rate", threshold=0.9)
+    assert low_fp.normalised == pytest.approx(100 * (2 - 0.22) / 2)
+    unscored = np.full(100, np.nan)  # steps without a score are never detections
+    assert nab_score([NabFile(unscored, window)]).normalised == pytest.approx(0.0)
+
+
+def test_false_alarms_right_after_a_window_cost_less_than_later_ones() -> None:
+    window = [(40, 49)]
+    near, far = np.zeros(200), np.zeros(200)
+    near[51], far[150] = 1.0, 1.0
+    cost_near = nab_score([NabFile(near, window)], threshold=1.0).raw
+    cost_far = nab_score([NabFile(far, window)], threshold=1.0).raw
+    assert cost_far == pytest.approx(-1.0 - 0.11)  # a miss, and an alarm well past the window: the full fp weight
+    assert cost_far < cost_near < -1.0  # right after it, the alarm costs less
+
+
+@pytest.mark.skipif(not (SHARED_NAB / "results").is_dir(), reason="needs ../shared/data/nab")
+def test_the_published_numenta_results_score_as_published() -> None:
+    windows = json.loads((SHARED_NAB / "labels" / "combined_windows.json").read_text())
+    files = []
+    for key, spans in sorted(windows.items()):
+        folder, name = key.split("/")
+        with (SHARED_NAB / "results" / "numenta" / folder / f"numenta_{name}").open() as handle:
+            rows = list(csv.DictReader(handle))
+        times = np.array([np.datetime64(row["timestamp"].replace(" ", "T")) for row in rows])
+        steps = []
+        for first, last in spans:
+            inside = np.flatnonzero(
+                (times >= np.datetime64(first.replace(" ", "T"))) & (times <= np.datetime64(last.replace(" ", "T")))
+            )
+            steps.append((int(inside[0]), int(inside[-1])))
+        files.append(NabFile(np.array([float(row["anomaly_score"]) for row in rows]), steps))
+    published = {"standard": 72.97, "reward_low_FP_rate": 66.62, "reward_low_FN_rate": 76.82}
+    for profile, value in published.items():
+        assert nab_score(files, profile).normalised == pytest.approx(value, abs=0.005)
+
+
+def test_the_likelihood_is_causal_and_flags_a_jump_once() -> None:
+    rng = np.random.default_rng(0)
+    errors = rng.gamma(2.0, 1.0, 2000)
+    errors[1500:1520] += 40  # an episode
+    errors[:15] = np.nan  # steps that end no window
+    value = stream_likelihood(errors, short=1, history=1000, warm_up=100, hold_off=0)
+    assert (value[:115] == 0).all() and np.isfinite(value).all() and (value >= 0).all()
+    assert value[1500] > 1.0 and np.median(value[200:1500]) < 0.1  # tail 1e-10 against the usual
+    future = errors.copy()
+    future[1600:] = 1000.0  # what comes later changes nothing before it
+    np.testing.assert_array_equal(stream_likelihood(future, 1, 1000, 100, 0)[:1600], value[:1600])
+    held = stream_likelihood(errors, short=1, history=1000, warm_up=100, hold_off=50)
+    assert held[1500] == value[1500] and (held[1501:1520] < value[1501:1520]).any()
+    assert (held <= value).all()
+    flat = np.ones(500)  # a constant error: its spread is floored, so a wobble is not an alarm
+    flat[400] = 1.05
+    assert stream_likelihood(flat, 1, 1000, 100, 0)[400] < 0.5
+
+
+def test_a_stream_run_scores_causally_with_the_likelihood(tmp_path: Path, cli: Callable[..., Any]) -> None:
+    times = np.datetime64("2024-01-01T00:00") + np.timedelta64(5, "m") * np.arange(900)
+    values = 10 + 5 * np.sin(np.arange(900) * 2 * np.pi / 48) + np.random.default_rng(0).normal(0, 0.2, 900)
+    values[700:710] += 12
+    times[300] = times[299]  # a repeated time: kept in arrival order (data.series.disorder keep)
+    with (tmp_path / "s.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["timestamp", "value"])
+        writer.writerows([str(t).replace("T", " "), f"{v:.4f}"] for t, v in zip(times, values, strict=True))
+    (tmp_path / "w.json").write_text(json.dumps({"s.csv": [["2024-01-03 10:00:00", "2024-01-03 12:00:00"]]}))
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "nab_stream.yaml").read_text())
+    recipe["data"]["source"] = str(tmp_path / "s.csv")
+    recipe["data"]["limit"] = 400
+    recipe["training"]["steps"] = 100
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(recipe))
+    result = cli("train", tmp_path / "c.yaml", "--runs-dir", tmp_path / "runs", "--quiet")
+    assert result.exit_code == 0, result.output
+    run = result.stdout.strip().splitlines()[-1]
+    result = cli("evaluate", run, "--data", tmp_path / "s.csv", "--anomaly-windows", tmp_path / "w.json")
+    assert result.exit_code == 0, result.output
+    out = Path(result.stdout.strip().splitlines()[-1])
+    in_time = json.loads((out / "metrics.json").read_text())["anomalies_in_time"]
+    assert in_time["points"] == "last" and in_time["threshold"] == pytest.approx(float(recipe["anomaly"]["threshold"]))
+    with (out / "points.csv").open() as handle:
+        points = list(csv.DictReader(handle))
+    assert len(points) == 900 and points[14]["score"] == "0" and points[702]["flagged"] == "1"
+    assert in_time["nab"]["standard"]["best"] > 80  # found at the window's first steps
+    result = cli("evaluate", run, "--data", tmp_path / "s.csv", "--threshold", "percentile:99")
+    assert result.exit_code == 2 and "are likelihoods (anomaly.likelihood), not errors" in result.output

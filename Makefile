@@ -47,18 +47,20 @@ test-isolated: $(STAMP) ## run each test module alone, so that none depends on a
 fuzz: $(STAMP) ## the property-based tests with a long budget (make fuzz EXAMPLES=N; make test runs a small fixed one)
 	AECLI_FUZZ_EXAMPLES=$${EXAMPLES:-3000} $(BIN)/python -m pytest -q -p no:randomly tests/test_fuzz.py
 
-bench: $(STAMP) ## the fast path per model kind and backend against plain Keras/PyTorch, the text configs against TF-IDF/LSA, 4 ODDS tables against IsolationForest (rewrites BENCHMARKS.md; about 14 minutes)
+bench: $(STAMP) ## the fast path per model kind and backend against plain Keras/PyTorch, the text configs against TF-IDF/LSA, 4 ODDS tables against IsolationForest, 6 NAB series (rewrites BENCHMARKS.md; about 16 minutes)
 	$(BIN)/python benchmarks/bench_kinds.py --quick
 	$(BIN)/python benchmarks/bench_text.py --quick
 	$(BIN)/python benchmarks/bench_odds.py --quick
+	$(BIN)/python benchmarks/bench_nab.py --quick
 	$(BIN)/python benchmarks/bench.py --quick
 
-bench-full: $(STAMP) ## every benchmark at full size: more rounds, streaming (arrays and texts), the 16 ODDS tables, scoring, serving, workers, sweeps, the TSDAE text config (about 100 minutes)
+bench-full: $(STAMP) ## every benchmark at full size: more rounds, streaming (arrays and texts), the 16 ODDS tables, the 51 NAB series, scoring, serving, workers, sweeps, the TSDAE text config (about 100 minutes)
 	$(BIN)/python benchmarks/bench_streaming.py
 	$(BIN)/python benchmarks/bench_text_streaming.py
 	$(BIN)/python benchmarks/bench_kinds.py
 	$(BIN)/python benchmarks/bench_series.py
 	$(BIN)/python benchmarks/bench_odds.py
+	$(BIN)/python benchmarks/bench_nab.py
 	$(BIN)/python benchmarks/bench_workers.py
 	$(BIN)/python benchmarks/bench_score.py
 	$(BIN)/python benchmarks/bench_serve.py

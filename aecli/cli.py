@@ -578,6 +578,42 @@ def score(
         raise typer.Exit(fail_on_anomaly)
 
 
+@app.command()
+@reports_errors
+def monitor(
+    run_dir: RunArgument,
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A series CSV with the run's columns (header first), or - for stdin, e.g. fed by tail -f.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path | None, typer.Option(help="A new file for the results (default: stdout).")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="csv or jsonl.")] = "csv",
+    threshold: InsteadThresholdOption = None,
+    backend: BackendOption = None,
+) -> None:
+    """Score a live series row by row as it arrives, from the rows up to each only: per row its
+    time, values, score and flag, written at once; bad rows are reported on stderr and skipped."""
+    from aecli.commands.monitor import MonitorRequest, monitor_stream
+
+    request = MonitorRequest(run_dir, source, out, output_format, threshold, backend)
+    try:
+        outcome = _interruptible(
+            lambda: monitor_stream(request, sys.stdin.buffer, sys.stdout, sys.stderr),
+            "stopped: every row read so far was scored and written",
+        )
+    except BrokenPipeError:  # the reader of stdout stopped
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0) from None
+    typer.echo(
+        f"monitored {outcome.rows:,} rows: {outcome.flagged:,} flagged (score > {outcome.threshold:.6g}, "
+        f"{outcome.method}); {outcome.malformed:,} malformed line(s) skipped" + (f"; results in {out}" if out else ""),
+        err=True,
+    )
+
+
 def _print_evaluation_summary(console: Console, metrics: dict[str, Any]) -> None:
     if metrics.get("modality") == "text":
         _print_text_summary(console, metrics)

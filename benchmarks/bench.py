@@ -424,6 +424,7 @@ def write_benchmarks(results: dict[str, Any], args: argparse.Namespace) -> None:
             "ops.md",
             "series.md",
             "odds.md",
+            "nab.md",
             "workers.md",
             "score.md",
             "serve.md",

@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from aecli.nab_scoring import NabFile, nab_score, probation_rows
 from aecli.time_anomalies import stream_likelihood
 
 SHARED_NAB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nab"
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "nab_stream.yaml"
 
 
 def sigmoid_at_window_end(width: int) -> float:
@@ -103,32 +107,130 @@ def test_the_likelihood_is_causal_and_flags_a_jump_once() -> None:
     assert stream_likelihood(flat, 1, 1000, 100, 0)[400] < 0.5
 
 
-def test_a_stream_run_scores_causally_with_the_likelihood(tmp_path: Path, cli: Callable[..., Any]) -> None:
+@pytest.fixture(scope="module")
+def stream_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """configs/nab_stream.yaml trained on the first 400 rows of a periodic series with a jump at
+    row 700 and a repeated time at row 300; the series and its NAB windows file."""
+    from typer.testing import CliRunner
+
+    from aecli.cli import app
+
+    folder = tmp_path_factory.mktemp("stream")
     times = np.datetime64("2024-01-01T00:00") + np.timedelta64(5, "m") * np.arange(900)
     values = 10 + 5 * np.sin(np.arange(900) * 2 * np.pi / 48) + np.random.default_rng(0).normal(0, 0.2, 900)
     values[700:710] += 12
     times[300] = times[299]  # a repeated time: kept in arrival order (data.series.disorder keep)
-    with (tmp_path / "s.csv").open("w", newline="") as handle:
+    with (folder / "s.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["timestamp", "value"])
         writer.writerows([str(t).replace("T", " "), f"{v:.4f}"] for t, v in zip(times, values, strict=True))
-    (tmp_path / "w.json").write_text(json.dumps({"s.csv": [["2024-01-03 10:00:00", "2024-01-03 12:00:00"]]}))
-    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "nab_stream.yaml").read_text())
-    recipe["data"]["source"] = str(tmp_path / "s.csv")
+    (folder / "w.json").write_text(json.dumps({"s.csv": [["2024-01-03 10:00:00", "2024-01-03 12:00:00"]]}))
+    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe["data"]["source"] = str(folder / "s.csv")
     recipe["data"]["limit"] = 400
     recipe["training"]["steps"] = 100
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(recipe))
-    result = cli("train", tmp_path / "c.yaml", "--runs-dir", tmp_path / "runs", "--quiet")
+    (folder / "c.yaml").write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(app, ["train", str(folder / "c.yaml"), "--runs-dir", str(folder / "runs"), "--quiet"])
     assert result.exit_code == 0, result.output
-    run = result.stdout.strip().splitlines()[-1]
-    result = cli("evaluate", run, "--data", tmp_path / "s.csv", "--anomaly-windows", tmp_path / "w.json")
+    return Path(result.stdout.strip().splitlines()[-1]), folder / "s.csv", folder / "w.json"
+
+
+def test_a_stream_run_scores_causally_with_the_likelihood(
+    stream_run: tuple[Path, Path, Path], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    run, series, windows = stream_run
+    result = cli("evaluate", run, "--data", series, "--anomaly-windows", windows, "--out", tmp_path / "e")
     assert result.exit_code == 0, result.output
-    out = Path(result.stdout.strip().splitlines()[-1])
-    in_time = json.loads((out / "metrics.json").read_text())["anomalies_in_time"]
-    assert in_time["points"] == "last" and in_time["threshold"] == pytest.approx(float(recipe["anomaly"]["threshold"]))
-    with (out / "points.csv").open() as handle:
+    in_time = json.loads((tmp_path / "e" / "metrics.json").read_text())["anomalies_in_time"]
+    assert in_time["points"] == "last" and in_time["threshold"] == pytest.approx(1.0)
+    with (tmp_path / "e" / "points.csv").open() as handle:
         points = list(csv.DictReader(handle))
     assert len(points) == 900 and points[14]["score"] == "0" and points[702]["flagged"] == "1"
     assert in_time["nab"]["standard"]["best"] > 80  # found at the window's first steps
-    result = cli("evaluate", run, "--data", tmp_path / "s.csv", "--threshold", "percentile:99")
+    result = cli("evaluate", run, "--data", series, "--threshold", "percentile:99")
     assert result.exit_code == 2 and "are likelihoods (anomaly.likelihood), not errors" in result.output
+
+
+def test_monitor_scores_each_row_as_evaluate_does_and_skips_bad_lines(
+    stream_run: tuple[Path, Path, Path], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    run, series, _ = stream_run
+    result = cli("evaluate", run, "--data", series, "--out", tmp_path / "e")
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "e" / "points.csv").open() as handle:
+        expected = [float(row["score"]) for row in csv.DictReader(handle)]
+    result = cli("monitor", run, series, "--out", tmp_path / "m.csv")
+    assert result.exit_code == 0, result.output
+    assert "monitored 900 rows" in result.stderr and "0 malformed" in result.stderr
+    with (tmp_path / "m.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["line"] for row in rows[:2]] == ["2", "3"] and rows[0][
+        "time"
+    ] == "2024-01-01 00:00"  # as the input wrote it
+    np.testing.assert_allclose([float(row["score"]) for row in rows], expected, rtol=1e-5, atol=1e-6)
+    assert [row["flagged"] for row in rows].count("1") >= 1 and rows[702]["flagged"] == "1"
+    result = cli("monitor", run, series, "--out", tmp_path / "m.csv")
+    assert result.exit_code == 2 and "already exists" in result.output
+    result = cli("score", run, series, "--out", tmp_path / "s.csv")  # a series run: the same rows, read alike
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "s.csv").read_text() == (tmp_path / "m.csv").read_text()
+
+    lines = series.read_bytes().split(b"\n")
+    lines[5] = b"2024-01-01 00:20:00,abc"  # not a number
+    lines[6] = b"2024-01-01 00:25:00,1,2"  # a column too many
+    lines[7] = b"\xff\xfe,1"  # not UTF-8
+    (tmp_path / "bad.csv").write_bytes(b"\n".join(lines))
+    result = cli("monitor", run, tmp_path / "bad.csv", "--format", "jsonl")
+    assert result.exit_code == 0, result.output
+    assert "line 6: a value is not a number" in result.stderr and "line 7: 3 columns, expected 2" in result.stderr
+    assert "line 8: not UTF-8" in result.stderr and "3 malformed line(s) skipped" in result.stderr
+    entries = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(entries) == 897 and entries[0] == {
+        "line": 2,
+        "time": "2024-01-01 00:00",
+        "value": pytest.approx(10.0, abs=1.0),
+        "score": 0.0,
+        "flagged": False,
+    }
+
+
+def test_monitor_reads_stdin_as_rows_arrive_and_stops_cleanly_on_sigterm(
+    stream_run: tuple[Path, Path, Path],
+) -> None:
+    run, series, _ = stream_run
+    lines = series.read_text().splitlines()
+    aecli = Path(sys.executable).parent / "aecli"
+    process = subprocess.Popen(
+        [str(aecli), "monitor", str(run), "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write("\n".join(lines[:101]) + "\n")  # the header and 100 rows, and the pipe stays open
+    process.stdin.flush()
+    header = process.stdout.readline()
+    written = [process.stdout.readline() for _ in range(100)]  # each row is written before more arrive
+    assert header.startswith("line,time,value,score,flagged") and written[-1].startswith("101,")
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143 and "stopped: every row read so far was scored and written" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_monitor_refuses_what_it_cannot_score(
+    stream_run: tuple[Path, Path, Path], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    run, series, _ = stream_run
+    result = cli("monitor", run, series, "--threshold", "percentile:99")
+    assert result.exit_code == 2 and "scores likelihoods (anomaly.likelihood): give a number" in result.output
+    result = cli("monitor", run, tmp_path / "missing.csv")
+    assert result.exit_code == 2 and "no such file" in result.output
+    (tmp_path / "other.csv").write_text("when,level\n2024-01-01 00:00:00,1\n")
+    result = cli("monitor", run, tmp_path / "other.csv")
+    assert (
+        result.exit_code == 2 and "no column 'timestamp'" in result.output and "columns: when, level" in result.output
+    )
+    result = cli("monitor", run, series, "--format", "xml")
+    assert result.exit_code == 2 and "--format 'xml': expected one of csv, jsonl" in result.output

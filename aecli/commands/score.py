@@ -11,6 +11,7 @@ import contextlib
 import csv
 import itertools
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 
 from aecli.atomic import atomic_path
 from aecli.backend import select_backend
-from aecli.calibration import threshold_in_use
+from aecli.calibration import chosen_score, threshold_in_use
 from aecli.code_scores import code_space_of
 from aecli.errors import DataError, EvaluationError, RunError
 from aecli.evaluation import predict_fixed
@@ -75,6 +76,8 @@ def score_input(request: ScoreRequest, stdin: IO[str], stdout: IO[str]) -> Score
         raise RunError(f"--out {request.out}: no folder {request.out.parent}")
     run = open_trained_run(request.run_dir, needs=("train_errors.csv",))
     refuse_text_run(run, "score")
+    if run.config.data.series is not None:
+        return _score_series(run, request, stdin, stdout)
     in_use = threshold_in_use(run.path, run.metrics, request.score, request.threshold)
     score, threshold, method = in_use.score, in_use.value, in_use.method
     names, chunks, as_json = _chunks(run, request, stdin)
@@ -96,6 +99,24 @@ def score_input(request: ScoreRequest, stdin: IO[str], stdout: IO[str]) -> Score
     with _destination(request.out, stdout) as handle:
         rows, flagged = _write(scored, handle, score, as_json)
     return ScoreOutcome(rows, flagged, score, threshold, method)
+
+
+def _score_series(run: TrainedRun, request: ScoreRequest, stdin: IO[str], stdout: IO[str]) -> ScoreOutcome:
+    """A series run's rows are steps in time: each is scored from the rows up to it, as aecli
+    monitor does (its output columns), to stdout or, whole or not at all, to --out."""
+    from aecli.commands.monitor import MonitorRequest, monitor_stream
+
+    if request.score is not None and request.score != chosen_score(None, run.metrics):
+        raise EvaluationError(f"--score {request.score}: a series run is scored by its own score, row by row")
+    monitor = MonitorRequest(run.path, request.source, None, "csv", request.threshold, request.backend)
+    raw_stdin: IO[bytes] = stdin.buffer  # type: ignore[attr-defined]  # sys.stdin: monitor reads bytes
+    if request.out is None:
+        outcome = monitor_stream(monitor, raw_stdin, stdout, sys.stderr)
+    else:
+        with atomic_path(request.out) as temp, temp.open("w", encoding="utf-8", newline="") as handle:
+            outcome = monitor_stream(monitor, raw_stdin, handle, sys.stderr)
+    score = chosen_score(None, run.metrics)
+    return ScoreOutcome(outcome.rows, outcome.flagged, score, outcome.threshold, outcome.method)
 
 
 def _code_scorer(run: TrainedRun, score: str, batch_size: int) -> CodeScorer | None:

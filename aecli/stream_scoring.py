@@ -1,0 +1,100 @@
+"""Live scoring of a series run (`aecli monitor`): rows in arrival order, each scored from the
+rows up to it only, in bounded memory whatever the length of the stream.
+
+A row's raw score is the error of the window that ends at it (`anomaly.points: last`); with
+`anomaly.likelihood`, OnlineLikelihood turns it into the same value that
+time_anomalies.stream_likelihood computes over a whole file, one row at a time with running
+sums over a bounded history. The last size - 1 scaled rows are all that is kept of the past.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from aecli.config import StreamLikelihoodConfig
+from aecli.data.scaling import Scaling
+from aecli.evaluation import per_sample_errors, predict_fixed
+
+CALL_ROWS = 256  # every model call has this many windows (padded): a row's score never depends on its batch
+LOG_TINY_TAIL = math.log(1e-10)
+
+
+class OnlineLikelihood:
+    """time_anomalies.stream_likelihood, one score at a time: O(1) per row, memory bounded by
+    `history` (+ `short` + `hold_off`)."""
+
+    def __init__(self, config: StreamLikelihoodConfig) -> None:
+        self.config = config
+        self.recent: deque[float] = deque(maxlen=config.short)
+        self.history: deque[float] = deque()
+        self.total = 0.0
+        self.squares = 0.0
+        self.held: deque[float] = deque(maxlen=max(config.hold_off, 1))
+
+    def update(self, raw: float) -> float:
+        """The likelihood of this step; 0 before the first raw score and during the warm-up."""
+        from scipy.special import log_ndtr
+
+        if not math.isfinite(raw):
+            return 0.0
+        self.recent.append(raw)
+        averaged = sum(self.recent) / len(self.recent)
+        count = len(self.history)
+        value = 0.0
+        if count >= self.config.warm_up:
+            mean = self.total / count
+            spread = math.sqrt(max(self.squares / count - mean * mean, 0.0))
+            spread = max(spread, 1e-12 + 0.1 * abs(mean))
+            value = max(float(log_ndtr(-(averaged - mean) / spread)) / LOG_TINY_TAIL, 0.0)
+        self.history.append(averaged)
+        self.total += averaged
+        self.squares += averaged * averaged
+        if count + 1 > self.config.history:
+            dropped = self.history.popleft()
+            self.total -= dropped
+            self.squares -= dropped * dropped
+        if self.config.hold_off:
+            before = max(self.held, default=-math.inf)
+            self.held.append(value)
+            return value if value > before else 0.0
+        return value
+
+
+class StreamScorer:
+    """Scores rows as they arrive: `score(values)` for the rows of one arrival, in order."""
+
+    def __init__(
+        self,
+        model: Any,
+        scaling: Scaling,
+        size: int,
+        score: str,
+        likelihood: StreamLikelihoodConfig | None,
+    ) -> None:
+        self.model = model
+        self.scaling = scaling
+        self.size = size
+        self.score_name = score
+        self.past = np.zeros((0, 0), np.float32)  # the last size - 1 scaled rows
+        self.likelihood = None if likelihood is None else OnlineLikelihood(likelihood)
+
+    def score(self, values: np.ndarray) -> np.ndarray:
+        """One score per row of `values` (rows, channels): NaN (0 with the likelihood) for rows
+        that end no window yet."""
+        scaled = self.scaling.apply(values.astype(np.float64))
+        joined = scaled if not self.past.size else np.concatenate([self.past, scaled])
+        raw = np.full(len(values), np.nan)
+        complete = len(joined) - self.size + 1  # windows that end at one of the new rows
+        if complete > 0:
+            ending = np.lib.stride_tricks.sliding_window_view(joined, self.size, axis=0)[-min(complete, len(values)) :]
+            windows = np.ascontiguousarray(ending.transpose(0, 2, 1))
+            errors = per_sample_errors(windows, predict_fixed(self.model, windows, CALL_ROWS))[self.score_name]
+            raw[len(values) - len(windows) :] = errors
+        self.past = joined[-(self.size - 1) :] if self.size > 1 else joined[:0]
+        if self.likelihood is None:
+            return raw
+        return np.array([self.likelihood.update(float(value)) for value in raw])

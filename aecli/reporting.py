@@ -418,7 +418,7 @@ def write_step_scores_csv(
     path: Path, timeline: Timeline, scores: np.ndarray, flags: np.ndarray, labels: np.ndarray | None
 ) -> None:
     """points.csv: one row per time step of the scored stretch: its time, values, score and flag."""
-    times = time_text(timeline.times, timeline.timed)
+    times = time_text(timeline.times, timeline.timed, timeline.zone)
     with atomic_path(path) as temp, temp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         label_column = ["label"] if labels is not None else []
@@ -462,7 +462,7 @@ def plot_anomalies_in_time(timeline: Timeline, found: TimeAnomalies, labels: np.
 
 def write_series_reconstruction(path: Path, timeline: Timeline, stitched: np.ndarray) -> None:
     """series.csv: each step's time, values and reconstruction (in the data's units)."""
-    times = time_text(timeline.times, timeline.timed)
+    times = time_text(timeline.times, timeline.timed, timeline.zone)
     names = [f"{name}_reconstructed" for name in timeline.columns]
     with atomic_path(path) as temp, temp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")

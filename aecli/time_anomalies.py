@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from aecli.data.arrays import Timeline, show_time
+from aecli.data.series import parse_moment
 from aecli.errors import DataError, clip, shorten
 
 MAX_LABEL_FILE_BYTES = 64 * 2**20
@@ -131,7 +132,7 @@ def flag_steps(scores: np.ndarray, threshold: float, points: str) -> TimeAnomali
 
 def _when(timeline: Timeline, step: int) -> str:
     moment = timeline.times[step]
-    return show_time(moment) if timeline.timed else str(int(moment))
+    return show_time(moment, timeline.zone) if timeline.timed else str(int(moment))
 
 
 def detection_report(found: TimeAnomalies, labels: np.ndarray, timeline: Timeline) -> dict[str, Any]:
@@ -210,9 +211,9 @@ def _moment(path: Path, value: Any, timeline: Timeline) -> Any:
         if not isinstance(value, str):
             raise DataError(f"--anomaly-windows {path}: {shorten(value)} is not a time (write times as text)")
         try:
-            return np.datetime64(str(value).replace(" ", "T")).astype(timeline.times.dtype)
-        except ValueError:
-            raise DataError(f"--anomaly-windows {path}: {shorten(value)} is not a time") from None
+            return parse_moment(value, timeline.zone, timeline.times.dtype)
+        except ValueError as exc:
+            raise DataError(f"--anomaly-windows {path}: {shorten(value)} is not a time ({clip(str(exc))})") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise DataError(f"--anomaly-windows {path}: {shorten(value)} is not a number (this series is untimed)")
     return value
@@ -236,14 +237,15 @@ def stretch_steps(text: str, timeline: Timeline) -> tuple[int, int]:
     if len(parts) != 2 or not all(parts):
         raise DataError(f"--range {shorten(text)}: expected START,END, e.g. '2014-04-11 00:00,2014-04-12 00:00'")
     times = timeline.times if timeline.timed else np.arange(len(timeline.times)) + timeline.offset
+    bounds: list[Any]
     try:
         if times.dtype.kind == "M":
-            bounds = [np.datetime64(part.replace(" ", "T")).astype(times.dtype) for part in parts]
+            bounds = [parse_moment(part, timeline.zone, times.dtype) for part in parts]
         else:
             bounds = [float(part) for part in parts]
-    except ValueError:
+    except ValueError as exc:
         kind = "times" if times.dtype.kind == "M" else "numbers (this series has no time column: steps)"
-        raise DataError(f"--range {shorten(text)}: START and END must be {kind}") from None
+        raise DataError(f"--range {shorten(text)}: START and END must be {kind} ({clip(str(exc))})") from None
     if bounds[1] < bounds[0]:
         raise DataError(f"--range {shorten(text)}: END is before START")
     inside = np.flatnonzero((times >= bounds[0]) & (times <= bounds[1]))

@@ -15,7 +15,7 @@ import yaml
 
 from aecli.config import SeriesConfig, build_config
 from aecli.data import load_dataset, peek_sample_shape
-from aecli.data.arrays import Timeline
+from aecli.data.arrays import Timeline, time_text
 from aecli.data.series import read_series_table, window_starts
 from aecli.data.sources import read_data
 from aecli.errors import ConfigError, DataError
@@ -27,6 +27,7 @@ from aecli.time_anomalies import (
     ranges_of,
     step_scores,
     stitch_windows,
+    stretch_steps,
 )
 
 START = np.datetime64("2024-01-01T00:00")
@@ -521,11 +522,33 @@ def test_numeric_clocks_headerless_files_and_time_zones(tmp_path: Path) -> None:
         ("t,v\n2020-01-01T00:00:00+02:00,1\n2020-01-01T00:30:00,2\n", "mixes times with and without a time zone"),
         ("t,v\n1,1\nnan,2\n3,3\n", "line 3 has no time"),
         ("t,v\n1,1\ninf,2\n", "line 3's time is not a finite number"),
-        ("t,v\n0001-01-01T00:00:00+01:00,1\n", "is not an ISO 8601 time"),
+        ("t,v\n2020-13-01T00:00:00+01:00,1\n", "is not an ISO 8601 time"),
     ):
         (tmp_path / "bad.csv").write_text(rows)
         with pytest.raises(DataError, match=message):
             read_series_table(tmp_path / "bad.csv", SeriesConfig(time_column="t"))
+
+
+def test_times_with_a_utc_offset_keep_it_in_every_output(tmp_path: Path) -> None:
+    rows = [f"2020-10-25T0{hour}:{minute}:00+02:00" for hour in (0, 1) for minute in ("00", "30")]
+    rows += ["2020-10-25T02:00:00+01:00"]  # the clocks went back: 03:00 in the file's first offset
+    path = tmp_path / "zoned.csv"
+    path.write_text("t,v\n" + "".join(f"{moment},{i}\n" for i, moment in enumerate(rows)))
+    table = read_series_table(path, SeriesConfig(time_column="t"))
+    assert table.zone == "+02:00"
+    assert time_text(table.times, True, table.zone).tolist() == [
+        "2020-10-25 00:00:00+02:00",
+        "2020-10-25 00:30:00+02:00",
+        "2020-10-25 01:00:00+02:00",
+        "2020-10-25 01:30:00+02:00",
+        "2020-10-25 03:00:00+02:00",
+    ]
+    timeline = Timeline(table.times, table.values, np.arange(3), 3, ["v"], True, zone=table.zone)
+    assert stretch_steps("2020-10-25 00:30,2020-10-25 01:00", timeline) == (1, 2)  # the file's own clock
+    assert stretch_steps("2020-10-24T22:30:00Z,2020-10-24T23:00:00Z", timeline) == (1, 2)  # converted to it
+    naive = Timeline(table.times, table.values, np.arange(3), 3, ["v"], True)
+    with pytest.raises(DataError, match="have no UTC offset"):
+        stretch_steps("2020-10-24T22:30:00Z,2020-10-24T23:00:00Z", naive)
 
 
 def test_thresholds_are_recorded_exactly() -> None:

@@ -42,6 +42,7 @@ class Timeline:
     timed: bool
     labels: np.ndarray | None = None  # (steps,) bool: labelled anomalous
     offset: int = 0  # the stretch's first step in the series
+    zone: str = ""  # the UTC offset the file's times were written with ("+02:00"), in which `times` are kept
 
     def cut(self, chosen: np.ndarray) -> Timeline:
         """The stretch the windows `chosen` cover, with only those windows."""
@@ -56,6 +57,7 @@ class Timeline:
             self.timed,
             None if self.labels is None else self.labels[first:last],
             self.offset + first,
+            self.zone,
         )
 
     def steps(self, part: slice) -> Timeline:
@@ -71,24 +73,26 @@ class Timeline:
             self.timed,
             labels,
             self.offset + first,
+            self.zone,
         )
 
     def start_times(self) -> np.ndarray:
         """Each window's start as written in outputs (its id)."""
-        return time_text(self.times[self.starts], self.timed)
+        return time_text(self.times[self.starts], self.timed, self.zone)
 
 
-def show_time(moment: np.generic) -> str:
-    """A time as written in outputs: ISO text, or a numeric clock's value exactly (epoch seconds keep every digit)."""
+def show_time(moment: np.generic, zone: str = "") -> str:
+    """A time as written in outputs: ISO text (with the file's UTC offset, when it wrote one), or
+    a numeric clock's value exactly (epoch seconds keep every digit)."""
     if isinstance(moment, np.datetime64):
-        return str(moment).replace("T", " ")
+        return str(moment).replace("T", " ") + zone
     value = float(moment)
     return str(int(value)) if value.is_integer() else repr(value)
 
 
-def time_text(times: np.ndarray, timed: bool) -> np.ndarray:
+def time_text(times: np.ndarray, timed: bool, zone: str = "") -> np.ndarray:
     """Times as written in outputs: ISO text, or the number (step position when untimed)."""
-    return np.array([show_time(moment) if timed else str(int(moment)) for moment in times], object)
+    return np.array([show_time(moment, zone) if timed else str(int(moment)) for moment in times], object)
 
 
 @dataclass

@@ -44,6 +44,7 @@ class SeriesTable:
     labels: np.ndarray | None  # (steps,) bool: labelled anomalous
     timed: bool  # False: no time column, `times` are step positions
     notes: list[str]  # gaps found, values filled: said in the run's description
+    zone: str = ""  # the UTC offset of the file's first time ("+02:00"), in which `times` are kept
 
 
 def read_series_table(
@@ -72,11 +73,12 @@ def read_series_table(
     notes: list[str] = []
     values = _filled(path, values, lines, names, series.missing, notes)
     labels = None if label_index is None else _labels(path, rows, lines, label_index)
+    zone = ""
     if time_index is None:
         times, timed = np.arange(len(rows), dtype=np.float64), False
     else:
-        times, timed = _times(path, [row[time_index].strip() for row in rows], lines, series.time_format), True
-        kept = _in_order(path, times, lines, series.disorder, notes)
+        (times, zone), timed = _times(path, [row[time_index].strip() for row in rows], lines, series.time_format), True
+        kept = _in_order(path, times, lines, series.disorder, notes, zone)
         if not kept.all():
             times, values, lines = (
                 times[kept],
@@ -84,9 +86,9 @@ def read_series_table(
                 [line for line, keep in zip(lines, kept, strict=True) if keep],
             )
             labels = None if labels is None else labels[kept]
-        notes += _gaps(times)
+        notes += _gaps(times, zone)
     keys: list[str | int] = list(names) if header else list(chosen)
-    return SeriesTable(times, values, names, keys, labels, timed, notes)
+    return SeriesTable(times, values, names, keys, labels, timed, notes, zone)
 
 
 def _csv_rows(path: Path, time_format: str | None) -> tuple[list[list[str]], list[int], list[str] | None]:
@@ -207,7 +209,10 @@ def _labels(path: Path, rows: list[list[str]], lines: list[int], index: int) -> 
     return labels
 
 
-def _times(path: Path, cells: list[str], lines: list[int], time_format: str | None) -> np.ndarray:
+def _times(path: Path, cells: list[str], lines: list[int], time_format: str | None) -> tuple[np.ndarray, str]:
+    """The times, and the UTC offset they are kept in ("" when they have none): times written
+    with an offset stay in the first row's offset (later rows with another offset, across a
+    daylight-saving change, are converted to it), so outputs write them as the file did."""
     for cell, line in zip(cells, lines, strict=True):
         if cell in MISSING_CELLS:
             raise DataError(f"{path}: line {line} has no time; every row of a series needs one")
@@ -216,15 +221,17 @@ def _times(path: Path, cells: list[str], lines: list[int], time_format: str | No
         if not np.isfinite(numbers).all():
             line = lines[int(np.argmax(~np.isfinite(numbers)))]
             raise DataError(f"{path}: line {line}'s time is not a finite number")
-        return numbers
+        return numbers, ""
     times = np.empty(len(cells), "datetime64[ms]")
     zones: set[bool] = set()
+    kept_in: dt.tzinfo | None = None
     for position, (cell, line) in enumerate(zip(cells, lines, strict=True)):
         try:
             moment = dt.datetime.strptime(cell, time_format) if time_format else dt.datetime.fromisoformat(cell)
             zones.add(moment.tzinfo is not None)
-            if moment.tzinfo is not None:  # compared in UTC
-                moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+            if moment.tzinfo is not None:
+                kept_in = kept_in or dt.timezone(moment.utcoffset() or dt.timedelta(0))
+                moment = moment.astimezone(kept_in).replace(tzinfo=None)
         except (ValueError, OverflowError):
             expected = (
                 f"the format {time_format!r}" if time_format else "an ISO 8601 time (or set data.series.time_format)"
@@ -237,10 +244,35 @@ def _times(path: Path, cells: list[str], lines: list[int], time_format: str | No
             )
         times[position] = np.datetime64(moment, "ms")
     whole_seconds = (times.astype(np.int64) % 1000 == 0).all()
-    return times.astype("datetime64[s]") if whole_seconds else times
+    return (times.astype("datetime64[s]") if whole_seconds else times), zone_text(kept_in)
 
 
-def _in_order(path: Path, times: np.ndarray, lines: list[int], disorder: str, notes: list[str]) -> np.ndarray:
+def parse_moment(text: str, zone: str, unit: np.dtype) -> np.datetime64:
+    """A time given on the command line or in a windows file, on a series kept in `zone`: a time
+    without an offset is read in the series' own clock, one with an offset is converted to it.
+    ValueError when it is not an ISO 8601 time, or has an offset and the series has none."""
+    moment = dt.datetime.fromisoformat(text.strip())
+    if moment.tzinfo is not None:
+        if not zone:
+            raise ValueError("the series' times have no UTC offset: give times without one")
+        hours, minutes = int(zone[1:3]), int(zone[4:6])
+        offset = dt.timedelta(hours=hours, minutes=minutes) * (-1 if zone[0] == "-" else 1)
+        moment = moment.astimezone(dt.timezone(offset)).replace(tzinfo=None)
+    return np.datetime64(moment, "ms").astype(unit)
+
+
+def zone_text(zone: dt.tzinfo | None) -> str:
+    """ "+02:00" for a fixed UTC offset, "" for none."""
+    if zone is None:
+        return ""
+    minutes = round((zone.utcoffset(None) or dt.timedelta(0)).total_seconds() / 60)
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def _in_order(
+    path: Path, times: np.ndarray, lines: list[int], disorder: str, notes: list[str], zone: str
+) -> np.ndarray:
     """Which rows to keep: every row, unless `disorder` drops those whose time is not later than
     every time before it. aecli never reorders a series: rows stay in the order they arrived."""
     latest = np.maximum.accumulate(times)
@@ -250,7 +282,7 @@ def _in_order(path: Path, times: np.ndarray, lines: list[int], disorder: str, no
     at = int(np.argmax(late))
     before = at - 1
     what = "the same time as" if times[at] == times[before] else "a time earlier than"
-    first = f"line {lines[at]} has {what} line {lines[before]} ({show_time(times[at])})"
+    first = f"line {lines[at]} has {what} line {lines[before]} ({show_time(times[at], zone)})"
     if disorder == "refuse":
         raise DataError(
             f"{path}: {first}; sort the file by time, or set data.series.disorder to keep or drop such rows"
@@ -263,7 +295,7 @@ def _in_order(path: Path, times: np.ndarray, lines: list[int], disorder: str, no
     return np.ones(len(times), bool)
 
 
-def _gaps(times: np.ndarray) -> list[str]:
+def _gaps(times: np.ndarray, zone: str) -> list[str]:
     if len(times) < 3:
         return []
     steps = np.diff(times).astype(np.float64)
@@ -274,7 +306,7 @@ def _gaps(times: np.ndarray) -> list[str]:
     first = int(gaps[0])
     return [
         f"{len(gaps)} gap(s) in time (steps over {GAP_FACTOR}x the usual one); the first after "
-        f"{show_time(times[first])}, the longest {float(steps[gaps].max()) / usual:.0f} usual steps"
+        f"{show_time(times[first], zone)}, the longest {float(steps[gaps].max()) / usual:.0f} usual steps"
     ]
 
 
@@ -380,11 +412,12 @@ def _timeline(table: SeriesTable, part: slice, starts: np.ndarray, size: int) ->
         timed=table.timed,
         labels=None if table.labels is None else table.labels[part],
         offset=part.start,
+        zone=table.zone,
     )
 
 
 def _describe(table: SeriesTable) -> dict[str, object]:
-    times = time_text(table.times[[0, -1]], table.timed)
+    times = time_text(table.times[[0, -1]], table.timed, table.zone)
     return {
         "steps": len(table.values),
         "channels": table.columns,

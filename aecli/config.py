@@ -210,6 +210,11 @@ class SeriesConfig(_Section):
         description="empty or NaN values: refuse (an error naming the line), interpolate linearly, or carry the "
         "last value forward",
     )
+    learn: Literal["all", "probation"] = Field(
+        "all",
+        description="which rows training reads: all, or the probationary period of the Numenta Anomaly Benchmark "
+        "(the first min(15% of rows, 750)): a stream's detector learns from its start and scores the rest",
+    )
     disorder: Literal["keep", "drop", "refuse"] = Field(
         "keep",
         description="a time equal to or earlier than the one before it (a clock change, a glitch at the source): keep "

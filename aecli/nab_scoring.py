@@ -18,20 +18,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aecli.data.series import probation_rows
+
 PROFILES: dict[str, tuple[float, float, float]] = {  # (tp, fp, fn) weights, NAB's three profiles
     "standard": (1.0, 0.11, 1.0),
     "reward_low_FP_rate": (1.0, 0.22, 1.0),
     "reward_low_FN_rate": (1.0, 0.11, 2.0),
 }
-PROBATION_SHARE = 0.15
-PROBATION_MAX_ROWS = 750
 OUTSIDE = -1  # a step in no window
 PROBATION = -2  # a step in the probationary period
-
-
-def probation_rows(rows: int) -> int:
-    """How many leading rows of a file NAB leaves unscored (a detector may learn from them)."""
-    return min(math.floor(PROBATION_SHARE * rows), PROBATION_MAX_ROWS)
 
 
 def scaled_sigmoid(position: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ Anomaly Benchmark's series, scored by NAB's rules beside the published detectors
                                    [--quick] [--out benchmarks/results]
 
 Protocol (NAB's): per file, `configs/nab_stream.yaml` trains on the probationary period only
-(the first min(15% of rows, 750) rows, `data.limit`), then `aecli evaluate --data FILE
+(the first min(15% of rows, 750) rows, its `data.series.learn: probation`), then `aecli evaluate --data FILE
 --anomaly-windows combined_windows.json` scores every row causally (a row's score uses rows up
 to it only: `anomaly.points: last`, then the anomaly likelihood), in one process (the functions
 the commands call). The per-row scores of all files are then scored together with one threshold
@@ -72,11 +72,11 @@ def run_aecli(key: str, overrides: list[str], runs: Path) -> dict[str, Any]:
     from aecli.commands.evaluate import EvaluateRequest, evaluate_run
     from aecli.commands.train import train_run
     from aecli.config import load_config
-    from aecli.nab_scoring import probation_rows
+    from aecli.data.series import probation_rows
 
     source = NAB / key
-    learn = probation_rows(rows_of(source))
-    config = load_config(RECIPE, [f"data.source={source}", f"data.limit={learn}", *overrides])
+    learn = probation_rows(rows_of(source))  # what the recipe's data.series.learn: probation reads
+    config = load_config(RECIPE, [f"data.source={source}", *overrides])
     started = time.perf_counter()
     outcome = train_run(config, runs, key.replace("/", "-"), "bench_nab")
     trained = time.perf_counter()

@@ -162,6 +162,17 @@ def test_splits_are_consecutive_stretches_in_time_scaled_with_the_training_stret
     assert data.ids["test"][0] == "2024-01-01 13:20:00"
 
 
+def test_a_stream_learns_from_its_probationary_period_only(tmp_path: Path) -> None:
+    path = write_series(tmp_path / "s.csv", periodic(2000))
+    data = load_dataset(series_config(path, series={"time_column": "timestamp", "learn": "probation"}), seed=0)
+    timelines = data.timelines  # NAB's rule: min(15% of 2,000 rows, 750) = 300 rows, split as configured
+    assert timelines["test"].offset + len(timelines["test"].times) == 300
+    assert any("learning from the first 300 of 2000 rows" in note for note in data.description["notes"])
+    long = write_series(tmp_path / "long.csv", periodic(6000))
+    data = load_dataset(series_config(long, series={"time_column": "timestamp", "learn": "probation"}), seed=0)
+    assert data.timelines["test"].offset + len(data.timelines["test"].times) == 750
+
+
 def test_multivariate_series_are_scaled_per_channel(tmp_path: Path) -> None:
     values = np.stack([periodic(300), 1000 + 100 * periodic(300, seed=1)], axis=1)
     data = load_dataset(series_config(write_series(tmp_path / "s.csv", values)), seed=0)

@@ -127,6 +127,7 @@ def stream_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pa
     (folder / "w.json").write_text(json.dumps({"s.csv": [["2024-01-03 10:00:00", "2024-01-03 12:00:00"]]}))
     recipe = yaml.safe_load(RECIPE.read_text())
     recipe["data"]["source"] = str(folder / "s.csv")
+    recipe["data"]["series"]["learn"] = "all"  # probation would be 135 rows here: the first 400 instead
     recipe["data"]["limit"] = 400
     recipe["training"]["steps"] = 100
     (folder / "c.yaml").write_text(yaml.safe_dump(recipe))

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,8 @@ MISSING_CELLS = frozenset({"", "nan", "NaN", "NAN", "null", "NULL", "NA", "N/A"}
 TRUE_LABELS = frozenset({"1", "true", "True", "TRUE", "yes", "anomaly"})
 FALSE_LABELS = frozenset({"0", "false", "False", "FALSE", "no", "normal"})
 GAP_FACTOR = 1.5  # a step more than this many times the usual one is a gap
+PROBATION_SHARE = 0.15  # NAB's probationary period: this share of a file's rows, at most PROBATION_MAX_ROWS
+PROBATION_MAX_ROWS = 750
 
 
 @dataclass(frozen=True)
@@ -362,6 +365,19 @@ def _parts(steps: int, cfg: DataConfig) -> dict[str, slice]:
     return parts
 
 
+def probation_rows(rows: int) -> int:
+    """NAB's probationary period: the leading rows of a file a detector may learn from, unscored."""
+    return min(math.floor(PROBATION_SHARE * rows), PROBATION_MAX_ROWS)
+
+
+def _first_rows(table: SeriesTable, rows: int) -> SeriesTable:
+    labels = None if table.labels is None else table.labels[:rows]
+    note = f"learning from the first {rows} of {len(table.values)} rows (data.series.learn: probation)"
+    return replace(
+        table, times=table.times[:rows], values=table.values[:rows], labels=labels, notes=[*table.notes, note]
+    )
+
+
 def _split_key(name: str) -> str:
     return {"train": "what the splits leave", "validation": "data.validation_split", "test": "data.test_split"}[name]
 
@@ -371,6 +387,8 @@ def load_series_dataset(cfg: DataConfig, seed: int) -> Dataset:
     del seed  # splits are by time: nothing is drawn
     assert cfg.series is not None
     table = read_series_table(Path(cfg.source), cfg.series, cfg.label_column, cfg.limit)
+    if cfg.series.learn == "probation":
+        table = _first_rows(table, probation_rows(len(table.values)))
     parts = _parts(len(table.values), cfg)
     scaling = fit_channel_scaling(table.values[parts["train"]], cfg.scaling, default="zscore")
     size, stride = cfg.window.size, cfg.window.stride

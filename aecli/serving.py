@@ -202,13 +202,39 @@ def _json_rows(body: bytes, run: TrainedRun) -> Rows:
         own = run.config.data
         instances, ids, features = _object_rows(instances, own.id_column, own.label_column, run.feature_names)
         names = element_names(run.sample_shape, features)
+    if not _all_numbers(instances):  # JSON true/false, strings and nulls are not numbers
+        raise DataError("request: every row must be a list of numbers (or an object of them)")
     try:
-        x = np.asarray(instances)
+        x = np.asarray(instances, dtype=np.float64)
     except ValueError:
         raise DataError("request: rows of different lengths or shapes") from None
-    if x.dtype.kind not in "iuf" or x.ndim < 2:
-        raise DataError("request: every row must be a list of numbers (or an object of them)")
-    return Rows(x.astype(np.float64, copy=False), ids, names)
+    except OverflowError:
+        raise DataError("request: a number is beyond float64's range (about ±1.8e308)") from None
+    allowed = _row_shapes(run.sample_shape)
+    if x.ndim < 2 or x.shape[1:] not in allowed:
+        shown = " or ".join(str(shape) for shape in allowed)
+        raise DataError(f"request: each row must have the shape {shown} (the model expects {run.sample_shape})")
+    return Rows(x, ids, names)
+
+
+def _all_numbers(value: Any) -> bool:
+    """Every leaf of nested lists is a JSON number (bool is an int subclass: refused)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if type(item) is list:
+            pending.extend(item)
+        elif type(item) is not float and type(item) is not int:
+            return False
+    return True
+
+
+def _row_shapes(sample_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """What one row may look like: flat, the sample's shape, or that shape without a trailing channel of 1."""
+    shapes = [(math.prod(sample_shape),), tuple(sample_shape)]
+    if len(sample_shape) > 1 and sample_shape[-1] == 1:
+        shapes.append(tuple(sample_shape[:-1]))
+    return list(dict.fromkeys(shapes))
 
 
 def _object_rows(

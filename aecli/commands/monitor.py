@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import json
 import math
 import os
@@ -90,8 +91,8 @@ def monitor_stream(request: MonitorRequest, stdin: IO[bytes], stdout: IO[str], s
             "the window that ends at it (last): a live stream has no later rows\n"
         )
     source = None if request.source == "-" else Path(request.source)
-    if source is not None and not source.is_file():
-        raise DataError(f"{request.source}: no such file" if not source.exists() else f"{source}: not a regular file")
+    if source is not None and (not source.exists() or source.is_dir()):  # a named pipe is welcome
+        raise DataError(f"{request.source}: no such file" if not source.exists() else f"{source}: is a folder")
     select_backend(request.backend or run.config.runtime.backend)
     model = load_model(run.path / "model.keras", compile=False)
     scorer = StreamScorer(model, run.scaling, run.sample_shape[0], in_use.score, likelihood)
@@ -211,9 +212,12 @@ def _layout(run: TrainedRun, lines: Iterator[_Arrival], source: str) -> tuple[_L
     series = run.config.data.series
     assert series is not None
     recorded = run.info.get("data", {}).get("series", {}).get("value_columns") or []
-    first = next(lines, None)
-    if not first:
-        raise DataError(f"{source}: empty: expected a header line, then rows")
+    first: _Arrival = []
+    while not first:  # blank lines before the header are skipped
+        arrival = next(lines, None)
+        if arrival is None:
+            raise DataError(f"{source}: empty: expected a header line, then rows")
+        first = list(itertools.dropwhile(lambda line: not line[1].strip(), arrival))
     (number, text), rest = first[0], first[1:]
     header = next(csv.reader([text]))
     named = all(isinstance(column, str) for column in recorded)

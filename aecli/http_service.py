@@ -18,6 +18,7 @@ from aecli.serving import (
     ServeRequest,
     metadata,
     parse_rows,
+    row_ids,
     score_results,
 )
 
@@ -69,14 +70,14 @@ def create_app(detector: Detector, request: ServeRequest) -> tuple[FastAPI, Coun
         rows = await rows_of(http)
         result = await batcher.submit("embed", rows.x)
         counter.answered += 1
-        return {"ids": rows.ids, "embeddings": result["embedding"].tolist()}
+        return {"ids": row_ids(rows), "embeddings": result["embedding"].tolist()}
 
     @app.post("/reconstruct")
     async def reconstruct(http: Request) -> dict[str, Any]:
         rows = await rows_of(http)
         result = await batcher.submit("reconstruct", rows.x)
         counter.answered += 1
-        return {"ids": rows.ids, "reconstructions": result["reconstruction"].tolist()}
+        return {"ids": row_ids(rows), "reconstructions": result["reconstruction"].tolist()}
 
     return app, counter
 

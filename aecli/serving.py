@@ -285,6 +285,11 @@ def open_detector(request: ServeRequest) -> Detector:
     return Detector(run, model, encoder, in_use, code_space_of(run.path, in_use.score))
 
 
+def row_ids(rows: Rows) -> list[str] | list[int]:
+    """Each row's id column value, or its position in the request (as /score numbers them)."""
+    return rows.ids if rows.ids else list(range(len(rows.x)))
+
+
 def score_results(rows: Rows, result: dict[str, np.ndarray], top_k: int) -> list[dict[str, Any]]:
     """Per row: its id (or position), score, flag, and the top-k elements by squared residual."""
     top = top_contributions(result["residual"], rows.names, top_k)

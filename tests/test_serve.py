@@ -78,6 +78,7 @@ def test_scores_embeddings_and_reconstructions_match_the_run(cli, service: str, 
     status, embedded = call(service, "/embed", rows)  # a bare list of rows works too
     codes = predict_batched(load_model(trained_run / "encoder.keras", compile=False), x)
     assert status == 200 and np.allclose(embedded["embeddings"], codes, atol=1e-6)
+    assert embedded["ids"] == list(range(len(rows)))  # numbered as /score numbers them
     csv_body = ("\n".join(",".join(str(v) for v in row) for row in rows[:3]) + "\n").encode()
     status, rebuilt = call(service, "/reconstruct", csv_body, "text/csv")
     model = load_model(trained_run / "model.keras", compile=False)

@@ -58,6 +58,8 @@ VARIANTS = {
     "mse": ["anomaly.score=mse", "anomaly.neighbours=null"],
     "knn": ["anomaly.score=knn"],
     "zscore": ["data.scaling=zscore"],
+    # semi-supervised: trained on the normal rows of the 60% only (the labels choose them)
+    "semi": ["data.classes=[0]"],
 }
 PUBLISHED_COLUMNS = [
     "ABOD",

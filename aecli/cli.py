@@ -561,14 +561,10 @@ def score(
     if fail_on_anomaly is not None and not 1 <= fail_on_anomaly <= 125:
         raise ConfigError(f"--fail-on-anomaly {fail_on_anomaly}: expected an exit code from 1 to 125")
     request = ScoreRequest(run_dir, source, out, batch_size, top_k, score_name, threshold, id_column, backend=backend)
-    try:
-        outcome = _interruptible(
-            lambda: score_input(request, sys.stdin, sys.stdout),
-            "interrupted: " + ("nothing written" if out else "rows so far were written to stdout"),
-        )
-    except BrokenPipeError:  # the reader of stdout stopped (`| head`): nothing more to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise typer.Exit(0) from None
+    outcome = _writing_rows(
+        lambda: score_input(request, sys.stdin, sys.stdout),
+        "interrupted: " + ("nothing written" if out else "rows so far were written to stdout"),
+    )
     typer.echo(
         f"scored {outcome.rows:,} rows: {outcome.flagged:,} flagged ({outcome.score} > {outcome.threshold:.6g}, "
         f"{outcome.method})" + (f"; results in {out}" if out else ""),
@@ -576,6 +572,16 @@ def score(
     )
     if fail_on_anomaly is not None and outcome.flagged:
         raise typer.Exit(fail_on_anomaly)
+
+
+def _writing_rows(call: Callable[[], T], interrupted: str) -> T:
+    """`_interruptible` for a command that writes rows to stdout: when its reader stops (`| head`),
+    there is nothing more to say."""
+    try:
+        return _interruptible(call, interrupted)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0) from None
 
 
 @app.command()
@@ -599,14 +605,10 @@ def monitor(
     from aecli.commands.monitor import MonitorRequest, monitor_stream
 
     request = MonitorRequest(run_dir, source, out, output_format, threshold, backend)
-    try:
-        outcome = _interruptible(
-            lambda: monitor_stream(request, sys.stdin.buffer, sys.stdout, sys.stderr),
-            "stopped: every row read so far was scored and written",
-        )
-    except BrokenPipeError:  # the reader of stdout stopped
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise typer.Exit(0) from None
+    outcome = _writing_rows(
+        lambda: monitor_stream(request, sys.stdin.buffer, sys.stdout, sys.stderr),
+        "stopped: every row read so far was scored and written",
+    )
     typer.echo(
         f"monitored {outcome.rows:,} rows: {outcome.flagged:,} flagged (score > {outcome.threshold:.6g}, "
         f"{outcome.method}); {outcome.malformed:,} malformed line(s) skipped" + (f"; results in {out}" if out else ""),

@@ -597,6 +597,14 @@ def monitor(
     ],
     out: Annotated[Path | None, typer.Option(help="A new file for the results (default: stdout).")] = None,
     output_format: Annotated[str, typer.Option("--format", help="csv or jsonl.")] = "csv",
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            help="A file that keeps the stream's state (its last window, the likelihood's history): read when it "
+            "exists, written when monitor stops, so that a restart continues where it stopped.",
+            show_default=False,
+        ),
+    ] = None,
     threshold: InsteadThresholdOption = None,
     backend: BackendOption = None,
 ) -> None:
@@ -604,7 +612,7 @@ def monitor(
     time, values, score and flag, written at once; bad rows are reported on stderr and skipped."""
     from aecli.commands.monitor import MonitorRequest, monitor_stream
 
-    request = MonitorRequest(run_dir, source, out, output_format, threshold, backend)
+    request = MonitorRequest(run_dir, source, out, output_format, threshold, backend, state)
     outcome = _writing_rows(
         lambda: monitor_stream(request, sys.stdin.buffer, sys.stdout, sys.stderr),
         "stopped: every row read so far was scored and written",

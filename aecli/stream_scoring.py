@@ -35,6 +35,17 @@ class OnlineLikelihood:
         self.squares = 0.0
         self.held: deque[float] = deque(maxlen=max(config.hold_off, 1))
 
+    def state(self) -> dict[str, list[float]]:
+        return {"recent": list(self.recent), "history": list(self.history), "held": list(self.held)}
+
+    def restore(self, state: dict[str, list[float]]) -> None:
+        """Continue from `state()`; the running sums are recomputed from the history."""
+        self.recent.extend(float(value) for value in state["recent"])
+        self.history.extend(float(value) for value in state["history"][-self.config.history :])
+        self.total = math.fsum(self.history)
+        self.squares = math.fsum(value * value for value in self.history)
+        self.held.extend(float(value) for value in state["held"])
+
     def update(self, raw: float) -> float:
         """The likelihood of this step; 0 before the first raw score and during the warm-up."""
         from scipy.special import log_ndtr
@@ -71,16 +82,31 @@ class StreamScorer:
         self,
         model: Any,
         scaling: Scaling,
-        size: int,
+        sample_shape: tuple[int, ...],
         score: str,
         likelihood: StreamLikelihoodConfig | None,
     ) -> None:
         self.model = model
         self.scaling = scaling
-        self.size = size
+        self.size, self.channels = sample_shape
         self.score_name = score
         self.past = np.zeros((0, 0), np.float32)  # the last size - 1 scaled rows
         self.likelihood = None if likelihood is None else OnlineLikelihood(likelihood)
+
+    def state(self) -> dict[str, Any]:
+        """What scoring the next row needs of the past: saved by monitor --state, read back by restore."""
+        likelihood = None if self.likelihood is None else self.likelihood.state()
+        return {"past": self.past.astype(np.float64).tolist(), "likelihood": likelihood}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        past = np.asarray(state["past"], np.float32)
+        if past.size and (past.ndim != 2 or len(past) > self.size - 1 or past.shape[1] != self.channels):
+            raise ValueError(f"its last rows have the shape {past.shape}, not that of this run's windows")
+        self.past = past if past.size else np.zeros((0, 0), np.float32)
+        if (state["likelihood"] is None) != (self.likelihood is None):
+            raise ValueError("it was saved by a run with another anomaly.likelihood")
+        if self.likelihood is not None:
+            self.likelihood.restore(state["likelihood"])
 
     def score(self, values: np.ndarray) -> np.ndarray:
         """One score per row of `values` (rows, channels): NaN (0 with the likelihood) for rows

@@ -195,6 +195,31 @@ def test_monitor_scores_each_row_as_evaluate_does_and_skips_bad_lines(
     }
 
 
+def test_a_monitor_restarted_with_its_state_continues_where_it_stopped(
+    stream_run: tuple[Path, Path, Path], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    run, series, _ = stream_run
+    lines = series.read_text().splitlines()
+    (tmp_path / "first.csv").write_text("\n".join(lines[:601]) + "\n")  # the header and 600 rows
+    (tmp_path / "rest.csv").write_text("\n".join([lines[0], *lines[601:]]) + "\n")
+    state = tmp_path / "stream.json"
+    for part in ("first", "rest"):
+        result = cli("monitor", run, tmp_path / f"{part}.csv", "--state", state, "--out", tmp_path / f"{part}.out")
+        assert result.exit_code == 0, result.output
+    assert cli("monitor", run, series, "--out", tmp_path / "whole.out").exit_code == 0
+
+    def scores(name: str) -> list[float]:
+        with (tmp_path / name).open() as handle:
+            return [float(row["score"]) for row in csv.DictReader(handle)]
+
+    np.testing.assert_allclose(scores("first.out") + scores("rest.out"), scores("whole.out"), rtol=1e-9, atol=1e-12)
+    saved = json.loads(state.read_text())
+    saved["run"] = "another"
+    state.write_text(json.dumps(saved))
+    result = cli("monitor", run, tmp_path / "rest.csv", "--state", state)
+    assert result.exit_code == 2 and "cannot continue from it: it was written for another run" in result.output
+
+
 def test_monitor_reads_stdin_as_rows_arrive_and_stops_cleanly_on_sigterm(
     stream_run: tuple[Path, Path, Path],
 ) -> None:

@@ -22,15 +22,18 @@ from typing import IO
 
 import numpy as np
 
+from aecli.atomic import write_json_atomic
 from aecli.backend import select_backend
-from aecli.calibration import threshold_in_use
+from aecli.calibration import InUse, threshold_in_use
 from aecli.data.files import column_index
-from aecli.errors import DataError, EvaluationError, RunError
+from aecli.errors import DataError, EvaluationError, RunError, clip
+from aecli.interrupts import deferred_interrupts
 from aecli.stream_scoring import StreamScorer
 from aecli.trained_run import TrainedRun, load_model, open_trained_run
 
 READ_BYTES = 1 << 16  # what one read takes from the input: everything that arrived, up to this
 MAX_LINE_BYTES = 1 << 20  # a longer line is reported and skipped, never held in memory
+MAX_STATE_BYTES = 64 << 20  # a state file holds a window and the likelihood's history: far less
 FORMATS = ("csv", "jsonl")
 ERROR_SCORES = ("mse", "mae", "bce")
 
@@ -43,6 +46,7 @@ class MonitorRequest:
     output_format: str = "csv"
     threshold: str | None = None
     backend: str | None = None
+    state: Path | None = None  # read when it exists, written when the monitor stops: a restart continues
 
 
 @dataclass
@@ -66,21 +70,53 @@ class _Layout:
 
 def monitor_stream(request: MonitorRequest, stdin: IO[bytes], stdout: IO[str], stderr: IO[str]) -> MonitorOutcome:
     """Score every row of the request's input as it arrives; returns the counts when the input
-    ends (an interrupt leaves what was written so far, every line whole)."""
+    ends (an interrupt leaves what was written so far, every line whole, and the state saved)."""
+    run, in_use, source = _checked(request, stderr)
+    select_backend(request.backend or run.config.runtime.backend)
+    model = load_model(run.path / "model.keras", compile=False)
+    scorer = StreamScorer(model, run.scaling, run.sample_shape, in_use.score, run.config.anomaly.likelihood)
+    if request.state is not None and request.state.exists():
+        _restore(scorer, request.state, run)
+    outcome = MonitorOutcome(threshold=in_use.value, method=in_use.method)
+    try:
+        with _input(source, stdin) as handle, _destination(request.out, stdout) as out:
+            lines = _lines(handle, stderr, outcome)
+            layout, leftover = _layout(run, lines, request.source)
+            writer = _Writer(out, request.output_format, layout.names)
+            for numbers, times, values in _arrivals(_chained(leftover, lines), layout, stderr, outcome):
+                with deferred_interrupts():  # a row is scored and written, or neither: the state matches the output
+                    scores = scorer.score(values)
+                    flags = np.nan_to_num(scores, nan=-np.inf) > in_use.value
+                    writer.write(numbers, times, values, scores, flags)
+                    outcome.rows += len(numbers)
+                    outcome.flagged += int(flags.sum())
+    finally:
+        if request.state is not None:
+            with deferred_interrupts():
+                write_json_atomic(request.state, {"run": run.info.get("config_sha256"), **scorer.state()})
+    return outcome
+
+
+def _checked(request: MonitorRequest, stderr: IO[str]) -> tuple[TrainedRun, InUse, Path | None]:
+    """The run, its threshold and the input, checked before the model is loaded."""
     if request.output_format not in FORMATS:
         raise EvaluationError(f"--format {request.output_format!r}: expected one of {', '.join(FORMATS)}")
+    for path, option in ((request.out, "--out"), (request.state, "--state")):
+        if path is not None and not path.parent.is_dir():
+            raise RunError(f"{option} {path}: no folder {path.parent}")
     if request.out is not None and request.out.exists():
         raise RunError(f"--out {request.out}: already exists; monitor writes a new file")
-    if request.out is not None and not request.out.parent.is_dir():
-        raise RunError(f"--out {request.out}: no folder {request.out.parent}")
     run = open_trained_run(request.run_dir, needs=("train_errors.csv",))
     if run.config.data.series is None:
         raise RunError(f"run {run.path}: monitor scores series runs (data.series); use aecli score for rows")
     in_use = threshold_in_use(run.path, run.metrics, None, request.threshold)
     if in_use.score not in ERROR_SCORES:
         raise EvaluationError(f"monitor scores reconstruction errors ({', '.join(ERROR_SCORES)}), not {in_use.score}")
-    likelihood = run.config.anomaly.likelihood
-    if likelihood is not None and request.threshold is not None and not _is_number(request.threshold):
+    if (
+        run.config.anomaly.likelihood is not None
+        and request.threshold is not None
+        and not _is_number(request.threshold)
+    ):
         raise EvaluationError(
             f"--threshold {request.threshold}: this run scores likelihoods (anomaly.likelihood): give a number, "
             "e.g. 0.5"
@@ -93,22 +129,20 @@ def monitor_stream(request: MonitorRequest, stdin: IO[bytes], stdout: IO[str], s
     source = None if request.source == "-" else Path(request.source)
     if source is not None and (not source.exists() or source.is_dir()):  # a named pipe is welcome
         raise DataError(f"{request.source}: no such file" if not source.exists() else f"{source}: is a folder")
-    select_backend(request.backend or run.config.runtime.backend)
-    model = load_model(run.path / "model.keras", compile=False)
-    scorer = StreamScorer(model, run.scaling, run.sample_shape[0], in_use.score, likelihood)
-    outcome = MonitorOutcome(threshold=in_use.value, method=in_use.method)
-    with _input(source, stdin) as handle, _destination(request.out, stdout) as out:
-        lines = _lines(handle, stderr, outcome)
-        layout, leftover = _layout(run, lines, request.source)
-        writer = _Writer(out, request.output_format, layout.names)
-        for batch in _arrivals(_chained(leftover, lines), layout, stderr, outcome):
-            numbers, times, values = batch
-            scores = scorer.score(values)
-            flags = np.nan_to_num(scores, nan=-np.inf) > in_use.value
-            writer.write(numbers, times, values, scores, flags)
-            outcome.rows += len(numbers)
-            outcome.flagged += int(flags.sum())
-    return outcome
+    return run, in_use, source
+
+
+def _restore(scorer: StreamScorer, path: Path, run: TrainedRun) -> None:
+    """Continue from a state file an earlier monitor of this run wrote."""
+    try:
+        if path.stat().st_size > MAX_STATE_BYTES:
+            raise ValueError(f"larger than {MAX_STATE_BYTES // 2**20} MiB")
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or state.get("run") != run.info.get("config_sha256"):
+            raise ValueError("it was written for another run (or is not a monitor state)")
+        scorer.restore(state)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"--state {path}: cannot continue from it: {clip(str(exc))}") from None
 
 
 def _is_number(text: str) -> bool:

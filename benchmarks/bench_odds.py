@@ -269,7 +269,14 @@ def render(results: dict[str, Any]) -> str:
         "(seeds below), the autoencoder trained on the other 60% without its labels (it holds the outliers), "
         "`configs/tabular_anomaly.yaml` as shipped; IsolationForest() and PCA (z-scored columns, as many "
         "components as the code) fitted on the same 60% in the same run. PyOD's columns are its published "
-        "tables (../shared/data/odds), mean of 10 splits of the same protocol.",
+        "tables (../shared/data/odds), mean of 10 splits of the same protocol."
+        + (
+            " `semi` is the semi-supervised case: trained on the normal rows of the same 60% only "
+            "(`data.classes: [0]`, the labels choose them); IsolationForest stays fitted on all of the 60%, so "
+            "it is not a like-for-like baseline for that column."
+            if "semi" in variants
+            else ""
+        ),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),

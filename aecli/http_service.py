@@ -50,10 +50,12 @@ def create_app(detector: Detector, request: ServeRequest) -> tuple[FastAPI, Coun
 
     @app.get("/health")
     async def health() -> dict[str, str]:
+        counter.answered += 1
         return {"status": "ok"}
 
     @app.get("/metadata")
     async def describe() -> dict[str, Any]:
+        counter.answered += 1
         return metadata(detector, request)
 
     @app.post("/score")

@@ -22,7 +22,7 @@ from rich.table import Table
 from aecli import __version__
 from aecli.config import config_json_schema, config_to_yaml, load_config
 from aecli.errors import AecliError, ConfigError, as_path_error, as_storage_error, clip
-from aecli.interrupts import Terminated, interrupts_as_exceptions
+from aecli.interrupts import Terminated, interrupts_as_exceptions, raise_pending
 from aecli.progress import PlainProgress, RichProgress
 
 app = typer.Typer(
@@ -148,7 +148,9 @@ def _interruptible(call: Callable[[], T], interrupted: str) -> T:
     """`call()` with Ctrl-C and SIGTERM turned into an exit that prints `interrupted`."""
     try:
         with interrupts_as_exceptions():
-            return call()
+            outcome = call()
+            raise_pending()  # an interrupt native code swallowed: the command still ends as interrupted
+            return outcome
     except KeyboardInterrupt as interrupt:
         _exit_interrupted(interrupt, interrupted)
 

@@ -26,6 +26,15 @@ def pending_interrupt() -> type[KeyboardInterrupt] | None:
     return _pending
 
 
+def raise_pending() -> None:
+    """Raise the interrupt received since the handlers were installed, if any: called where a
+    command's results are about to be moved into place, so that an interrupt whose exception
+    native code swallowed (TensorFlow, XLA's finalizers print "Exception ignored in ...") still
+    stops the command with nothing written."""
+    if _pending is not None and not _deferring:
+        raise _pending
+
+
 def _on_sigint(signum: int, frame: Any) -> None:
     global _pending
     _pending = KeyboardInterrupt

@@ -22,6 +22,7 @@ from typing import Any
 
 from aecli.atomic import current_umask, read_json, write_json_atomic
 from aecli.errors import RunError, shorten
+from aecli.interrupts import raise_pending
 
 RUN_FILE = "run.json"
 AUGMENTED_SAMPLES = "augmented_samples.png"  # training images and augmented versions (data.augment)
@@ -89,6 +90,7 @@ class StagedOutputDir:
             return
         try:
             if kind is None:
+                raise_pending()  # a swallowed Ctrl-C: no folder
                 os.chmod(self._staging, 0o777 & ~current_umask())
                 final = self.out if self.out is not None else _free_name(self.parent, self.prefix)
                 try:

@@ -222,3 +222,29 @@ def test_an_interrupt_during_a_checkpoint_write_waits_for_the_write() -> None:
         assert finished == [True]
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_an_interrupt_that_native_code_swallowed_still_stops_score_and_evaluate(
+    cli, trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TensorFlow can swallow the KeyboardInterrupt a Ctrl-C raises inside it ("Exception ignored
+    in ..."); the handler's flag still stops the command before anything is moved into place."""
+    import aecli.commands.evaluate
+    import aecli.commands.score
+    import aecli.interrupts
+
+    def swallowing(original):  # the model call returns normally, the interrupt only left its flag
+        def call(*args, **kwargs):
+            monkeypatch.setattr(aecli.interrupts, "_pending", KeyboardInterrupt)
+            return original(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(aecli.commands.score, "predict_fixed", swallowing(aecli.commands.score.predict_fixed))
+    result = cli("score", trained_run, "digits", "--out", tmp_path / "scores.csv")
+    assert result.exit_code == 130 and "interrupted: nothing written" in result.output
+    assert not (tmp_path / "scores.csv").exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(aecli.commands.evaluate, "predict_batched", swallowing(aecli.commands.evaluate.predict_batched))
+    result = cli("evaluate", trained_run, "--out", tmp_path / "eval")
+    assert result.exit_code == 130 and "no evaluation folder written" in result.output
+    assert list(tmp_path.iterdir()) == []

@@ -21,6 +21,7 @@ from aecli.backend import select_backend
 from aecli.data import Samples, label_name, load_for_model
 from aecli.errors import DataError, EvaluationError, RunError
 from aecli.evaluation import predict_batched
+from aecli.interrupts import raise_pending
 from aecli.trained_run import load_encoder, load_model, open_trained_run
 
 FORMATS = (".npy", ".csv")
@@ -69,6 +70,7 @@ def embed(request: EmbedRequest) -> EmbedOutcome:
     encoder = load_model(run.path / "encoder.keras", compile=False)
     codes = predict_batched(encoder, samples.x, request.batch_size)
     codes = codes.reshape(len(codes), -1)  # a feature-map code (model.code feature_map), flattened
+    raise_pending()  # a Ctrl-C that TensorFlow swallowed: no embeddings written
     if out.suffix.lower() == ".npy":
         with atomic_path(out) as temp:
             np.save(temp, codes)

@@ -24,6 +24,7 @@ from aecli.export import (
     export_metadata,
     serving_model,
 )
+from aecli.interrupts import raise_pending
 from aecli.trained_run import open_trained_run, refuse_text_run
 
 
@@ -81,5 +82,6 @@ def export_run(request: ExportRequest) -> ExportOutcome:
         if request.format == "onnx":
             embed_onnx_metadata(staged / model_name, metadata)
         write_json_atomic(staged / METADATA_FILE, metadata)
+        raise_pending()  # a swallowed Ctrl-C: nothing exported
         staged.rename(out)
     return ExportOutcome(out, out / model_name, metadata)

@@ -25,6 +25,7 @@ from aecli.calibration import chosen_score, threshold_in_use
 from aecli.code_scores import code_space_of
 from aecli.errors import DataError, EvaluationError, RunError
 from aecli.evaluation import predict_fixed
+from aecli.interrupts import raise_pending
 from aecli.scoring import (
     CHUNK_ROWS,
     Chunk,
@@ -224,6 +225,7 @@ def _write(scored: Iterator[Scored], handle: IO[str], score: str, as_json: bool)
         rows += len(part.scores)
         flagged += int(part.flagged.sum())
         handle.flush()  # a pipeline downstream sees each chunk as soon as it is scored
+        raise_pending()  # a Ctrl-C that TensorFlow swallowed still stops the scoring (and --out is not written)
     return rows, flagged
 
 

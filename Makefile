@@ -47,7 +47,7 @@ test-isolated: $(STAMP) ## run each test module alone, so that none depends on a
 fuzz: $(STAMP) ## the property-based tests with a long budget (make fuzz EXAMPLES=N; make test runs a small fixed one)
 	AECLI_FUZZ_EXAMPLES=$${EXAMPLES:-3000} $(BIN)/python -m pytest -q -p no:randomly tests/test_fuzz.py
 
-bench: $(STAMP) ## the fast path per model kind and backend against plain Keras/PyTorch, the text configs against TF-IDF/LSA, 4 ODDS tables against IsolationForest, 6 NAB series (rewrites BENCHMARKS.md; about 16 minutes)
+bench: $(STAMP) ## the fast path per model kind and backend against plain Keras/PyTorch, the text configs against TF-IDF/LSA, 4 ODDS tables against IsolationForest (2.5 min), 6 NAB series (1.8 min) (rewrites BENCHMARKS.md)
 	$(BIN)/python benchmarks/bench_kinds.py --quick
 	$(BIN)/python benchmarks/bench_text.py --quick
 	$(BIN)/python benchmarks/bench_odds.py --quick

@@ -18,9 +18,9 @@ import numpy as np
 from aecli.config import StreamLikelihoodConfig
 from aecli.data.scaling import Scaling
 from aecli.evaluation import per_sample_errors, predict_fixed
+from aecli.time_anomalies import LIKELIHOOD_UNIT, floored_spread
 
 CALL_ROWS = 256  # every model call has this many windows (padded): a row's score never depends on its batch
-LOG_TINY_TAIL = math.log(1e-10)
 
 
 class OnlineLikelihood:
@@ -58,9 +58,8 @@ class OnlineLikelihood:
         value = 0.0
         if count >= self.config.warm_up:
             mean = self.total / count
-            spread = math.sqrt(max(self.squares / count - mean * mean, 0.0))
-            spread = max(spread, 1e-12 + 0.1 * abs(mean))
-            value = max(float(log_ndtr(-(averaged - mean) / spread)) / LOG_TINY_TAIL, 0.0)
+            spread = floored_spread(math.sqrt(max(self.squares / count - mean * mean, 0.0)), mean)
+            value = max(float(log_ndtr(-(averaged - mean) / spread)) / LIKELIHOOD_UNIT, 0.0)
         self.history.append(averaged)
         self.total += averaged
         self.squares += averaged * averaged

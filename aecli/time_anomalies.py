@@ -11,6 +11,7 @@ first size - 1 steps, which end no window, have no score and are never flagged).
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,13 @@ from aecli.errors import DataError, clip, shorten
 
 MAX_LABEL_FILE_BYTES = 64 * 2**20
 POINTS = ("mean", "max", "all", "last")  # as anomaly.points spells them
+LIKELIHOOD_UNIT = math.log(1e-10)  # the likelihood is log(tail probability) in these units: 1.0 = a tail of 1e-10
+SPREAD_FLOOR = 0.1  # the likelihood's spread is at least this share of the mean error
+
+
+def floored_spread(spread: Any, mean: Any) -> Any:
+    """The spread the likelihood divides by: a near-constant history must not make every wobble improbable."""
+    return np.maximum(spread, 1e-12 + SPREAD_FLOOR * np.abs(mean))
 
 
 def step_scores(window_scores: np.ndarray, starts: np.ndarray, size: int, steps: int, points: str) -> np.ndarray:
@@ -73,8 +81,7 @@ def stream_likelihood(scores: np.ndarray, short: int, history: int, warm_up: int
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = (sums[before] - sums[lo]) / count
         spread = np.sqrt(np.maximum((squares[before] - squares[lo]) / count - mean**2, 0.0))
-        spread = np.maximum(spread, 1e-12 + 0.1 * np.abs(mean))  # a near-constant history: not every wobble alarms
-        value = log_ndtr(-(averaged - mean) / spread) / np.log(1e-10)
+        value = log_ndtr(-(averaged - mean) / floored_spread(spread, mean)) / LIKELIHOOD_UNIT
     value[count < warm_up] = 0.0
     value = np.maximum(np.nan_to_num(value), 0.0)
     if hold_off:

@@ -26,6 +26,7 @@ from aecli.atomic import write_json_atomic
 from aecli.backend import select_backend
 from aecli.calibration import InUse, threshold_in_use
 from aecli.data.files import column_index
+from aecli.data.labels import is_number
 from aecli.errors import DataError, EvaluationError, RunError, clip
 from aecli.interrupts import deferred_interrupts
 from aecli.stream_scoring import StreamScorer
@@ -112,11 +113,7 @@ def _checked(request: MonitorRequest, stderr: IO[str]) -> tuple[TrainedRun, InUs
     in_use = threshold_in_use(run.path, run.metrics, None, request.threshold)
     if in_use.score not in ERROR_SCORES:
         raise EvaluationError(f"monitor scores reconstruction errors ({', '.join(ERROR_SCORES)}), not {in_use.score}")
-    if (
-        run.config.anomaly.likelihood is not None
-        and request.threshold is not None
-        and not _is_number(request.threshold)
-    ):
+    if run.config.anomaly.likelihood is not None and request.threshold is not None and not is_number(request.threshold):
         raise EvaluationError(
             f"--threshold {request.threshold}: this run scores likelihoods (anomaly.likelihood): give a number, "
             "e.g. 0.5"
@@ -143,14 +140,6 @@ def _restore(scorer: StreamScorer, path: Path, run: TrainedRun) -> None:
         scorer.restore(state)
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"--state {path}: cannot continue from it: {clip(str(exc))}") from None
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 @contextlib.contextmanager

@@ -293,9 +293,10 @@ def row_ids(rows: Rows) -> list[str] | list[int]:
 def score_results(rows: Rows, result: dict[str, np.ndarray], top_k: int) -> list[dict[str, Any]]:
     """Per row: its id (or position), score, flag, and the top-k elements by squared residual."""
     top = top_contributions(result["residual"], rows.names, top_k)
+    ids = row_ids(rows)
     return [
         {
-            "id": rows.ids[i] if rows.ids else i,
+            "id": ids[i],
             "score": float(result["score"][i]),
             "anomalous": bool(result["anomalous"][i]),
             "top": [{"element": name, "squared_residual": value} for name, value in top[i]],

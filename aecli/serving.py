@@ -16,6 +16,7 @@ import io
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import numpy as np
 
 from aecli import __version__
 from aecli.backend import select_backend
-from aecli.calibration import InUse, threshold_in_use
+from aecli.calibration import InUse, active_threshold, threshold_in_use
 from aecli.code_scores import CodeSpace, code_space_of
 from aecli.data.arrays import fit_to_model
 from aecli.data.features import feature_positions
@@ -48,6 +49,14 @@ class ServeRequest:
     threshold: str | None = None
     backend: str | None = None
     access_log: bool = False
+    api_key_file: Path | None = None  # else $AECLI_API_KEY (service_guard.load_api_keys)
+    api_keys: tuple[str, ...] = ()  # the keys read from there; none: the service is open
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    insecure: bool = False  # serve beyond loopback without keys and TLS (service_guard.check_exposure)
+    max_concurrent: int = 64  # requests in flight beyond /health; more are answered 503 with Retry-After
+    timeout_keep_alive: int = 5  # seconds an idle keep-alive connection is held
+    timeout_request: float = 30.0  # seconds a request's headers and body may take to arrive
 
 
 class BadRequest(Exception):
@@ -68,6 +77,7 @@ class Detector:
     in_use: InUse
     code_space: CodeSpace | None = None  # the training codes, for a knn or combined score
     calls: int = 0  # model calls made (batches), for /metadata
+    expected_alert_rate: float | None = None  # thresholds.json's expected false-positive rate, for /metrics
 
     def compute(self, kind: str, x: np.ndarray) -> dict[str, np.ndarray]:
         self.calls += 1
@@ -88,7 +98,7 @@ class Detector:
 class _Pending:
     kind: str
     x: np.ndarray
-    done: asyncio.Future[dict[str, np.ndarray]]
+    done: asyncio.Future[tuple[dict[str, np.ndarray], Detector]]
 
 
 @dataclass
@@ -99,9 +109,11 @@ class Batcher:
     max_rows: int
     max_wait_s: float
     queue: asyncio.Queue[_Pending] = field(default_factory=asyncio.Queue)
+    on_call: Callable[[int], None] | None = None  # told each model call's row count (/metrics)
 
-    async def submit(self, kind: str, x: np.ndarray) -> dict[str, np.ndarray]:
-        done: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
+    async def submit(self, kind: str, x: np.ndarray) -> tuple[dict[str, np.ndarray], Detector]:
+        """The rows' results, and the detector that computed them (a reload may swap it meanwhile)."""
+        done: asyncio.Future[tuple[dict[str, np.ndarray], Detector]] = asyncio.get_running_loop().create_future()
         await self.queue.put(_Pending(kind, x, done))
         return await done
 
@@ -133,8 +145,11 @@ class Batcher:
 
     async def _compute(self, kind: str, group: list[_Pending]) -> None:
         x = group[0].x if len(group) == 1 else np.concatenate([item.x for item in group])
+        if self.on_call is not None:
+            self.on_call(len(x))
+        detector = self.detector
         try:
-            result = await asyncio.to_thread(self.detector.compute, kind, x)
+            result = await asyncio.to_thread(detector.compute, kind, x)
         except Exception as exc:  # a bug: every request in the batch answers 500, the service goes on
             for item in group:
                 if not item.done.done():
@@ -144,7 +159,7 @@ class Batcher:
         for item in group:
             end = start + len(item.x)
             if not item.done.done():  # (a client that went away)
-                item.done.set_result({name: values[start:end] for name, values in result.items()})
+                item.done.set_result(({name: values[start:end] for name, values in result.items()}, detector))
             start = end
 
 
@@ -270,6 +285,9 @@ def metadata(detector: Detector, request: ServeRequest) -> dict[str, Any]:
         "scaling": run.scaling.kind,
         "batching": {"max_rows": request.max_batch, "max_wait_ms": request.max_wait_ms},
         "max_request_bytes": int(request.max_request_mb * 2**20),
+        "max_concurrent": request.max_concurrent,
+        "timeouts": {"keep_alive": request.timeout_keep_alive, "request": request.timeout_request},
+        "api_keys_required": bool(request.api_keys),
         "model_calls": detector.calls,
         "versions": {"aecli": __version__, "keras": keras.__version__, "backend": keras.backend.backend()},
     }
@@ -279,10 +297,14 @@ def open_detector(request: ServeRequest) -> Detector:
     run = open_trained_run(request.run_dir)
     refuse_text_run(run, "serve")
     in_use = threshold_in_use(run.path, run.metrics, request.score, request.threshold)
+    calibrated = None if request.threshold else active_threshold(run.path, in_use.score)
+    expected = None if calibrated is None else calibrated.get("expected_false_positive_rate")
     select_backend(request.backend or run.config.runtime.backend)
     model = load_model(run.path / "model.keras", compile=False)
     encoder = load_model(run.path / "encoder.keras", compile=False)
-    return Detector(run, model, encoder, in_use, code_space_of(run.path, in_use.score))
+    detector = Detector(run, model, encoder, in_use, code_space_of(run.path, in_use.score))
+    detector.expected_alert_rate = None if expected is None else float(expected)
+    return detector
 
 
 def row_ids(rows: Rows) -> list[str] | list[int]:

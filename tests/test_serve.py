@@ -34,8 +34,8 @@ def start_service(run: Path, *options: str) -> tuple[subprocess.Popen[str], str]
         env={**os.environ, "COLUMNS": "300"},
     )
     assert process.stdout is not None
-    line = process.stdout.readline()  # "serving RUN on http://127.0.0.1:PORT (...)"
-    assert " on http://" in line, line + process.stderr.read() if process.stderr else line
+    line = process.stdout.readline()  # "serving RUN on http(s)://127.0.0.1:PORT (...)"
+    assert " on http" in line, line + process.stderr.read() if process.stderr else line
     return process, line.split(" on ")[1].split()[0]
 
 
@@ -92,6 +92,9 @@ def test_health_and_metadata(service: str) -> None:
     assert status == 200 and meta["model_kind"] == "dense" and meta["input_shape"] == [8, 8, 1]
     assert meta["threshold"]["score"] == "mse" and meta["threshold"]["value"] > 0
     assert {"aecli", "keras", "backend"} <= set(meta["versions"])
+    assert call(service, "/health/ready") == (200, {"status": "ready"})
+    status, refused = call(service, "/admin/reload", {})
+    assert status == 403 and "needs the service started with API keys" in refused["detail"]  # (SIGHUP still works)
 
 
 @pytest.mark.parametrize(

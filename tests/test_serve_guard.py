@@ -1,0 +1,207 @@
+"""`aecli serve` on a network: API keys, the rule for binding beyond loopback, TLS, the limit on
+requests in flight, readiness and the Prometheus metrics, over real HTTP on localhost."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aecli.errors import ConfigError
+from aecli.service_guard import Exposure, authorized, check_exposure, load_api_keys
+from tests.test_serve import digits, start_service
+
+KEY = "k3y-0123456789abcdef-aecli"
+
+
+def fetch(url: str, path: str, body: Any = None, key: str | None = None, context: Any = None) -> tuple[int, Any]:
+    """Status, headers and body text of one request."""
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url + path, data, headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60, context=context) as response:
+            return response.status, (response.headers, response.read().decode())
+    except urllib.error.HTTPError as error:
+        return error.code, (error.headers, error.read().decode())
+
+
+def test_keys_are_read_checked_and_compared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"# service keys\n\n{KEY}\n  second-key-0123456789  \n")
+    assert load_api_keys(keys) == (KEY, "second-key-0123456789")
+    monkeypatch.setenv("AECLI_API_KEY", KEY)
+    assert load_api_keys(None) == (KEY,)
+    monkeypatch.delenv("AECLI_API_KEY")
+    assert load_api_keys(None) == ()
+    (tmp_path / "short").write_text("abc\n")
+    with pytest.raises(ConfigError, match="key 1 is shorter than 16 characters"):
+        load_api_keys(tmp_path / "short")
+    (tmp_path / "empty").write_text("# nothing\n")
+    with pytest.raises(ConfigError, match="holds no key"):
+        load_api_keys(tmp_path / "empty")
+    assert authorized(f"Bearer {KEY}", (KEY,)) and authorized(f"bearer {KEY}", ("other-key-0123456789", KEY))
+    assert not authorized(f"Bearer {KEY}x", (KEY,)) and not authorized(KEY, (KEY,)) and not authorized(None, (KEY,))
+    assert authorized(None, ())  # no keys: open
+
+
+def test_exposure_beyond_loopback_needs_keys_and_tls_or_insecure() -> None:
+    assert check_exposure(Exposure("127.0.0.1", False, False, False)) is None
+    assert check_exposure(Exposure("::1", False, False, False)) is None
+    assert check_exposure(Exposure("0.0.0.0", True, True, False)) is None
+    with pytest.raises(ConfigError, match="without API keys and TLS; give --api-key-file"):
+        check_exposure(Exposure("0.0.0.0", False, False, False))
+    with pytest.raises(ConfigError, match="without TLS"):
+        check_exposure(Exposure("10.1.2.3", True, False, False))
+    warning = check_exposure(Exposure("0.0.0.0", False, False, True))
+    assert warning is not None and "anyone who can reach this machine" in warning
+
+
+def test_refusals_before_serving_are_one_line(cli, trained_run: Path, tmp_path: Path) -> None:
+    exposed = cli("serve", trained_run, "--host", "0.0.0.0", "--port", "0")
+    assert exposed.exit_code == 2 and "--insecure" in exposed.stderr and len(exposed.stderr.splitlines()) == 1
+    half = cli("serve", trained_run, "--port", "0", "--ssl-certfile", tmp_path / "cert.pem")
+    assert half.exit_code == 2 and "go together" in half.stderr
+    (tmp_path / "bad.pem").write_text("not a certificate\n")
+    bad = cli(
+        "serve",
+        trained_run,
+        "--port",
+        "0",
+        "--ssl-certfile",
+        tmp_path / "bad.pem",
+        "--ssl-keyfile",
+        tmp_path / "bad.pem",
+    )
+    assert bad.exit_code == 2 and "not a usable certificate" in bad.stderr and "Traceback" not in bad.output
+
+
+def test_keys_limits_readiness_and_metrics(trained_run: Path, tmp_path: Path) -> None:
+    (tmp_path / "keys").write_text(KEY + "\n")
+    process, url = start_service(
+        trained_run, "--api-key-file", str(tmp_path / "keys"), "--max-concurrent", "1", "--max-wait-ms", "1500"
+    )
+    try:
+        assert fetch(url, "/health")[0] == 200 and fetch(url, "/health/ready")[0] == 200  # open to load balancers
+        status, (headers, text) = fetch(url, "/score", {"instances": digits(2)})
+        assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
+        status, (_, text) = fetch(url, "/score", {"instances": digits(2)}, key="wrong-key-0123456789-x")
+        assert status == 401 and "wrong-key" not in text  # never echoed
+        # one request waits in the batcher's 1.5 s window; a second one meanwhile is over the limit
+        first: list[tuple[int, Any]] = []
+        waiting = threading.Thread(target=lambda: first.append(fetch(url, "/score", {"instances": digits(3)}, KEY)))
+        waiting.start()
+        time.sleep(0.5)
+        status, (headers, _) = fetch(url, "/score", {"instances": digits(1)}, KEY)
+        waiting.join(timeout=60)
+        assert status == 503 and headers["Retry-After"] == "1"
+        assert first and first[0][0] == 200 and len(json.loads(first[0][1][1])["results"]) == 3
+        assert fetch(url, "/metrics")[0] == 401
+        status, (headers, text) = fetch(url, "/metrics", key=KEY)
+        assert status == 200 and headers["Content-Type"].startswith("text/plain")
+        assert 'aecli_requests_total{route="/score",status="200"} 1.0' in text
+        assert 'aecli_requests_total{route="/score",status="401"} 2.0' in text
+        assert 'aecli_requests_total{route="/score",status="503"} 1.0' in text
+        assert 'aecli_rows_total{route="/score"} 3.0' in text and "aecli_batch_rows_count 1.0" in text
+        assert 'aecli_score_recent{quantile="0.5"}' in text and "aecli_alert_rate_recent" in text
+        assert "aecli_alert_rate_expected" in text  # the run's calibrated threshold says what to expect
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def test_tls_with_a_certificate_made_here(trained_run: Path, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        capture_output=True,
+    )  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip(f"openssl could not make a certificate: {made.stderr.decode()[-200:]}")
+    process, url = start_service(trained_run, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key))
+    try:
+        assert url.startswith("https://127.0.0.1:")
+        trusting = ssl.create_default_context(cafile=str(cert))
+        assert fetch(url, "/health", context=trusting)[0] == 200
+        status, (_, text) = fetch(url, "/score", {"instances": digits(2)}, context=trusting)
+        assert status == 200 and len(json.loads(text)["results"]) == 2
+        with pytest.raises(OSError):  # plain HTTP to a TLS port gets no answer (a reset or a refusal)
+            urllib.request.urlopen(url.replace("https://", "http://") + "/health", timeout=10)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def test_sighup_and_admin_reload_swap_the_threshold_and_keep_serving(trained_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (tmp_path / "keys").write_text(KEY + "\n")
+    process, url = start_service(run, "--api-key-file", str(tmp_path / "keys"), "--timeout-request", "2")
+
+    def threshold() -> float:
+        status, (_, text) = fetch(url, "/score", {"instances": digits(1)}, KEY)
+        assert status == 200, text
+        return float(json.loads(text)["threshold"]["value"])
+
+    try:
+        before = threshold()
+        record = json.loads((run / "thresholds.json").read_text())
+        record["active"] = {**record["active"], "value": 12345.0, "method": "hand-set"}
+        (run / "thresholds.json").write_text(json.dumps(record))
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while threshold() != 12345.0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert threshold() == 12345.0 != before
+        (run / "thresholds.json").write_text("{broken")
+        status, (_, text) = fetch(url, "/admin/reload", {}, KEY)
+        assert status == 409 and "reload failed, still serving the previous" in text
+        assert threshold() == 12345.0  # the previous one still serves
+        record["active"]["value"] = 0.5
+        (run / "thresholds.json").write_text(json.dumps(record))
+        assert fetch(url, "/admin/reload", {})[0] == 401
+        status, (_, text) = fetch(url, "/admin/reload", {}, KEY)
+        assert status == 200 and "threshold mse 0.5 (hand-set" in text and threshold() == 0.5
+        _, (_, metrics) = fetch(url, "/metrics", key=KEY)
+        assert (
+            'aecli_reloads_total{result="ok"} 2.0' in metrics and 'aecli_reloads_total{result="failed"} 1.0' in metrics
+        )
+        _slow_clients_are_dropped(url)
+    finally:
+        process.terminate()
+        _, errors = process.communicate(timeout=60)
+    assert "reload failed" in errors and "Traceback" not in errors  # (a dropped client is not an error)
+
+
+def _slow_clients_are_dropped(url: str) -> None:
+    """A client that sends nothing, half its headers, or half its body is dropped at the
+    --timeout-request deadline (2 s here), while others are served."""
+    host, port = url.removeprefix("http://").split(":")
+    body = f"POST /score HTTP/1.1\r\nAuthorization: Bearer {KEY}\r\nContent-Length: 900\r\n\r\n[[".encode()
+    openings = [b"", b"GET /health HTTP/1.1\r\nHost: x\r\n", body]
+    clients = []
+    for opening in openings:
+        client = socket.create_connection((host, int(port)))
+        client.sendall(opening)
+        client.settimeout(30)
+        clients.append(client)
+    started = time.monotonic()
+    assert fetch(url, "/health")[0] == 200
+    for client in clients:
+        assert client.recv(100) == b""  # closed by the service, with nothing sent
+        client.close()
+    assert time.monotonic() - started < 20

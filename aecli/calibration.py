@@ -27,7 +27,7 @@ from aecli.thresholds import SIGNED_SCORES, ThresholdSpec, false_positive_rate, 
 THRESHOLDS_FILE = "thresholds.json"
 VALIDATION_ERRORS = "val_errors.csv"
 # Per-sample scores a threshold can be on (xent: text models; knn, combined: runs that keep their codes).
-SCORES = ("mse", "mae", "bce", "xent", "knn", "combined")
+SCORES = ("mse", "mae", "bce", "dssim", "xent", "knn", "combined")
 
 
 def chosen_score(requested: str | None, metrics: dict[str, Any]) -> str:
@@ -36,6 +36,13 @@ def chosen_score(requested: str | None, metrics: dict[str, Any]) -> str:
     if score not in SCORES:
         raise EvaluationError(f"--score {score!r}: expected one of {', '.join(SCORES)}")
     return score
+
+
+def missing_score(score: str, data: str) -> str:
+    """Why a per-sample error could not be computed for `data`."""
+    if score == "dssim":
+        return f"--score dssim: compares images (height, width, channels), and {data} is not images"
+    return f"--score {score}: needs data in [0, 1], and {data} is outside it"
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,10 @@ PairsOption = Annotated[
     ),
 ]
 PairColumnsOption = Annotated[str, typer.Option(help="--pairs: the two text columns and the score column.")]
-ScoreOption = Annotated[str | None, typer.Option("--score", help="mse, mae or bce (default: the run's anomaly score).")]
+ScoreOption = Annotated[
+    str | None,
+    typer.Option("--score", help="mse, mae, bce, dssim (images), knn or combined (default: the run's anomaly score)."),
+]
 InsteadThresholdOption = Annotated[
     str | None,
     typer.Option(help="Instead of the run's calibrated threshold: max, percentile:Q, mean_std:K, fpr:F or a number."),
@@ -380,9 +383,7 @@ def evaluate(
     anomaly_data: Annotated[
         str | None, typer.Option(help="A source whose every sample is an anomaly (the evaluated data is normal).")
     ] = None,
-    score: Annotated[
-        str | None, typer.Option(help="Anomaly score: per-sample mse, mae or bce (default: the run's anomaly.score).")
-    ] = None,
+    score: ScoreOption = None,
     threshold: ThresholdOption = None,
     anomaly_windows: AnomalyWindowsOption = None,
     points: PointsOption = None,
@@ -482,7 +483,7 @@ def threshold(
             show_default=False,
         ),
     ],
-    score: Annotated[str | None, typer.Option(help="mse, mae or bce (default: the run's anomaly score).")] = None,
+    score: ScoreOption = None,
     normal_data: Annotated[
         str | None, typer.Option(help="fpr: normal rows to measure it on (default: the run's validation split).")
     ] = None,
@@ -836,23 +837,39 @@ def serve(
     threshold: InsteadThresholdOption = None,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
     backend: BackendOption = None,
+    api_key_file: Annotated[
+        Path | None, typer.Option(help="API keys, one per line (else $AECLI_API_KEY): Authorization: Bearer KEY.")
+    ] = None,
+    ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate (PEM), with --ssl-keyfile.")] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    insecure: Annotated[bool, typer.Option(help="Listen beyond loopback without API keys and TLS.")] = False,
+    max_concurrent: Annotated[int, typer.Option(help="Requests in flight (503 + Retry-After beyond).")] = 64,
+    timeout_keep_alive: Annotated[int, typer.Option(help="Seconds an idle connection is kept.")] = 5,
+    timeout_request: Annotated[float, typer.Option(help="Seconds a request may take to arrive whole.")] = 30.0,
 ) -> None:
-    """An HTTP scoring service: POST /score, /embed, /reconstruct (JSON or CSV rows), GET /health
-    and /metadata. Ctrl-C or SIGTERM stops it after the requests in flight."""
+    """An HTTP scoring service: POST /score, /embed, /reconstruct (JSON or CSV rows), GET /health,
+    /health/ready, /metadata and /metrics (Prometheus). Ctrl-C or SIGTERM stops it after the
+    requests in flight."""
     try:
         from aecli.commands.serve import ServeRequest
         from aecli.commands.serve import serve as run_service
-    except ImportError as exc:  # (fastapi and uvicorn come with the deploy extra)
+    except ImportError as exc:  # (fastapi, uvicorn and prometheus_client come with the deploy extra)
         raise ConfigError(f"aecli serve needs {exc.name}: pip install 'aecli[deploy]'") from None
     request = ServeRequest(
         run_dir, host, port, max_batch, max_wait_ms, max_request_mb, score_name, threshold, backend, access_log
     )
+    request.api_key_file, request.insecure = api_key_file, insecure
+    request.ssl_certfile, request.ssl_keyfile = ssl_certfile, ssl_keyfile
+    request.max_concurrent, request.timeout_keep_alive = max_concurrent, timeout_keep_alive
+    request.timeout_request = timeout_request
     console = _console()
 
-    def announce(url: str) -> None:
-        console.print(f"serving {run_dir} on {url} (POST /score /embed /reconstruct, GET /health /metadata)")
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            console.print(f"note: listening on {host}: anyone who can reach this machine can call the service")
+    def announce(url: str, warning: str | None) -> None:
+        routes = "POST /score /embed /reconstruct, GET /health /metadata /metrics"
+        keys = f", {len(request.api_keys)} API key(s)" if request.api_keys else ""
+        console.print(f"serving {run_dir} on {url} ({routes}{keys})")
+        if warning:
+            console.print(f"note: {warning}")
 
     answered = run_service(request, announce)
     console.print(f"stopped after {answered:,} request(s)")

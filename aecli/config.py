@@ -864,9 +864,10 @@ class AnomalyConfig(_Section):
     """How reconstruction errors become anomaly flags: recorded in the run, used by `aecli evaluate`
     unless its --score/--threshold say otherwise."""
 
-    score: Literal["mse", "mae", "bce", "xent", "knn", "combined"] = Field(
+    score: Literal["mse", "mae", "bce", "dssim", "xent", "knn", "combined"] = Field(
         "mse",
-        description="per-sample anomaly score: a reconstruction error (mse, mae, bce for data in [0, 1]; xent, the "
+        description="per-sample anomaly score: a reconstruction error (mse, mae, bce for data in [0, 1]; dssim, "
+        "images' structural dissimilarity (1 - SSIM) / 2, which weighs shapes over single pixels; xent, the "
         "text models' cross-entropy, is the default for bow and sequence), knn (mean distance from the code to "
         "the `neighbours` nearest training codes) or combined (mse and knn, each standardised on the training "
         "rows, averaged)",
@@ -1048,8 +1049,8 @@ def _check_text_sections(config: AecliConfig) -> None:
         raise ValueError(f"anomaly.score: xent is for text models (bow, sequence), not {kind}")
     if kind == "sequence" and score != "xent":
         raise ValueError(f"anomaly.score: a sequence model's per-sample error is xent, not {score}")
-    if text is not None and score in ("knn", "combined"):
-        raise ValueError(f"anomaly.score: {score} is for arrays, tables and series; a text model's score is xent")
+    if text is not None and score in ("knn", "combined", "dssim"):
+        raise ValueError(f"anomaly.score: {score} is for arrays, images, tables and series; a text model's is xent")
 
 
 def _loss_name(loss: Any) -> Any:

@@ -23,7 +23,7 @@ from aecli import __version__
 from aecli.backend import import_tensorflow
 from aecli.calibration import InUse
 from aecli.errors import AecliError, clip
-from aecli.evaluation import BCE_EPSILON
+from aecli.evaluation import BCE_EPSILON, SSIM_K1, SSIM_K2, ssim_window
 from aecli.runs import now_iso
 from aecli.trained_run import TrainedRun, load_model
 
@@ -64,7 +64,7 @@ def serving_model(run: TrainedRun, in_use: InUse) -> Any:
     code = encoder(x, training=False)
     code = code[0] if isinstance(code, (list, tuple)) else code  # a VAE's code is z_mean
     predicted = ops.reshape(x_hat, (-1, size))
-    score = _score(in_use.score, target, predicted)
+    score = _score(in_use.score, target, predicted, shape)
     outputs = {
         "reconstruction": ops.reshape(predicted * scale + offset, (-1, *shape)),
         "score": score,
@@ -74,9 +74,11 @@ def serving_model(run: TrainedRun, in_use: InUse) -> Any:
     return keras.Model(raw, outputs, name="aecli_detector")
 
 
-def _score(name: str, target: Any, predicted: Any) -> Any:
+def _score(name: str, target: Any, predicted: Any, shape: tuple[int, ...]) -> Any:
     from keras import ops
 
+    if name == "dssim":
+        return _dssim(ops.reshape(target, (-1, *shape)), ops.reshape(predicted, (-1, *shape)))
     diff = predicted - target
     if name == "mse":
         return ops.mean(ops.square(diff), axis=1)
@@ -84,6 +86,29 @@ def _score(name: str, target: Any, predicted: Any) -> Any:
         return ops.mean(ops.abs(diff), axis=1)
     p = ops.clip(predicted, BCE_EPSILON, 1 - BCE_EPSILON)
     return -ops.mean(target * ops.log(p) + (1 - target) * ops.log(1 - p), axis=1)
+
+
+def _dssim(images: Any, rebuilt: Any) -> Any:
+    """(1 - SSIM) / 2 per image, as evaluation.structural_similarity computes it, in the graph:
+    the Gaussian window as a depthwise convolution over each channel."""
+    from keras import ops
+
+    height, width, channels = images.shape[1:]
+    weights = ssim_window(height, width)
+    kernel = np.tile(np.outer(weights, weights)[:, :, None, None], (1, 1, channels, 1)).astype("float32")
+
+    def means(values: Any) -> Any:
+        return ops.depthwise_conv(values, kernel, strides=1, padding="valid")
+
+    rebuilt = ops.clip(rebuilt, 0.0, 1.0)
+    mean_x, mean_y = means(images), means(rebuilt)
+    var_x = means(images * images) - mean_x * mean_x
+    var_y = means(rebuilt * rebuilt) - mean_y * mean_y
+    covariance = means(images * rebuilt) - mean_x * mean_y
+    c1, c2 = SSIM_K1**2, SSIM_K2**2
+    luminance = (2 * mean_x * mean_y + c1) / (mean_x * mean_x + mean_y * mean_y + c1)
+    structure = (2 * covariance + c2) / (var_x + var_y + c2)
+    return (1.0 - ops.mean(luminance * structure, axis=(1, 2, 3))) / 2
 
 
 def _scaling_arrays(run: TrainedRun, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

@@ -273,6 +273,43 @@ def _residual_images(images: np.ndarray, rebuilt: np.ndarray, heat: np.ndarray, 
     return fig
 
 
+def plot_class_extremes(
+    x: np.ndarray,
+    x_hat: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    label_names: list[str] | None,
+    score_name: str,
+    path: Path,
+    classes: int = 10,
+) -> None:
+    """Images with labels: per class (the first `classes`), its least and its most anomalous image,
+    each with its score and squared residual per pixel (one colour scale for all): what a class's
+    typical image looks like to the model, and what it flags."""
+    plt = _pyplot()
+    present = np.unique(labels)[:classes]
+    heat = np.square(x_hat.astype(np.float64) - x.astype(np.float64)).sum(axis=-1)
+    ranked = np.nan_to_num(scores, nan=np.inf)
+    fig, axes = plt.subplots(len(present), 4, figsize=(5.6, 1.3 * len(present) + 0.7), squeeze=False)
+    top = float(heat.max()) or 1.0
+    for row, label in enumerate(present):
+        members = np.flatnonzero(labels == label)
+        order = members[np.argsort(ranked[members], kind="stable")]
+        for pair, index in enumerate((order[0], order[-1])):
+            image = np.clip(x[index], 0, 1)
+            axes[row][2 * pair].imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
+            axes[row][2 * pair].set_title(f"{score_name} {scores[index]:.3g}", fontsize=6)
+            axes[row][2 * pair + 1].imshow(heat[index], cmap="magma", vmin=0, vmax=top)
+        axes[row][0].set_ylabel(label_name(label, label_names), fontsize=8, rotation=0, ha="right", va="center")
+    for column, name in enumerate(("least anomalous", "its residual", "most anomalous", "its residual")):
+        axes[0][column].annotate(name, (0.5, 1.45), xycoords="axes fraction", ha="center", fontsize=7)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("Per class: the least and the most anomalous image, squared residual per pixel", fontsize=8)
+    _save(fig, path)
+
+
 def _residual_bars(per_element: np.ndarray, labels: list[str], steps: bool) -> Any:
     plt = _pyplot()
     rows = len(per_element)

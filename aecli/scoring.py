@@ -319,7 +319,7 @@ def score_rows(
     """Scaled rows and their reconstructions -> per-row scores, flags, and squared residuals per
     input element (flattened): what score and serve report."""
     # The run's measure as evaluate computes it (bce by its formula even for a row outside [0, 1]).
-    errors = per_sample_errors(x, x_hat, bce=score == "bce")
+    errors = per_sample_errors(x, x_hat, bce=score == "bce", dssim=score == "dssim")
     if code_scorer is not None:
         errors.update(code_scorer.scores(x, errors["mse"]))
     scores = errors[score]

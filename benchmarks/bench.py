@@ -423,6 +423,7 @@ def write_benchmarks(results: dict[str, Any], args: argparse.Namespace) -> None:
             "text.md",
             "ops.md",
             "series.md",
+            "oneclass.md",
             "odds.md",
             "nab.md",
             "workers.md",

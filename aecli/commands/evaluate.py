@@ -16,7 +16,14 @@ import numpy as np
 
 from aecli.backend import select_backend
 from aecli.baselines import baseline_report
-from aecli.calibration import VALIDATION_ERRORS, active_threshold, chosen_score, stored_errors, training_errors
+from aecli.calibration import (
+    VALIDATION_ERRORS,
+    active_threshold,
+    chosen_score,
+    missing_score,
+    stored_errors,
+    training_errors,
+)
 from aecli.code_scores import CodeSpace, code_space_of
 from aecli.config import ModelConfig
 from aecli.data import Samples, label_codes, label_name, present_labels
@@ -34,6 +41,7 @@ from aecli.evaluation import (
 from aecli.nab_scoring import PROFILES, NabFile, nab_score
 from aecli.reporting import (
     plot_anomalies_in_time,
+    plot_class_extremes,
     plot_error_histogram,
     plot_latent,
     plot_loss_curves,
@@ -61,6 +69,7 @@ from aecli.time_anomalies import (
 from aecli.trained_run import TrainedRun, load_model, open_trained_run
 
 RESIDUALS = "residuals.png"
+CLASS_EXTREMES = "class_extremes.png"
 
 
 @dataclass
@@ -158,14 +167,31 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
         plot_reconstruction_grid(
             evaluated.x, reconstructions, errors["mse"], len(run.sample_shape) == 3, out_dir / "reconstructions.png"
         )
-        plot_error_histogram(scores, score, out_dir / "error_histogram.png", evaluated.is_anomaly, threshold)
-        plot_residuals(evaluated.x, reconstructions, scores, score, len(run.sample_shape) == 3, out_dir / RESIDUALS)
+        _plot_scores(out_dir, run, evaluated, reconstructions, (score, scores, threshold), metrics)
         if in_time is not None and evaluated.timeline is not None:
             _write_time_outputs(out_dir, evaluated.timeline, in_time)
         plot_latent(points, evaluated.labels, method, out_dir / "latent.png", evaluated.label_names)
         write_report(out_dir, f"aecli evaluation of {run.path.name}", _report_blocks(run, metrics))
     final = staged.final or out_dir
     return EvaluateOutcome(final, metrics, final / "report.html")
+
+
+def _plot_scores(
+    out_dir: Path,
+    run: TrainedRun,
+    evaluated: _Evaluated,
+    reconstructions: np.ndarray,
+    scored: tuple[str, np.ndarray, float | None],
+    metrics: dict[str, Any],
+) -> None:
+    """The score's histogram, why the highest score high, and for labelled images each class's extremes."""
+    score, scores, threshold = scored
+    is_image = len(run.sample_shape) == 3
+    plot_error_histogram(scores, score, out_dir / "error_histogram.png", evaluated.is_anomaly, threshold)
+    plot_residuals(evaluated.x, reconstructions, scores, score, is_image, out_dir / RESIDUALS)
+    if _shows_class_extremes(run, metrics) and evaluated.labels is not None:
+        x, labels, names = evaluated.x, evaluated.labels, evaluated.label_names
+        plot_class_extremes(x, reconstructions, scores, labels, names, score, out_dir / CLASS_EXTREMES)
 
 
 def _evaluate_texts(run: TrainedRun, request: EvaluateRequest) -> EvaluateOutcome:
@@ -274,11 +300,11 @@ def _per_sample_scores(
 ) -> dict[str, np.ndarray]:
     """Every per-sample error measure of the evaluated rows, and the code-space scores when the
     run keeps its training codes and the chosen score needs them."""
-    errors = per_sample_errors(x, reconstructions)
+    errors = per_sample_errors(x, reconstructions, dssim=True)
     if code_space is not None:
         errors.update(code_space.scores(codes, errors["mse"]))
     if score not in errors:
-        raise EvaluationError("--score bce: needs data in [0, 1], and the evaluated data is outside it")
+        raise EvaluationError(missing_score(score, "the evaluated data"))
     return errors
 
 
@@ -522,11 +548,20 @@ def _report_blocks(run: TrainedRun, metrics: dict[str, Any]) -> list[tuple[str, 
     blocks.append(("image", ("error_histogram.png", "Distribution of reconstruction errors")))
     why = "Why the highest-scoring samples score high: the squared residual of each input element"
     blocks.append(("image", (RESIDUALS, why + " (aecli score lists the largest per row)")))
+    if _shows_class_extremes(run, metrics):
+        blocks.append(
+            ("image", (CLASS_EXTREMES, "Per class: its least and most anomalous image, and where each differs"))
+        )
     if "latent" in metrics:
         latent = {k: v for k, v in metrics["latent"].items() if k != "knn"}
         blocks += [("heading", "Latent space"), ("table", latent)]
     blocks.append(("image", ("latent.png", "Latent codes in two dimensions")))
     return blocks
+
+
+def _shows_class_extremes(run: TrainedRun, metrics: dict[str, Any]) -> bool:
+    """Labelled images: the report shows each class's least and most anomalous image."""
+    return len(run.sample_shape) == 3 and "per_class" in metrics
 
 
 def _describe_model(model: ModelConfig) -> str:

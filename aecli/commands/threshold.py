@@ -21,6 +21,7 @@ from aecli.calibration import (
     calibrate,
     chosen_score,
     labelled_test_errors,
+    missing_score,
     record_threshold,
     stored_errors,
     training_errors,
@@ -104,12 +105,12 @@ def _scored(run: TrainedRun, source: str, overrides: list[str], option: str, sco
     select_backend(run.config.runtime.backend)
     samples = run.read_samples(source, overrides, option)
     errors = per_sample_errors(
-        samples.x, predict_batched(load_model(run.path / "model.keras", compile=False), samples.x)
+        samples.x, predict_batched(load_model(run.path / "model.keras", compile=False), samples.x), dssim=True
     )
     space = code_space_of(run.path, score)
     if space is not None:
         codes = predict_batched(load_model(run.path / "encoder.keras", compile=False), samples.x)
         errors.update(space.scores(codes, errors["mse"]))
     if score not in errors:
-        raise EvaluationError(f"--score {score}: needs data in [0, 1], and {option} is outside it")
+        raise EvaluationError(missing_score(score, option))
     return errors[score]

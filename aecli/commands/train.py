@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import platform
 import shutil
@@ -363,6 +364,11 @@ def _check_loss_matches_data(config: AecliConfig, dataset: TrainingData) -> None
     if config.model.kind in TEXT_KINDS:  # a bag of words is compared as word presence: see text_layers
         return
     low, high = dataset.scaled_range
+    if config.anomaly.score == "dssim" and (len(dataset.sample_shape) != 3 or not (low >= 0.0 and high <= 1.0)):
+        raise ConfigError(
+            "anomaly.score: dssim compares images (height, width, channels) in [0, 1], and these samples are "
+            f"shape {tuple(dataset.sample_shape)} spanning [{low:g}, {high:g}]; use mse"
+        )
     if config.loss.name == "bce" and not (low >= 0.0 and high <= 1.0):
         raise ConfigError(
             f"loss.name: bce needs targets in [0,1], but the training data spans [{low:g}, {high:g}] "
@@ -477,7 +483,7 @@ def _add_code_scores(attempt: _Attempt, encoder: Any, reports: dict[str, SplitRe
 def _split_reporter(config: AecliConfig, data: TrainingData) -> Any:
     """report_split, or for a text model its own cross-entropy per text."""
     if config.model.kind not in TEXT_KINDS or isinstance(data, ShardedData):
-        return report_split
+        return functools.partial(report_split, dssim=config.anomaly.score == "dssim")
     from aecli.text_evaluation import text_split_report
 
     kind, loss = config.model.kind, config.loss.name

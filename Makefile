@@ -54,13 +54,14 @@ bench: $(STAMP) ## the fast path per model kind and backend against plain Keras/
 	$(BIN)/python benchmarks/bench_nab.py --quick
 	$(BIN)/python benchmarks/bench.py --quick
 
-bench-full: $(STAMP) ## every benchmark at full size: more rounds, streaming (arrays and texts), the 16 ODDS tables, the 51 NAB series, scoring, serving, workers, sweeps, the TSDAE text config (about 100 minutes)
+bench-full: $(STAMP) ## every benchmark at full size: more rounds, streaming (arrays and texts), the 16 ODDS tables, the 51 NAB series, one-class MNIST, scoring, serving, workers, sweeps, the TSDAE text config (about 2 hours)
 	$(BIN)/python benchmarks/bench_streaming.py
 	$(BIN)/python benchmarks/bench_text_streaming.py
 	$(BIN)/python benchmarks/bench_kinds.py
 	$(BIN)/python benchmarks/bench_series.py
 	$(BIN)/python benchmarks/bench_odds.py
 	$(BIN)/python benchmarks/bench_nab.py
+	$(BIN)/python benchmarks/bench_oneclass.py --variants recipe,conv,combined
 	$(BIN)/python benchmarks/bench_workers.py
 	$(BIN)/python benchmarks/bench_score.py
 	$(BIN)/python benchmarks/bench_serve.py

@@ -835,7 +835,7 @@ def serve(
     max_request_mb: Annotated[float, typer.Option(help="Largest request body accepted (413 beyond it).")] = 10.0,
     score_name: ScoreOption = None,
     threshold: InsteadThresholdOption = None,
-    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    access_log: Annotated[bool, typer.Option(help="One JSON line per request on stderr.")] = False,
     backend: BackendOption = None,
     api_key_file: Annotated[
         Path | None, typer.Option(help="API keys, one per line (else $AECLI_API_KEY): Authorization: Bearer KEY.")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import json
 import signal
 import sys
 import time
@@ -121,8 +123,25 @@ def _guard(app: FastAPI, request: ServeRequest, counter: Counter, metrics: Servi
                 response = await call_next(http)
             finally:
                 counter.in_flight -= path not in OPEN_PATHS
-        metrics.answered(path, response.status_code, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        metrics.answered(path, response.status_code, seconds)
+        if request.access_log:
+            _log_access(http, response.status_code, seconds)
         return response
+
+
+def _log_access(http: Request, status: int, seconds: float) -> None:
+    """One JSON line per request on stderr (--access-log), for a log shipper to parse."""
+    client = http.client.host if http.client else None
+    line = {
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+        "client": client,
+        "method": http.method,
+        "path": http.url.path,
+        "status": status,
+        "seconds": round(seconds, 6),
+    }
+    print(json.dumps(line), file=sys.stderr, flush=True)
 
 
 def _health_routes(app: FastAPI, counter: Counter, metrics: ServiceMetrics) -> None:

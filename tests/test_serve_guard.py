@@ -92,7 +92,8 @@ def test_refusals_before_serving_are_one_line(cli, trained_run: Path, tmp_path: 
 def test_keys_limits_readiness_and_metrics(trained_run: Path, tmp_path: Path) -> None:
     (tmp_path / "keys").write_text(KEY + "\n")
     process, url = start_service(
-        trained_run, "--api-key-file", str(tmp_path / "keys"), "--max-concurrent", "1", "--max-wait-ms", "1500"
+        trained_run,
+        *("--api-key-file", str(tmp_path / "keys"), "--max-concurrent", "1", "--max-wait-ms", "5000", "--access-log"),
     )
     try:
         assert fetch(url, "/health")[0] == 200 and fetch(url, "/health/ready")[0] == 200  # open to load balancers
@@ -100,7 +101,7 @@ def test_keys_limits_readiness_and_metrics(trained_run: Path, tmp_path: Path) ->
         assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
         status, (_, text) = fetch(url, "/score", {"instances": digits(2)}, key="wrong-key-0123456789-x")
         assert status == 401 and "wrong-key" not in text  # never echoed
-        # one request waits in the batcher's 1.5 s window; a second one meanwhile is over the limit
+        # one request waits in the batcher's 5 s window; a second one meanwhile is over the limit
         first: list[tuple[int, Any]] = []
         waiting = threading.Thread(target=lambda: first.append(fetch(url, "/score", {"instances": digits(3)}, KEY)))
         waiting.start()
@@ -120,7 +121,10 @@ def test_keys_limits_readiness_and_metrics(trained_run: Path, tmp_path: Path) ->
         assert "aecli_alert_rate_expected" in text  # the run's calibrated threshold says what to expect
     finally:
         process.terminate()
-        process.wait(timeout=60)
+        _, errors = process.communicate(timeout=60)
+    logged = [json.loads(line) for line in errors.splitlines() if line.startswith("{")]
+    assert sorted(e["status"] for e in logged if e["path"] == "/score") == [200, 401, 401, 503]
+    assert all(e["client"] == "127.0.0.1" and e["seconds"] >= 0 for e in logged)
 
 
 def test_tls_with_a_certificate_made_here(trained_run: Path, tmp_path: Path) -> None:

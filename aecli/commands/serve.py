@@ -115,7 +115,7 @@ def serve(request: ServeRequest, announce: Callable[[str, str | None], None]) ->
     config = uvicorn.Config(
         app,
         log_level="warning",
-        access_log=request.access_log,
+        access_log=False,  # (--access-log: http_service writes JSON lines instead)
         timeout_graceful_shutdown=GRACE_SECONDS,
         timeout_keep_alive=request.timeout_keep_alive,
         http=type("RequestDeadline", (_RequestDeadline,), {"seconds": request.timeout_request}),

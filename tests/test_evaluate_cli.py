@@ -42,6 +42,7 @@ def test_evaluate_writes_every_metric_and_plot_without_touching_the_run(cli, tra
         "reconstructions.png",
         "error_histogram.png",
         "residuals.png",
+        "class_extremes.png",  # labelled images
         "latent.png",
         "errors.csv",
         "report.md",
@@ -49,7 +50,7 @@ def test_evaluate_writes_every_metric_and_plot_without_touching_the_run(cli, tra
     ):
         assert (out / name).is_file(), name
     html = (out / "report.html").read_text()
-    assert html.count('src="data:image/png;base64,') == 5
+    assert html.count('src="data:image/png;base64,') == 6
     assert fingerprint(trained_run) == before
 
 
@@ -247,7 +248,7 @@ def test_html_report_renders_in_headless_chromium(cli, trained_run: Path, tmp_pa
     found = re.search(r'data-probe="([^"]*)"', dom.stdout)
     assert found, f"the page never finished loading: {dom.stderr[-2000:]}"
     seen = json.loads(html.unescape(found.group(1)))
-    assert seen == {"images": 5, "broken": 0, "errors": []}
+    assert seen == {"images": 6, "broken": 0, "errors": []}  # (class_extremes.png: labelled images)
     text = re.sub(r"<[^>]+>", " ", dom.stdout)
     for heading in ("Experiment", "Reconstruction", "Latent space"):
         assert heading in text

@@ -18,6 +18,7 @@ from pathlib import Path
 from aecli.errors import ConfigError, clip
 
 API_KEY_VARIABLE = "AECLI_API_KEY"
+MAX_KEY_FILE_BYTES = 2**20
 MIN_KEY_CHARACTERS = 16  # shorter keys are guessable; `openssl rand -hex 32` makes a good one
 OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready"})  # for load balancers: never need a key
 
@@ -26,6 +27,8 @@ def load_api_keys(key_file: Path | None) -> tuple[str, ...]:
     """The keys of --api-key-file, else of AECLI_API_KEY, else none (the service is open)."""
     if key_file is not None:
         try:
+            if not key_file.is_file() or key_file.stat().st_size > MAX_KEY_FILE_BYTES:  # (/dev/zero, a folder)
+                raise ConfigError(f"--api-key-file {key_file}: not a file of keys (one per line, under 1 MB)")
             text = key_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"--api-key-file {key_file}: cannot read it ({clip(str(exc))})") from None
@@ -101,4 +104,4 @@ def check_tls(certfile: Path | None, keyfile: Path | None) -> None:
         raise ConfigError("--ssl-certfile and --ssl-keyfile go together: give both")
     for option, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile)):
         if path is not None and not path.is_file():
-            raise ConfigError(f"{option} {path}: no such file")
+            raise ConfigError(f"{option} {path}: not a file (a PEM certificate or key)")

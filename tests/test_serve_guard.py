@@ -50,6 +50,9 @@ def test_keys_are_read_checked_and_compared(tmp_path: Path, monkeypatch: pytest.
     (tmp_path / "short").write_text("abc\n")
     with pytest.raises(ConfigError, match="key 1 is shorter than 16 characters"):
         load_api_keys(tmp_path / "short")
+    for special in (Path("/dev/zero"), tmp_path):
+        with pytest.raises(ConfigError, match="not a file of keys"):
+            load_api_keys(special)
     (tmp_path / "empty").write_text("# nothing\n")
     with pytest.raises(ConfigError, match="holds no key"):
         load_api_keys(tmp_path / "empty")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,3 +106,8 @@ def check_tls(certfile: Path | None, keyfile: Path | None) -> None:
     for option, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile)):
         if path is not None and not path.is_file():
             raise ConfigError(f"{option} {path}: not a file (a PEM certificate or key)")
+    if certfile is not None:  # loaded as uvicorn will: a bad pair fails here, not in the first handshake
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"--ssl-certfile/--ssl-keyfile: not a usable certificate and key ({exc})") from None

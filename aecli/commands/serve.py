@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import signal
 import socket
-import ssl
 import threading
 from collections.abc import Callable, Iterator
 
@@ -122,11 +121,6 @@ def serve(request: ServeRequest, announce: Callable[[str, str | None], None]) ->
         ssl_certfile=request.ssl_certfile,
         ssl_keyfile=request.ssl_keyfile,
     )
-    try:
-        config.load()  # (reads the certificate: a bad one is refused here, not in the first handshake)
-    except (ssl.SSLError, OSError) as exc:
-        sock.close()
-        raise ConfigError(f"--ssl-certfile/--ssl-keyfile: not a usable certificate and key ({exc})") from None
     host, port = sock.getsockname()[:2]
     scheme = "https" if tls else "http"
     announce(f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}", warning)

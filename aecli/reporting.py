@@ -285,27 +285,35 @@ def plot_class_extremes(
 ) -> None:
     """Images with labels: per class (the first `classes`), its least and its most anomalous image,
     each with its score and squared residual per pixel (one colour scale for all): what a class's
-    typical image looks like to the model, and what it flags."""
+    typical image looks like to the model, and what it flags. Each column is one stacked picture
+    (four axes, not four per class: evaluate draws it for every labelled image set)."""
     plt = _pyplot()
     present = np.unique(labels)[:classes]
     heat = np.square(x_hat.astype(np.float64) - x.astype(np.float64)).sum(axis=-1)
     ranked = np.nan_to_num(scores, nan=np.inf)
-    fig, axes = plt.subplots(len(present), 4, figsize=(5.6, 1.3 * len(present) + 0.7), squeeze=False)
-    top = float(heat.max()) or 1.0
-    for row, label in enumerate(present):
+    chosen = []
+    for label in present:
         members = np.flatnonzero(labels == label)
         order = members[np.argsort(ranked[members], kind="stable")]
-        for pair, index in enumerate((order[0], order[-1])):
-            image = np.clip(x[index], 0, 1)
-            axes[row][2 * pair].imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
-            axes[row][2 * pair].set_title(f"{score_name} {scores[index]:.3g}", fontsize=6)
-            axes[row][2 * pair + 1].imshow(heat[index], cmap="magma", vmin=0, vmax=top)
-        axes[row][0].set_ylabel(label_name(label, label_names), fontsize=8, rotation=0, ha="right", va="center")
-    for column, name in enumerate(("least anomalous", "its residual", "most anomalous", "its residual")):
-        axes[0][column].annotate(name, (0.5, 1.45), xycoords="axes fraction", ha="center", fontsize=7)
-    for ax in axes.ravel():
+        chosen.append((order[0], order[-1]))
+    height = x.shape[1]
+    fig, axes = plt.subplots(1, 4, figsize=(5.6, 1.1 * len(present) + 0.9), squeeze=False)
+    top = float(heat.max()) or 1.0
+    titles = ("least anomalous", "its residual", "most anomalous", "its residual")
+    for column, ax in enumerate(axes[0]):
+        picked = [pair[column // 2] for pair in chosen]
+        if column % 2 == 0:
+            images = np.clip(x[picked], 0, 1)
+            stacked = np.concatenate(list(images[..., 0] if images.shape[-1] == 1 else images))
+            ax.imshow(stacked, cmap="gray", vmin=0, vmax=1)
+            for row, index in enumerate(picked):
+                ax.text(0, row * height, f"{score_name} {scores[index]:.3g}", fontsize=5, va="top", color="yellow")
+        else:
+            ax.imshow(np.concatenate(list(heat[picked])), cmap="magma", vmin=0, vmax=top)
+        ax.set_title(titles[column], fontsize=7)
         ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set_yticks([(row + 0.5) * height for row in range(len(present))] if column == 0 else [])
+    axes[0][0].set_yticklabels([label_name(label, label_names) for label in present], fontsize=7)
     fig.suptitle("Per class: the least and the most anomalous image, squared residual per pixel", fontsize=8)
     _save(fig, path)
 

@@ -96,7 +96,7 @@ def test_keys_limits_readiness_and_metrics(trained_run: Path, tmp_path: Path) ->
     (tmp_path / "keys").write_text(KEY + "\n")
     process, url = start_service(
         trained_run,
-        *("--api-key-file", str(tmp_path / "keys"), "--max-concurrent", "1", "--max-wait-ms", "5000", "--access-log"),
+        *("--api-key-file", str(tmp_path / "keys"), "--max-concurrent", "1", "--max-wait-ms", "3000", "--access-log"),
     )
     try:
         assert fetch(url, "/health")[0] == 200 and fetch(url, "/health/ready")[0] == 200  # open to load balancers
@@ -104,7 +104,7 @@ def test_keys_limits_readiness_and_metrics(trained_run: Path, tmp_path: Path) ->
         assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
         status, (_, text) = fetch(url, "/score", {"instances": digits(2)}, key="wrong-key-0123456789-x")
         assert status == 401 and "wrong-key" not in text  # never echoed
-        # one request waits in the batcher's 5 s window; a second one meanwhile is over the limit
+        # one request waits in the batcher's 3 s window; a second one meanwhile is over the limit
         first: list[tuple[int, Any]] = []
         waiting = threading.Thread(target=lambda: first.append(fetch(url, "/score", {"instances": digits(3)}, KEY)))
         waiting.start()

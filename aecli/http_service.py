@@ -111,18 +111,19 @@ def _guard(app: FastAPI, request: ServeRequest, counter: Counter, metrics: Servi
     @app.middleware("http")
     async def guard(http: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started, path = time.perf_counter(), http.url.path
-        if path not in OPEN_PATHS and not authorized(http.headers.get("authorization"), request.api_keys):
+        guarded = path not in OPEN_PATHS  # /health and its kin: no key, not counted in flight
+        if guarded and not authorized(http.headers.get("authorization"), request.api_keys):
             response: Response = _refusal(401, "missing or wrong API key (Authorization: Bearer KEY)")
             response.headers["WWW-Authenticate"] = "Bearer"
-        elif path not in OPEN_PATHS and counter.in_flight >= request.max_concurrent:
+        elif guarded and counter.in_flight >= request.max_concurrent:
             response = _refusal(503, f"over the limit of {request.max_concurrent} requests in flight; retry")
             response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         else:
-            counter.in_flight += path not in OPEN_PATHS
+            counter.in_flight += 1 if guarded else 0
             try:
                 response = await call_next(http)
             finally:
-                counter.in_flight -= path not in OPEN_PATHS
+                counter.in_flight -= 1 if guarded else 0
         seconds = time.perf_counter() - started
         metrics.answered(path, response.status_code, seconds)
         if request.access_log:

@@ -542,7 +542,9 @@ def score(
         ),
     ],
     out: Annotated[Path | None, typer.Option(help="A new CSV file for the results (default: stdout).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Rows per model call.")] = 1024,
+    batch_size: Annotated[
+        int, typer.Option(help="Rows per model call (the default gives the bits serve and evaluate give).")
+    ] = 256,
     top_k: Annotated[int, typer.Option(help="Input elements listed per row, largest squared residual first.")] = 3,
     score_name: ScoreOption = None,
     threshold: InsteadThresholdOption = None,
@@ -827,7 +829,12 @@ def export(
 @app.command()
 @reports_errors
 def serve(
-    run_dir: RunArgument,
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="Completed runs to serve (the first answers /score ...).", show_default=False)
+    ],
+    name: Annotated[
+        list[str] | None, typer.Option(help="NAME=RUN: the name RUN is served under (default: its folder's name).")
+    ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free one, announced on start).")] = 8000,
     max_batch: Annotated[int, typer.Option(help="Rows per model call, gathered across concurrent requests.")] = 256,
@@ -848,15 +855,17 @@ def serve(
     timeout_request: Annotated[float, typer.Option(help="Seconds a request may take to arrive whole.")] = 30.0,
 ) -> None:
     """An HTTP scoring service: POST /score, /embed, /reconstruct (JSON or CSV rows), GET /health,
-    /health/ready, /metadata and /metrics (Prometheus). Ctrl-C or SIGTERM stops it after the
-    requests in flight."""
+    /health/ready, /metadata and /metrics (Prometheus); with several runs, each also at
+    /models/NAME/score (and /embed, /reconstruct, /metadata), GET /models lists them. Ctrl-C or
+    SIGTERM stops it after the requests in flight."""
     try:
-        from aecli.commands.serve import ServeRequest
+        from aecli.commands.serve import ServeRequest, named_runs
         from aecli.commands.serve import serve as run_service
     except ImportError as exc:  # (fastapi, uvicorn and prometheus_client come with the deploy extra)
         raise ConfigError(f"aecli serve needs {exc.name}: pip install 'aecli[deploy]'") from None
+    runs = named_runs(run_dirs, name or [])
     request = ServeRequest(
-        run_dir, host, port, max_batch, max_wait_ms, max_request_mb, score_name, threshold, backend, access_log
+        runs, host, port, max_batch, max_wait_ms, max_request_mb, score_name, threshold, backend, access_log
     )
     request.api_key_file, request.insecure = api_key_file, insecure
     request.ssl_certfile, request.ssl_keyfile = ssl_certfile, ssl_keyfile
@@ -866,8 +875,10 @@ def serve(
 
     def announce(url: str, warning: str | None) -> None:
         routes = "POST /score /embed /reconstruct, GET /health /metadata /metrics"
+        routes += ", /models/NAME/..." if len(runs) > 1 else ""
         keys = f", {len(request.api_keys)} API key(s)" if request.api_keys else ""
-        console.print(f"serving {run_dir} on {url} ({routes}{keys})")
+        served = ", ".join(f"{name}={run}" for name, run in runs.items()) if len(runs) > 1 else str(run_dirs[0])
+        console.print(f"serving {served} on {url} ({routes}{keys})")
         if warning:
             console.print(f"note: {warning}")
 

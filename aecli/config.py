@@ -696,6 +696,16 @@ class CheckpointConfig(_Section):
     )
 
 
+class RobustConfig(_Section):
+    trim: float = Field(
+        0.1,
+        gt=0.0,
+        lt=0.5,
+        description="the fraction of each batch, its highest losses, left out of the loss: rows the model "
+        "reconstructs worst are the likeliest anomalies in unlabelled training data",
+    )
+
+
 class NoiseConfig(_Section):
     kind: Literal["gaussian", "salt_pepper", "mask", "word_deletion", "word_mask", "word_swap"] = Field(
         "gaussian",
@@ -777,6 +787,9 @@ class TrainingConfig(_Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     tensorboard: bool = Field(False, description="write TensorBoard logs under the run directory")
     noise: NoiseConfig | None = Field(None, description="denoising: corrupt the inputs (fresh each epoch), not targets")
+    robust: RobustConfig | None = Field(
+        None, description="train on data that holds anomalies: a trimmed loss (off unless set; `true` = defaults)"
+    )
     lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig)
     steps_per_execution: PositiveInt = Field(
         64,
@@ -802,7 +815,7 @@ class TrainingConfig(_Section):
         "where it is slower",
     )
 
-    @field_validator("early_stopping", "noise", mode="before")
+    @field_validator("early_stopping", "noise", "robust", mode="before")
     @classmethod
     def _switch_shorthand(cls, value: Any) -> Any:
         return _expand_switch(value)
@@ -976,6 +989,11 @@ class AecliConfig(_Section):
             )
         if self.model.kind == "vae" and self.loss.name not in ("mse", "bce"):
             raise ValueError(f"loss.name: a vae's reconstruction term is mse or bce, got {self.loss.name!r}")
+        if self.training.robust is not None and (self.model.kind == "vae" or self.data.text is not None):
+            raise ValueError(
+                "training.robust: trims the loss of array, image, table and series models; a vae or a text model "
+                "computes its own loss"
+            )
         if self.anomaly.points is not None and self.data.series is None:
             raise ValueError("anomaly.points: applies to a series source (data.series) only")
         if self.anomaly.likelihood is not None:

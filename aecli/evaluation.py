@@ -23,6 +23,7 @@ PSNR_CAP_DB = 100.0
 BCE_EPSILON = 1e-7
 QUANTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99}
 PREDICT_BATCH_SIZE = 16384  # large batches amortize the per-call overhead; memory stays bounded
+CALL_ROWS = 256  # the one call shape of scoring (predict_fixed): score, serve and evaluate give equal bits
 SILHOUETTE_SAMPLE = 5000  # silhouette is O(n^2): score a fixed-size sample of larger sets
 KNN_NEIGHBOURS = 5
 KNN_HELD_OUT = 0.3  # share of the evaluated samples the k-NN classifier is scored on
@@ -38,7 +39,7 @@ def predict_batched(model: Any, x: np.ndarray, batch_size: int = PREDICT_BATCH_S
     return whole.astype(np.float32, copy=False)
 
 
-def predict_fixed(model: Any, x: np.ndarray, call_rows: int) -> np.ndarray:
+def predict_fixed(model: Any, x: np.ndarray, call_rows: int = CALL_ROWS) -> np.ndarray:
     """`predict_batched` with every model call exactly `call_rows` rows (the last one padded with
     zeros, then cut): float32 kernels block their sums by the batch's size, so a row's result
     would otherwise depend on which rows share its call (a chunk of 7 rows against the whole
@@ -142,7 +143,7 @@ def report_split(model: Any, data: TrainingData, part: str, per_class: bool, dss
         gather = None if data.share is None else data.share.gather
         return streamed_reconstruction_report(model, data.batches(part, PREDICT_BATCH_SIZE), names, gather, dssim)
     x, y = data.split(part)
-    metrics, errors = reconstruction_report(x, predict_batched(model, x), y if per_class else None, names, dssim)
+    metrics, errors = reconstruction_report(x, predict_fixed(model, x), y if per_class else None, names, dssim)
     return SplitReport(metrics, errors, y, data.origin(part))
 
 
@@ -160,7 +161,7 @@ def streamed_reconstruction_report(
     blocks = [np.empty((0, len(_TABLE)))]
     low, high = math.inf, -math.inf
     for x, y, rows in batches:
-        errors = per_sample_errors(x, predict_batched(model, x), dssim=dssim)
+        errors = per_sample_errors(x, predict_fixed(model, x), dssim=dssim)
         columns = {"source_row": rows, "label": np.full(len(x), np.nan) if y is None else y, **errors}
         block = np.stack([columns.get(name, np.full(len(x), np.nan)) for name in _TABLE], axis=1)
         blocks.append(block.astype(np.float64))

@@ -20,15 +20,17 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
 
+from aecli import __version__
 from aecli.errors import AecliError
 from aecli.service_guard import OPEN_PATHS, authorized
-from aecli.service_metrics import ServiceMetrics
+from aecli.service_metrics import ModelGauges, ServiceMetrics
 from aecli.serving import (
     BadRequest,
     Batcher,
     Detector,
     ServeRequest,
     metadata,
+    model_summary,
     open_detector,
     parse_rows,
     row_ids,
@@ -36,72 +38,125 @@ from aecli.serving import (
 )
 
 RETRY_AFTER_SECONDS = 1  # what a 503 over the limit of requests in flight asks the client to wait
+UNREAD_BODY_BYTES = 2**16  # a refused request's body past this size ends the connection instead of being read
+TOP_K = Query(3, ge=0, le=1000)  # /score's ?top_k=: the elements with the largest residuals per row
 
 
 @dataclass
 class Counter:
     answered: int = 0
     in_flight: int = 0  # requests past the guard, /health aside
-    ready: bool = False  # the batcher runs: /health/ready answers 200
+    ready: bool = False  # the batchers run: /health/ready answers 200
 
 
-def create_app(detector: Detector, request: ServeRequest) -> tuple[FastAPI, Counter]:
-    batcher = Batcher(detector, request.max_batch, request.max_wait_ms / 1000)
-    limit = int(request.max_request_mb * 2**20)
+def create_app(detectors: dict[str, Detector], request: ServeRequest) -> tuple[FastAPI, Counter]:
+    """The service over one detector per served run, by name; the first also answers /score,
+    /embed, /reconstruct and /metadata, every one at /models/NAME/..."""
+    wait_s = request.max_wait_ms / 1000
+    batchers = {name: Batcher(detector, request.max_batch, wait_s) for name, detector in detectors.items()}
     counter = Counter()
-    metrics = ServiceMetrics(
-        lambda: batcher.detector.expected_alert_rate, batcher.queue.qsize, lambda: batcher.detector.calls
-    )
-    batcher.on_call = metrics.batch_rows.observe
-    reload = _reloader(batcher, request, metrics)
-
-    lifespan = _lifespan(batcher, counter, reload)
-    app = FastAPI(title="aecli detector", version=detector.run.path.name, lifespan=lifespan)
-
+    metrics = ServiceMetrics({name: _gauges(batcher) for name, batcher in batchers.items()})
+    for name, batcher in batchers.items():
+        batcher.on_call = metrics.batch_rows.labels(name).observe
+    reload = _reloader(batchers, request, metrics)
+    app = FastAPI(title="aecli detector", version=__version__, lifespan=_lifespan(batchers, counter, reload))
     _guard(app, request, counter, metrics)
 
     @app.exception_handler(BadRequest)
     async def refused(_: Request, exc: BadRequest) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)
 
-    async def rows_of(http: Request) -> Any:
-        return parse_rows(await _body(http, limit), http.headers.get("content-type", ""), batcher.detector.run)
-
     _health_routes(app, counter, metrics)
     _admin_routes(app, request, counter, reload)
+    _model_routes(app, batchers, request, counter, metrics)
+    _describe_routes(app, batchers, request, counter)
+    return app, counter
 
-    @app.get("/metadata")
-    async def describe() -> dict[str, Any]:
-        counter.answered += 1
-        return metadata(batcher.detector, request)
 
-    @app.post("/score")
-    async def score(http: Request, top_k: int = Query(3, ge=0, le=1000)) -> dict[str, Any]:
-        rows = await rows_of(http)
+def _model_routes(
+    app: FastAPI, batchers: dict[str, Batcher], request: ServeRequest, counter: Counter, metrics: ServiceMetrics
+) -> None:
+    """/score, /embed, /reconstruct (the first model), and the same under /models/NAME/."""
+    default, limit = next(iter(batchers)), int(request.max_request_mb * 2**20)
+
+    async def rows_of(http: Request, batcher: Batcher) -> Any:
+        return parse_rows(await _body(http, limit), http.headers.get("content-type", ""), batcher.detector.run)
+
+    async def score(name: str, http: Request, top_k: int) -> dict[str, Any]:
+        batcher = _served(batchers, name)
+        rows = await rows_of(http, batcher)
         result, served_by = await batcher.submit("score", rows.x)
-        metrics.scored(result["score"], result["anomalous"])
+        metrics.scored(name, result["score"], result["anomalous"])
         counter.answered += 1
         chosen = served_by.in_use
         threshold = {"score": chosen.score, "value": chosen.value, "method": chosen.method}
-        return {"threshold": threshold, "results": score_results(rows, result, top_k)}
+        return {"model": name, "threshold": threshold, "results": score_results(rows, result, top_k)}
+
+    async def transform(name: str, http: Request, verb: str, field: str, key: str) -> dict[str, Any]:
+        batcher = _served(batchers, name)
+        rows = await rows_of(http, batcher)
+        result, _ = await batcher.submit(verb, rows.x)
+        metrics.rows.labels(name, verb).inc(len(rows.x))
+        counter.answered += 1
+        return {"model": name, "ids": row_ids(rows), key: result[field].tolist()}
+
+    @app.post("/score")
+    async def default_score(http: Request, top_k: int = TOP_K) -> dict[str, Any]:
+        return await score(default, http, top_k)
+
+    @app.post("/models/{name}/score")
+    async def named_score(name: str, http: Request, top_k: int = TOP_K) -> dict[str, Any]:
+        return await score(name, http, top_k)
 
     @app.post("/embed")
-    async def embed(http: Request) -> dict[str, Any]:
-        rows = await rows_of(http)
-        result, _ = await batcher.submit("embed", rows.x)
-        metrics.rows.labels("/embed").inc(len(rows.x))
-        counter.answered += 1
-        return {"ids": row_ids(rows), "embeddings": result["embedding"].tolist()}
+    async def default_embed(http: Request) -> dict[str, Any]:
+        return await transform(default, http, "embed", "embedding", "embeddings")
+
+    @app.post("/models/{name}/embed")
+    async def named_embed(name: str, http: Request) -> dict[str, Any]:
+        return await transform(name, http, "embed", "embedding", "embeddings")
 
     @app.post("/reconstruct")
-    async def reconstruct(http: Request) -> dict[str, Any]:
-        rows = await rows_of(http)
-        result, _ = await batcher.submit("reconstruct", rows.x)
-        metrics.rows.labels("/reconstruct").inc(len(rows.x))
-        counter.answered += 1
-        return {"ids": row_ids(rows), "reconstructions": result["reconstruction"].tolist()}
+    async def default_reconstruct(http: Request) -> dict[str, Any]:
+        return await transform(default, http, "reconstruct", "reconstruction", "reconstructions")
 
-    return app, counter
+    @app.post("/models/{name}/reconstruct")
+    async def named_reconstruct(name: str, http: Request) -> dict[str, Any]:
+        return await transform(name, http, "reconstruct", "reconstruction", "reconstructions")
+
+
+def _describe_routes(app: FastAPI, batchers: dict[str, Batcher], request: ServeRequest, counter: Counter) -> None:
+    """/metadata (the first model), /models/NAME/metadata, and /models, the list."""
+    default = next(iter(batchers))
+
+    async def describe(name: str) -> dict[str, Any]:
+        counter.answered += 1
+        return {"model": name, **metadata(_served(batchers, name).detector, request)}
+
+    @app.get("/metadata")
+    async def default_metadata() -> dict[str, Any]:
+        return await describe(default)
+
+    @app.get("/models/{name}/metadata")
+    async def named_metadata(name: str) -> dict[str, Any]:
+        return await describe(name)
+
+    @app.get("/models")
+    async def listing() -> dict[str, Any]:
+        counter.answered += 1
+        return {"default": default, "models": {name: model_summary(b.detector) for name, b in batchers.items()}}
+
+
+def _served(batchers: dict[str, Batcher], name: str) -> Batcher:
+    if name not in batchers:  # (the name is only ever looked up here: it never reaches a path)
+        raise BadRequest(404, "no model of that name here; GET /models lists them")
+    return batchers[name]
+
+
+def _gauges(batcher: Batcher) -> ModelGauges:
+    return ModelGauges(
+        lambda: batcher.detector.expected_alert_rate, batcher.queue.qsize, lambda: batcher.detector.calls
+    )
 
 
 def _guard(app: FastAPI, request: ServeRequest, counter: Counter, metrics: ServiceMetrics) -> None:
@@ -124,11 +179,27 @@ def _guard(app: FastAPI, request: ServeRequest, counter: Counter, metrics: Servi
                 response = await call_next(http)
             finally:
                 counter.in_flight -= 1 if guarded else 0
+        if response.status_code >= 400 and _may_leave_a_large_body_unread(http):
+            response.headers["Connection"] = "close"  # else uvicorn reads the rest of it, however long, to keep alive
         seconds = time.perf_counter() - started
-        metrics.answered(path, response.status_code, seconds)
+        metrics.answered(_route(path), response.status_code, seconds)
         if request.access_log:
             _log_access(http, response.status_code, seconds)
         return response
+
+
+def _may_leave_a_large_body_unread(http: Request) -> bool:
+    """Whether a refused request may still be sending a body worth not reading: chunked, or
+    declared longer than UNREAD_BODY_BYTES (a refusal answers before the body is read whole)."""
+    declared = http.headers.get("content-length")
+    chunked = "transfer-encoding" in http.headers
+    return chunked or (declared is not None and (not declared.isdigit() or int(declared) > UNREAD_BODY_BYTES))
+
+
+def _route(path: str) -> str:
+    """The route a path asks for, as /metrics labels it: /models/NAME/score is /models/{name}/score."""
+    parts = path.split("/")
+    return f"/models/{{name}}/{parts[3]}" if len(parts) == 4 and parts[1] == "models" else path
 
 
 def _log_access(http: Request, status: int, seconds: float) -> None:
@@ -166,54 +237,64 @@ def _health_routes(app: FastAPI, counter: Counter, metrics: ServiceMetrics) -> N
 
 
 def _lifespan(
-    batcher: Batcher, counter: Counter, reload: Callable[[], Awaitable[str]]
+    batchers: dict[str, Batcher], counter: Counter, reload: Callable[[], Awaitable[tuple[bool, str]]]
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
-    """The batcher runs while the service does; SIGHUP reloads the run."""
+    """The batchers run while the service does; SIGHUP reloads the runs."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(batcher.run())
+        tasks = [asyncio.create_task(batcher.run()) for batcher in batchers.values()]
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # (no SIGHUP off Unix's main thread)
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
         counter.ready = True
         yield  # (uvicorn lets requests in flight finish before it ends the lifespan)
         counter.ready = False
-        task.cancel()
+        for task in tasks:
+            task.cancel()
 
     return lifespan
 
 
-def _reloader(batcher: Batcher, request: ServeRequest, metrics: ServiceMetrics) -> Callable[[], Awaitable[str]]:
-    """What SIGHUP and POST /admin/reload do: read the run again (its thresholds.json, and its model
-    files if it was retrained in place) and swap it in between two model calls; a run that no longer
-    reads keeps the previous one serving. Returns what happened, in one line (also on stderr)."""
+def _reloader(
+    batchers: dict[str, Batcher], request: ServeRequest, metrics: ServiceMetrics
+) -> Callable[[], Awaitable[tuple[bool, str]]]:
+    """What SIGHUP and POST /admin/reload do: read each run again (its thresholds.json, and its
+    model files if it was retrained in place) and swap it in between two model calls; a run that
+    no longer reads keeps its previous one serving. Returns whether every run reloaded, and what
+    happened in one line (also on stderr)."""
 
-    async def reload() -> str:
-        try:
-            fresh = await asyncio.to_thread(open_detector, request)
-        except AecliError as exc:
-            metrics.reloads.labels("failed").inc()
-            line = f"reload failed, still serving the previous model and threshold: {exc}"
-        else:
+    async def reload() -> tuple[bool, str]:
+        lines, failed = [], False
+        for name, batcher in batchers.items():
+            try:
+                fresh = await asyncio.to_thread(open_detector, request, request.runs[name])
+            except AecliError as exc:
+                failed = True
+                metrics.reloads.labels(name, "failed").inc()
+                lines.append(f"{name}: reload failed, still serving the previous model and threshold: {exc}")
+                continue
             fresh.calls = batcher.detector.calls
             batcher.detector = fresh  # (the model call in progress finishes on the previous one)
-            metrics.reloads.labels("ok").inc()
+            metrics.reloads.labels(name, "ok").inc()
             chosen = fresh.in_use
-            line = f"reloaded {fresh.run.path.name}: threshold {chosen.score} {chosen.value:.6g} ({chosen.method})"
+            lines.append(f"{name}: reloaded, threshold {chosen.score} {chosen.value:.6g} ({chosen.method})")
+        line = "; ".join(lines)
         print(line, file=sys.stderr, flush=True)
-        return line
+        return not failed, line
 
     return reload
 
 
-def _admin_routes(app: FastAPI, request: ServeRequest, counter: Counter, reload: Callable[[], Awaitable[str]]) -> None:
+def _admin_routes(
+    app: FastAPI, request: ServeRequest, counter: Counter, reload: Callable[[], Awaitable[tuple[bool, str]]]
+) -> None:
     @app.post("/admin/reload")
     async def admin_reload() -> Response:
         counter.answered += 1
         if not request.api_keys:  # (the guard has checked the key; without keys anyone could)
             return _refusal(403, "/admin/reload needs the service started with API keys; or send it SIGHUP")
-        line = await reload()
-        return JSONResponse({"detail": line}, 200 if line.startswith("reloaded") else 409)
+        reloaded, line = await reload()
+        return JSONResponse({"detail": line}, 200 if reloaded else 409)
 
 
 def _refusal(status: int, reason: str) -> JSONResponse:

@@ -4,9 +4,12 @@ POST /score, /embed and /reconstruct take rows as JSON (`{"instances": [...]}` o
 each row a list of numbers, flat or in the sample's shape, or an object keyed by feature name)
 or as CSV (Content-Type text/csv, with or without a header). Rows from concurrent requests are
 gathered into one model call (up to --max-batch rows, waiting at most --max-wait-ms for more),
-which is what lets one process answer many small requests. Bad requests are 4xx with the reason:
-422 for rows that do not fit the run, 413 past the size limit, 415 for another body type.
-SIGTERM stops accepting connections and lets requests in flight finish.
+which is what lets one process answer many small requests. Every model call has the same shape
+(CALL_ROWS rows, padded), so a row's score never depends on the rows it was batched with. Bad
+requests are 4xx with the reason: 422 for rows that do not fit the run, 413 past the size limit,
+415 for another body type. Several runs may be served, each under a name (`named_runs`): the
+name is only ever a key of the service's table, never a path. SIGTERM stops accepting
+connections and lets requests in flight finish.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import asyncio
 import io
 import json
 import math
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,17 +33,18 @@ from aecli.calibration import InUse, active_threshold, threshold_in_use
 from aecli.code_scores import CodeSpace, code_space_of
 from aecli.data.arrays import fit_to_model
 from aecli.data.features import feature_positions
-from aecli.errors import DataError
-from aecli.evaluation import predict_batched
+from aecli.errors import ConfigError, DataError
+from aecli.evaluation import CALL_ROWS, predict_fixed
 from aecli.scoring import CodeScorer, Columns, checked_rows, csv_chunks, element_names, score_rows, top_contributions
 from aecli.trained_run import TrainedRun, load_model, open_trained_run, refuse_text_run
 
 KINDS = ("score", "embed", "reconstruct")
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # what a served run may be called (a URL segment)
 
 
 @dataclass
 class ServeRequest:
-    run_dir: Path
+    runs: dict[str, Path]  # name -> run folder (named_runs); the first also answers /score, /embed, ...
     host: str = "127.0.0.1"
     port: int = 8000  # 0: any free port (the one chosen is announced)
     max_batch: int = 256  # rows per model call, gathered across requests
@@ -82,14 +87,14 @@ class Detector:
     def compute(self, kind: str, x: np.ndarray) -> dict[str, np.ndarray]:
         self.calls += 1
         if kind == "embed":
-            codes = predict_batched(self.encoder, x, len(x))
+            codes = predict_fixed(self.encoder, x, CALL_ROWS)
             return {"embedding": codes.reshape(len(x), -1)}
-        x_hat = predict_batched(self.model, x, len(x))
+        x_hat = predict_fixed(self.model, x, CALL_ROWS)
         if kind == "reconstruct":
             return {"reconstruction": self.run.scaling.invert(x_hat.astype(np.float64))}
         code_scorer = None
         if self.code_space is not None:
-            code_scorer = CodeScorer(lambda rows: predict_batched(self.encoder, rows, len(rows)), self.code_space)
+            code_scorer = CodeScorer(lambda rows: predict_fixed(self.encoder, rows, CALL_ROWS), self.code_space)
         scores, flagged, residual = score_rows(x, x_hat, self.in_use.score, self.in_use.value, code_scorer)
         return {"score": scores, "anomalous": flagged, "residual": residual}
 
@@ -272,9 +277,8 @@ def _object_rows(
     return rows, (ids or None), features
 
 
-def metadata(detector: Detector, request: ServeRequest) -> dict[str, Any]:
-    import keras
-
+def model_summary(detector: Detector) -> dict[str, Any]:
+    """What a served model is: its run, kind, input and threshold in use (/models, /metadata)."""
     run = detector.run
     return {
         "run": run.path.name,
@@ -282,6 +286,15 @@ def metadata(detector: Detector, request: ServeRequest) -> dict[str, Any]:
         "input_shape": list(run.sample_shape),
         "input_elements": math.prod(run.sample_shape),
         "threshold": {"score": detector.in_use.score, "value": detector.in_use.value, "method": detector.in_use.method},
+    }
+
+
+def metadata(detector: Detector, request: ServeRequest) -> dict[str, Any]:
+    import keras
+
+    run = detector.run
+    return {
+        **model_summary(detector),
         "scaling": run.scaling.kind,
         "batching": {"max_rows": request.max_batch, "max_wait_ms": request.max_wait_ms},
         "max_request_bytes": int(request.max_request_mb * 2**20),
@@ -293,8 +306,30 @@ def metadata(detector: Detector, request: ServeRequest) -> dict[str, Any]:
     }
 
 
-def open_detector(request: ServeRequest) -> Detector:
-    run = open_trained_run(request.run_dir)
+def named_runs(run_dirs: Sequence[Path], names: Sequence[str]) -> dict[str, Path]:
+    """The served runs by name, in the order given: `--name NAME=RUN` names one of them, else a run
+    is called by its folder's name. Names are URL segments (MODEL_NAME) and unique."""
+    by_folder = {run.resolve(): run for run in run_dirs}
+    chosen: dict[Path, str] = {}
+    for item in names:
+        name, sep, folder = item.partition("=")
+        resolved = Path(folder).resolve()
+        if not sep or resolved not in by_folder:
+            raise ConfigError(f"--name {item!r}: expected NAME=RUN with RUN one of the runs to serve")
+        chosen[resolved] = name
+    runs: dict[str, Path] = {}
+    for resolved, run in by_folder.items():
+        name = chosen.get(resolved, run.name)
+        if not MODEL_NAME.fullmatch(name):
+            raise ConfigError(f"{name!r} cannot name a model: letters, digits, '.', '_', '-' (64 at most); use --name")
+        if name in runs:
+            raise ConfigError(f"two runs would be called {name!r}; name them with --name NAME=RUN")
+        runs[name] = run
+    return runs
+
+
+def open_detector(request: ServeRequest, run_dir: Path) -> Detector:
+    run = open_trained_run(run_dir)
     refuse_text_run(run, "serve")
     in_use = threshold_in_use(run.path, run.metrics, request.score, request.threshold)
     calibrated = None if request.threshold else active_threshold(run.path, in_use.score)

@@ -17,10 +17,8 @@ import numpy as np
 
 from aecli.config import StreamLikelihoodConfig
 from aecli.data.scaling import Scaling
-from aecli.evaluation import per_sample_errors, predict_fixed
+from aecli.evaluation import CALL_ROWS, per_sample_errors, predict_fixed
 from aecli.time_anomalies import LIKELIHOOD_UNIT, floored_spread
-
-CALL_ROWS = 256  # every model call has this many windows (padded): a row's score never depends on its batch
 
 
 class OnlineLikelihood:

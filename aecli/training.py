@@ -20,7 +20,7 @@ import numpy as np
 from aecli.augment import Augment
 from aecli.backend import import_tensorflow
 from aecli.checkpoints import EpochCheckpoint
-from aecli.config import TEXT_KINDS, LossConfig, LRScheduleConfig, OptimizerConfig, TrainingConfig
+from aecli.config import TEXT_KINDS, LossConfig, LRScheduleConfig, OptimizerConfig, RobustConfig, TrainingConfig
 from aecli.distribute import Placement
 from aecli.errors import DataError, TrainingDivergedError
 from aecli.execution import (
@@ -33,6 +33,7 @@ from aecli.execution import (
 from aecli.feeds import Feeds, InMemoryValidation, Stream, make_feeds
 from aecli.interrupts import pending_interrupt
 from aecli.layers import MultiWorkerTrainer, VariationalAutoencoder
+from aecli.losses import TrimmedLoss
 from aecli.noise import NoiseSpec, noise_spec
 from aecli.runs import ResumeState
 
@@ -113,13 +114,16 @@ def build_learning_rate(
     return initial
 
 
-def build_loss(cfg: LossConfig, model_kind: str = "dense") -> keras.losses.Loss:
+def build_loss(cfg: LossConfig, model_kind: str = "dense", robust: RobustConfig | None = None) -> keras.losses.Loss:
     """`loss` as Keras's loss object; a text model's loss compares with its input as a bag of
-    words (bow) or token by token (sequence): see text_layers.py."""
+    words (bow) or token by token (sequence): see text_layers.py. With `robust`, each batch's
+    worst rows are left out of it (losses.TrimmedLoss)."""
     if model_kind in TEXT_KINDS:
         from aecli.text_layers import BagOfWordsCrossentropy, TokenCrossentropy
 
         return TokenCrossentropy() if model_kind == "sequence" else BagOfWordsCrossentropy(cfg.name)
+    if robust is not None:
+        return TrimmedLoss(build_loss(cfg, model_kind), robust.trim)
     if cfg.name == "mse":
         return keras.losses.MeanSquaredError()
     if cfg.name == "mae":
@@ -239,7 +243,8 @@ def fit_autoencoder(
     if plan is None:
         plan = plan_for_model(model, training, optimizer.name == "gd", x_train, placement, augment is not None)
     rows = plan.rows
-    trained = _compile(model, plan, optimizer, build_loss(loss, model_kind), training, placement, resume)
+    keras_loss = build_loss(loss, model_kind, training.robust)
+    trained = _compile(model, plan, optimizer, keras_loss, training, placement, resume)
     monitor = _monitor(training, has_validation=x_val is not None)
     recorder = _HistoryRecorder(training.epochs, plan.steps, reporter, plan.steps_after())
     if resume is not None:

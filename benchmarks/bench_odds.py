@@ -56,6 +56,7 @@ QUICK_SETS = ("glass", "thyroid", "wbc", "vowels")
 VARIANTS = {
     "recipe": [],
     "mse": ["anomaly.score=mse", "anomaly.neighbours=null"],
+    "untrimmed": ["training.robust=null"],
     "knn": ["anomaly.score=knn"],
     "zscore": ["data.scaling=zscore"],
     # semi-supervised: trained on the normal rows of the 60% only (the labels choose them)

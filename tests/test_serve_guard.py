@@ -20,6 +20,7 @@ import pytest
 
 from aecli.errors import ConfigError
 from aecli.service_guard import Exposure, authorized, check_exposure, load_api_keys
+from aecli.serving import named_runs
 from tests.test_serve import digits, start_service
 
 KEY = "k3y-0123456789abcdef-aecli"
@@ -73,6 +74,18 @@ def test_exposure_beyond_loopback_needs_keys_and_tls_or_insecure() -> None:
     assert warning is not None and "anyone who can reach this machine" in warning
 
 
+def test_runs_are_named_by_folder_or_by_name(tmp_path: Path) -> None:
+    first, second = tmp_path / "a" / "run", tmp_path / "b" / "run"
+    assert named_runs([first], []) == {"run": first}
+    assert named_runs([first, second], [f"b={second}"]) == {"run": first, "b": second}
+    with pytest.raises(ConfigError, match="two runs would be called 'run'"):
+        named_runs([first, second], [])
+    with pytest.raises(ConfigError, match="cannot name a model"):
+        named_runs([first], [f"../x={first}"])
+    with pytest.raises(ConfigError, match="expected NAME=RUN with RUN one of the runs"):
+        named_runs([first], [f"x={second}"])
+
+
 def test_refusals_before_serving_are_one_line(cli, trained_run: Path, tmp_path: Path) -> None:
     exposed = cli("serve", trained_run, "--host", "0.0.0.0", "--port", "0")
     assert exposed.exit_code == 2 and "--insecure" in exposed.stderr and len(exposed.stderr.splitlines()) == 1
@@ -92,11 +105,15 @@ def test_refusals_before_serving_are_one_line(cli, trained_run: Path, tmp_path: 
     assert bad.exit_code == 2 and "not a usable certificate" in bad.stderr and "Traceback" not in bad.output
 
 
-def test_keys_limits_readiness_and_metrics(trained_run: Path, tmp_path: Path) -> None:
+def test_keys_limits_readiness_metrics_and_two_models(trained_run: Path, tmp_path: Path) -> None:
     (tmp_path / "keys").write_text(KEY + "\n")
+    name, other = trained_run.name, tmp_path / "other"
+    shutil.copytree(trained_run, other)
     process, url = start_service(
         trained_run,
-        *("--api-key-file", str(tmp_path / "keys"), "--max-concurrent", "1", "--max-wait-ms", "3000", "--access-log"),
+        str(other),
+        *("--name", f"b={other}", "--api-key-file", str(tmp_path / "keys"), "--max-concurrent", "1"),
+        *("--max-wait-ms", "3000", "--access-log", "--timeout-request", "2"),
     )
     try:
         assert fetch(url, "/health")[0] == 200 and fetch(url, "/health/ready")[0] == 200  # open to load balancers
@@ -113,58 +130,72 @@ def test_keys_limits_readiness_and_metrics(trained_run: Path, tmp_path: Path) ->
         waiting.join(timeout=60)
         assert status == 503 and headers["Retry-After"] == "1"
         assert first and first[0][0] == 200 and len(json.loads(first[0][1][1])["results"]) == 3
+        _two_models(url, name)
         assert fetch(url, "/metrics")[0] == 401
         status, (headers, text) = fetch(url, "/metrics", key=KEY)
         assert status == 200 and headers["Content-Type"].startswith("text/plain")
         assert 'aecli_requests_total{route="/score",status="200"} 1.0' in text
         assert 'aecli_requests_total{route="/score",status="401"} 2.0' in text
         assert 'aecli_requests_total{route="/score",status="503"} 1.0' in text
-        assert 'aecli_rows_total{route="/score"} 3.0' in text and "aecli_batch_rows_count 1.0" in text
-        assert 'aecli_score_recent{quantile="0.5"}' in text and "aecli_alert_rate_recent" in text
-        assert "aecli_alert_rate_expected" in text  # the run's calibrated threshold says what to expect
+        assert 'aecli_requests_total{route="/models/{name}/score",status="404"} 1.0' in text
+        assert f'aecli_rows_total{{model="{name}",verb="score"}} 3.0' in text
+        assert 'aecli_rows_total{model="b",verb="score"} 5.0' in text
+        assert f'aecli_batch_rows_count{{model="{name}"}} 1.0' in text
+        assert f'aecli_score_recent{{model="{name}",quantile="0.5"}}' in text and "aecli_alert_rate_recent" in text
+        assert f'aecli_alert_rate_expected{{model="{name}"}}' in text  # the run's calibration says what to expect
+        _slow_clients_are_dropped(url)
     finally:
         process.terminate()
         _, errors = process.communicate(timeout=60)
     logged = [json.loads(line) for line in errors.splitlines() if line.startswith("{")]
-    assert sorted(e["status"] for e in logged if e["path"] == "/score") == [200, 401, 401, 503]
+    statuses = sorted(e["status"] for e in logged if e["path"] == "/score")
+    assert statuses == [200, 401, 401, 408, 503]  # (408: the client whose body never came whole)
     assert all(e["client"] == "127.0.0.1" and e["seconds"] >= 0 for e in logged)
+    assert "Traceback" not in errors  # (a dropped client is not an error)
 
 
-def test_tls_with_a_certificate_made_here(trained_run: Path, tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+def _two_models(url: str, name: str) -> None:
+    """Both runs answer under their names, the first also at /score; unknown names and path
+    tricks are 404s; a row's score is the same bits alone or batched with others."""
+    status, (_, text) = fetch(url, "/models", key=KEY)
+    assert status == 200 and json.loads(text)["default"] == name and set(json.loads(text)["models"]) == {name, "b"}
+    rows = digits(4)
+    status, (_, text) = fetch(url, "/models/b/score", {"instances": rows}, KEY)
+    together = json.loads(text)
+    assert status == 200 and together["model"] == "b" and len(together["results"]) == 4
+    status, (_, text) = fetch(url, "/models/b/score", {"instances": rows[2:3]}, KEY)
+    assert json.loads(text)["results"][0]["score"] == together["results"][2]["score"]  # exactly: batch-invariant
+    assert json.loads(fetch(url, "/models/b/metadata", key=KEY)[1][1])["run"] == "other"
+    for path in ("/models/nope/score", "/models/..%2F..%2Fetc/score"):
+        status, (_, text) = fetch(url, path, {"instances": rows}, KEY)
+        assert status == 404 and "nope" not in text and "etc" not in text
+    assert fetch(url, "/models/b/../../score", {"instances": rows}, KEY)[0] in (200, 404)  # (normalised by urllib)
+
+
+def test_tls_sighup_and_admin_reload_swap_the_threshold_and_keep_serving(trained_run: Path, tmp_path: Path) -> None:
+    run, cert, pem_key = tmp_path / "run", tmp_path / "cert.pem", tmp_path / "key.pem"
+    shutil.copytree(trained_run, run)
+    (tmp_path / "keys").write_text(KEY + "\n")
     made = subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(pem_key), "-out", str(cert)],
         capture_output=True,
     )  # fmt: skip
     if made.returncode != 0:
         pytest.skip(f"openssl could not make a certificate: {made.stderr.decode()[-200:]}")
-    process, url = start_service(trained_run, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key))
-    try:
-        assert url.startswith("https://127.0.0.1:")
-        trusting = ssl.create_default_context(cafile=str(cert))
-        assert fetch(url, "/health", context=trusting)[0] == 200
-        status, (_, text) = fetch(url, "/score", {"instances": digits(2)}, context=trusting)
-        assert status == 200 and len(json.loads(text)["results"]) == 2
-        with pytest.raises(OSError):  # plain HTTP to a TLS port gets no answer (a reset or a refusal)
-            urllib.request.urlopen(url.replace("https://", "http://") + "/health", timeout=10)
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-
-
-def test_sighup_and_admin_reload_swap_the_threshold_and_keep_serving(trained_run: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    shutil.copytree(trained_run, run)
-    (tmp_path / "keys").write_text(KEY + "\n")
-    process, url = start_service(run, "--api-key-file", str(tmp_path / "keys"), "--timeout-request", "2")
+    tls = ("--ssl-certfile", str(cert), "--ssl-keyfile", str(pem_key))
+    process, url = start_service(run, "--api-key-file", str(tmp_path / "keys"), *tls)
+    trusting = ssl.create_default_context(cafile=str(cert))
 
     def threshold() -> float:
-        status, (_, text) = fetch(url, "/score", {"instances": digits(1)}, KEY)
+        status, (_, text) = fetch(url, "/score", {"instances": digits(1)}, KEY, trusting)
         assert status == 200, text
         return float(json.loads(text)["threshold"]["value"])
 
     try:
+        assert url.startswith("https://127.0.0.1:")
+        with pytest.raises(OSError):  # plain HTTP to a TLS port gets no answer (a reset or a refusal)
+            urllib.request.urlopen(url.replace("https://", "http://") + "/health", timeout=10)
         before = threshold()
         record = json.loads((run / "thresholds.json").read_text())
         record["active"] = {**record["active"], "value": 12345.0, "method": "hand-set"}
@@ -175,23 +206,21 @@ def test_sighup_and_admin_reload_swap_the_threshold_and_keep_serving(trained_run
             time.sleep(0.2)
         assert threshold() == 12345.0 != before
         (run / "thresholds.json").write_text("{broken")
-        status, (_, text) = fetch(url, "/admin/reload", {}, KEY)
+        status, (_, text) = fetch(url, "/admin/reload", {}, KEY, trusting)
         assert status == 409 and "reload failed, still serving the previous" in text
         assert threshold() == 12345.0  # the previous one still serves
         record["active"]["value"] = 0.5
         (run / "thresholds.json").write_text(json.dumps(record))
-        assert fetch(url, "/admin/reload", {})[0] == 401
-        status, (_, text) = fetch(url, "/admin/reload", {}, KEY)
+        assert fetch(url, "/admin/reload", {}, context=trusting)[0] == 401
+        status, (_, text) = fetch(url, "/admin/reload", {}, KEY, trusting)
         assert status == 200 and "threshold mse 0.5 (hand-set" in text and threshold() == 0.5
-        _, (_, metrics) = fetch(url, "/metrics", key=KEY)
-        assert (
-            'aecli_reloads_total{result="ok"} 2.0' in metrics and 'aecli_reloads_total{result="failed"} 1.0' in metrics
-        )
-        _slow_clients_are_dropped(url)
+        _, (_, metrics) = fetch(url, "/metrics", key=KEY, context=trusting)
+        assert 'aecli_reloads_total{model="run",result="ok"} 2.0' in metrics
+        assert 'aecli_reloads_total{model="run",result="failed"} 1.0' in metrics
     finally:
         process.terminate()
         _, errors = process.communicate(timeout=60)
-    assert "reload failed" in errors and "Traceback" not in errors  # (a dropped client is not an error)
+    assert "reload failed" in errors and "Traceback" not in errors
 
 
 def _slow_clients_are_dropped(url: str) -> None:

@@ -34,7 +34,7 @@ from aecli.evaluation import (
     latent_report,
     mean_ssim,
     per_sample_errors,
-    predict_batched,
+    predict_fixed,
     project_2d,
     reconstruction_report,
 )
@@ -129,8 +129,8 @@ def evaluate_run(request: EvaluateRequest) -> EvaluateOutcome:
     evaluated = _evaluated_data(run, request)
     model = load_model(run.path / "model.keras", compile=False)
     encoder = load_model(run.path / "encoder.keras", compile=False)
-    reconstructions = predict_batched(model, evaluated.x)
-    codes = predict_batched(encoder, evaluated.x).reshape(len(evaluated.x), -1)  # (a feature map, flattened)
+    reconstructions = predict_fixed(model, evaluated.x)  # (the call shape of score and serve: the same bits)
+    codes = predict_fixed(encoder, evaluated.x).reshape(len(evaluated.x), -1)  # (a feature map, flattened)
     errors = _per_sample_scores(evaluated.x, reconstructions, codes, code_space, score)
     # Samples added by --anomaly-data are not the evaluated data: its metrics leave them out.
     normal = np.ones(len(evaluated.x), bool)

@@ -24,7 +24,7 @@ from aecli.backend import select_backend
 from aecli.calibration import chosen_score, threshold_in_use
 from aecli.code_scores import code_space_of
 from aecli.errors import DataError, EvaluationError, RunError
-from aecli.evaluation import predict_fixed
+from aecli.evaluation import CALL_ROWS, predict_fixed
 from aecli.interrupts import raise_pending
 from aecli.scoring import (
     CHUNK_ROWS,
@@ -48,7 +48,7 @@ class ScoreRequest:
     run_dir: Path
     source: str  # a data source, or "-": CSV or JSON lines on stdin
     out: Path | None = None  # default: stdout
-    batch_size: int = 1024
+    batch_size: int = CALL_ROWS  # rows per model call: CALL_ROWS gives serve's and evaluate's bits
     top_k: int = 3
     score: str | None = None
     threshold: str | None = None

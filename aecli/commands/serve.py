@@ -17,7 +17,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from aecli.errors import ConfigError, RunError
 from aecli.http_service import create_app
 from aecli.service_guard import Exposure, check_exposure, check_tls, load_api_keys
-from aecli.serving import ServeRequest, open_detector
+from aecli.serving import ServeRequest, named_runs, open_detector
+
+__all__ = ["ServeRequest", "named_runs", "serve"]
 
 GRACE_SECONDS = 30  # how long requests in flight may take to finish after SIGTERM
 
@@ -106,11 +108,11 @@ def serve(request: ServeRequest, announce: Callable[[str, str | None], None]) ->
     warning = check_exposure(Exposure(request.host, bool(request.api_keys), tls, request.insecure))
     sock = bind(request.host, request.port)  # first: a taken port fails before the model loads
     try:
-        detector = open_detector(request)
+        detectors = {name: open_detector(request, run_dir) for name, run_dir in request.runs.items()}
     except BaseException:
         sock.close()
         raise
-    app, counter = create_app(detector, request)
+    app, counter = create_app(detectors, request)
     config = uvicorn.Config(
         app,
         log_level="warning",

@@ -28,7 +28,7 @@ from aecli.calibration import (
 )
 from aecli.code_scores import code_space_of
 from aecli.errors import EvaluationError, RunError
-from aecli.evaluation import per_sample_errors, predict_batched
+from aecli.evaluation import per_sample_errors, predict_fixed
 from aecli.thresholds import parse_threshold
 from aecli.trained_run import TrainedRun, load_model, open_trained_run, refuse_text_run
 
@@ -105,11 +105,11 @@ def _scored(run: TrainedRun, source: str, overrides: list[str], option: str, sco
     select_backend(run.config.runtime.backend)
     samples = run.read_samples(source, overrides, option)
     errors = per_sample_errors(
-        samples.x, predict_batched(load_model(run.path / "model.keras", compile=False), samples.x), dssim=True
+        samples.x, predict_fixed(load_model(run.path / "model.keras", compile=False), samples.x), dssim=True
     )
     space = code_space_of(run.path, score)
     if space is not None:
-        codes = predict_batched(load_model(run.path / "encoder.keras", compile=False), samples.x)
+        codes = predict_fixed(load_model(run.path / "encoder.keras", compile=False), samples.x)
         errors.update(space.scores(codes, errors["mse"]))
     if score not in errors:
         raise EvaluationError(missing_score(score, option))

@@ -34,7 +34,7 @@ from aecli.data.text_stream import StreamedTexts
 from aecli.data.vocabulary import VOCABULARY_FILE
 from aecli.distribute import ClusterError, Placement, check_mixed_precision, cluster_errors, place
 from aecli.errors import ConfigError, DataError, RunError, TrainingDivergedError, as_storage_error
-from aecli.evaluation import SplitReport, error_statistics, predict_batched, report_split
+from aecli.evaluation import SplitReport, error_statistics, predict_fixed, report_split
 from aecli.fingerprints import check_unchanged, fingerprint
 from aecli.models import (
     Autoencoder,
@@ -469,7 +469,7 @@ def _add_code_scores(attempt: _Attempt, encoder: Any, reports: dict[str, SplitRe
     assert isinstance(data, Dataset)  # streamed sources are refused before training (_check_loss_matches_data)
     if attempt.placement.distributed:  # (the report's single-device copy, as for the model)
         encoder = load_model(run_dir / "encoder.keras")
-    codes = {part: predict_batched(encoder, data.split(part)[0]) for part, report in reports.items() if report}
+    codes = {part: predict_fixed(encoder, data.split(part)[0]) for part, report in reports.items() if report}
     train = reports["train"]
     assert train is not None
     space, own = CodeSpace.fit(codes["train"], train.errors["mse"], config.anomaly.neighbours, config.training.seed)

@@ -212,14 +212,18 @@ def abuser(port: int, opening: bytes, trickle: bytes, until: float, tally: colle
             tally["refused"] += 1
             continue
         tally["opened"] += 1
+        opened = time.perf_counter()
         try:
             connection.sendall(opening)
             while time.perf_counter() < until:
                 connection.sendall(trickle)
                 if len(trickle) == 1:
                     time.sleep(0.5)
+            tally["still open at the end"] += 1
         except OSError:  # the service closed it (reset, or a broken pipe on our next send)
             tally["closed by the service"] += 1
+            held = round(time.perf_counter() - opened, 1)
+            tally["longest held (s)"] = max(tally["longest held (s)"], held)  # type: ignore[assignment]
         finally:
             connection.close()
 

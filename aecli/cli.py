@@ -830,10 +830,14 @@ def export(
 @reports_errors
 def serve(
     run_dirs: Annotated[
-        list[Path], typer.Argument(help="Completed runs to serve (the first answers /score ...).", show_default=False)
+        list[Path],
+        typer.Argument(
+            help="Completed runs to serve (the first answers /score ...).", metavar="RUN", show_default=False
+        ),
     ],
     name: Annotated[
-        list[str] | None, typer.Option(help="NAME=RUN: the name RUN is served under (default: its folder's name).")
+        list[str] | None,
+        typer.Option(help="The name RUN is served under (default: its folder's name).", metavar="NAME=RUN"),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free one, announced on start).")] = 8000,

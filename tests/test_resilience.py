@@ -244,7 +244,7 @@ def test_an_interrupt_that_native_code_swallowed_still_stops_score_and_evaluate(
     result = cli("score", trained_run, "digits", "--out", tmp_path / "scores.csv")
     assert result.exit_code == 130 and "interrupted: nothing written" in result.output
     assert not (tmp_path / "scores.csv").exists() and list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(aecli.commands.evaluate, "predict_batched", swallowing(aecli.commands.evaluate.predict_batched))
+    monkeypatch.setattr(aecli.commands.evaluate, "predict_fixed", swallowing(aecli.commands.evaluate.predict_fixed))
     result = cli("evaluate", trained_run, "--out", tmp_path / "eval")
     assert result.exit_code == 130 and "no evaluation folder written" in result.output
     assert list(tmp_path.iterdir()) == []

@@ -855,6 +855,9 @@ def serve(
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
     insecure: Annotated[bool, typer.Option(help="Listen beyond loopback without API keys and TLS.")] = False,
     max_concurrent: Annotated[int, typer.Option(help="Requests in flight (503 + Retry-After beyond).")] = 64,
+    max_queued_rows: Annotated[
+        int, typer.Option(help="Rows waiting for a model call, per model (503 + Retry-After beyond).")
+    ] = 65_536,
     timeout_keep_alive: Annotated[int, typer.Option(help="Seconds an idle connection is kept.")] = 5,
     timeout_request: Annotated[float, typer.Option(help="Seconds a request may take to arrive whole.")] = 30.0,
 ) -> None:
@@ -873,7 +876,8 @@ def serve(
     )
     request.api_key_file, request.insecure = api_key_file, insecure
     request.ssl_certfile, request.ssl_keyfile = ssl_certfile, ssl_keyfile
-    request.max_concurrent, request.timeout_keep_alive = max_concurrent, timeout_keep_alive
+    request.max_concurrent, request.max_queued_rows = max_concurrent, max_queued_rows
+    request.timeout_keep_alive = timeout_keep_alive
     request.timeout_request = timeout_request
     console = _console()
 

@@ -56,6 +56,8 @@ def create_app(detectors: dict[str, Detector], request: ServeRequest) -> tuple[F
     /embed, /reconstruct and /metadata, every one at /models/NAME/..."""
     wait_s = request.max_wait_ms / 1000
     batchers = {name: Batcher(detector, request.max_batch, wait_s) for name, detector in detectors.items()}
+    for batcher in batchers.values():
+        batcher.max_queued_rows = request.max_queued_rows
     counter = Counter()
     metrics = ServiceMetrics({name: _gauges(batcher) for name, batcher in batchers.items()})
     for name, batcher in batchers.items():
@@ -66,7 +68,7 @@ def create_app(detectors: dict[str, Detector], request: ServeRequest) -> tuple[F
 
     @app.exception_handler(BadRequest)
     async def refused(_: Request, exc: BadRequest) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=exc.headers)
 
     _health_routes(app, counter, metrics)
     _admin_routes(app, request, counter, reload)

@@ -60,16 +60,17 @@ class ServeRequest:
     ssl_keyfile: Path | None = None
     insecure: bool = False  # serve beyond loopback without keys and TLS (service_guard.check_exposure)
     max_concurrent: int = 64  # requests in flight beyond /health; more are answered 503 with Retry-After
+    max_queued_rows: int = 65_536  # rows waiting for a model call, per model; a request past it is answered 503
     timeout_keep_alive: int = 5  # seconds an idle keep-alive connection is held
     timeout_request: float = 30.0  # seconds a request's headers and body may take to arrive
 
 
 class BadRequest(Exception):
-    """A request the service refuses, with its HTTP status and the reason."""
+    """A request the service refuses, with its HTTP status and the reason (and headers to send)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(reason)
-        self.status = status
+        self.status, self.headers = status, headers
 
 
 @dataclass
@@ -115,12 +116,23 @@ class Batcher:
     max_wait_s: float
     queue: asyncio.Queue[_Pending] = field(default_factory=asyncio.Queue)
     on_call: Callable[[int], None] | None = None  # told each model call's row count (/metrics)
+    max_queued_rows: int | None = None  # rows submitted and not yet computed; past it, BadRequest 503
+    queued_rows: int = 0
 
     async def submit(self, kind: str, x: np.ndarray) -> tuple[dict[str, np.ndarray], Detector]:
         """The rows' results, and the detector that computed them (a reload may swap it meanwhile)."""
+        if self.max_queued_rows is not None and len(x) > self.max_queued_rows:
+            raise BadRequest(413, f"{len(x):,} rows: over the limit of {self.max_queued_rows:,} rows waiting at once")
+        if self.max_queued_rows is not None and self.queued_rows + len(x) > self.max_queued_rows:
+            reason = f"over the limit of {self.max_queued_rows:,} rows waiting for the model; retry"
+            raise BadRequest(503, reason, {"Retry-After": "1"})
         done: asyncio.Future[tuple[dict[str, np.ndarray], Detector]] = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Pending(kind, x, done))
-        return await done
+        self.queued_rows += len(x)
+        try:
+            await self.queue.put(_Pending(kind, x, done))
+            return await done
+        finally:
+            self.queued_rows -= len(x)
 
     async def run(self) -> None:
         while True:
@@ -299,6 +311,7 @@ def metadata(detector: Detector, request: ServeRequest) -> dict[str, Any]:
         "batching": {"max_rows": request.max_batch, "max_wait_ms": request.max_wait_ms},
         "max_request_bytes": int(request.max_request_mb * 2**20),
         "max_concurrent": request.max_concurrent,
+        "max_queued_rows": request.max_queued_rows,
         "timeouts": {"keep_alive": request.timeout_keep_alive, "request": request.timeout_request},
         "api_keys_required": bool(request.api_keys),
         "model_calls": detector.calls,

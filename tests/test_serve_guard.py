@@ -3,6 +3,8 @@ requests in flight, readiness and the Prometheus metrics, over real HTTP on loca
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import shutil
 import signal
@@ -16,11 +18,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from aecli.errors import ConfigError
 from aecli.service_guard import Exposure, authorized, check_exposure, load_api_keys
-from aecli.serving import named_runs
+from aecli.serving import BadRequest, Batcher, named_runs
 from tests.test_serve import digits, start_service
 
 KEY = "k3y-0123456789abcdef-aecli"
@@ -86,6 +89,24 @@ def test_runs_are_named_by_folder_or_by_name(tmp_path: Path) -> None:
         named_runs([first], [f"x={second}"])
 
 
+def test_rows_waiting_past_the_limit_are_answered_503() -> None:
+    batcher = Batcher(detector=None, max_rows=256, max_wait_s=0.0, max_queued_rows=5)  # type: ignore[arg-type]
+
+    async def two_requests() -> None:
+        waiting = asyncio.create_task(batcher.submit("score", np.zeros((3, 64), np.float32)))  # nobody computes it
+        await asyncio.sleep(0)
+        assert batcher.queued_rows == 3
+        with pytest.raises(BadRequest) as refused:
+            await batcher.submit("score", np.zeros((3, 64), np.float32))
+        assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        assert batcher.queued_rows == 0  # (a request that went away no longer counts)
+
+    asyncio.run(two_requests())
+
+
 def test_refusals_before_serving_are_one_line(cli, trained_run: Path, tmp_path: Path) -> None:
     exposed = cli("serve", trained_run, "--host", "0.0.0.0", "--port", "0")
     assert exposed.exit_code == 2 and "--insecure" in exposed.stderr and len(exposed.stderr.splitlines()) == 1
@@ -113,7 +134,7 @@ def test_keys_limits_readiness_metrics_and_two_models(trained_run: Path, tmp_pat
         trained_run,
         str(other),
         *("--name", f"b={other}", "--api-key-file", str(tmp_path / "keys"), "--max-concurrent", "1"),
-        *("--max-wait-ms", "3000", "--access-log", "--timeout-request", "2"),
+        *("--max-wait-ms", "3000", "--access-log", "--timeout-request", "2", "--max-queued-rows", "5"),
     )
     try:
         assert fetch(url, "/health")[0] == 200 and fetch(url, "/health/ready")[0] == 200  # open to load balancers
@@ -166,6 +187,8 @@ def _two_models(url: str, name: str) -> None:
     status, (_, text) = fetch(url, "/models/b/score", {"instances": rows[2:3]}, KEY)
     assert json.loads(text)["results"][0]["score"] == together["results"][2]["score"]  # exactly: batch-invariant
     assert json.loads(fetch(url, "/models/b/metadata", key=KEY)[1][1])["run"] == "other"
+    status, (_, text) = fetch(url, "/models/b/score", {"instances": digits(6)}, KEY)
+    assert status == 413 and "over the limit of 5 rows waiting at once" in text  # --max-queued-rows
     for path in ("/models/nope/score", "/models/..%2F..%2Fetc/score"):
         status, (_, text) = fetch(url, path, {"instances": rows}, KEY)
         assert status == 404 and "nope" not in text and "etc" not in text

@@ -100,8 +100,10 @@ def serve(request: ServeRequest, announce: Callable[[str, str | None], None]) ->
     `announce` is told the URL, and a warning when the service is exposed (check_exposure)."""
     if request.max_batch < 1 or request.max_wait_ms < 0 or request.max_request_mb <= 0:
         raise ConfigError("--max-batch must be >= 1, --max-wait-ms >= 0 and --max-request-mb > 0")
-    if request.max_concurrent < 1 or not request.timeout_keep_alive > 0 or not request.timeout_request > 0:
-        raise ConfigError("--max-concurrent must be >= 1, --timeout-keep-alive and --timeout-request > 0")
+    if request.max_concurrent < 1 or request.max_queued_rows < 1:
+        raise ConfigError("--max-concurrent and --max-queued-rows must be >= 1")
+    if not request.timeout_keep_alive > 0 or not request.timeout_request > 0:
+        raise ConfigError("--timeout-keep-alive and --timeout-request must be > 0")
     request = dataclasses.replace(request, api_keys=load_api_keys(request.api_key_file))
     check_tls(request.ssl_certfile, request.ssl_keyfile)
     tls = request.ssl_certfile is not None

@@ -112,21 +112,18 @@ def _model_routes(
     async def named_score(name: str, http: Request, top_k: int = TOP_K) -> dict[str, Any]:
         return await score(name, http, top_k)
 
-    @app.post("/embed")
-    async def default_embed(http: Request) -> dict[str, Any]:
-        return await transform(default, http, "embed", "embedding", "embeddings")
+    def transform_routes(verb: str, field: str, key: str) -> None:  # /embed and /reconstruct, and by name
+        async def of_default(http: Request) -> dict[str, Any]:
+            return await transform(default, http, verb, field, key)
 
-    @app.post("/models/{name}/embed")
-    async def named_embed(name: str, http: Request) -> dict[str, Any]:
-        return await transform(name, http, "embed", "embedding", "embeddings")
+        async def of_named(name: str, http: Request) -> dict[str, Any]:
+            return await transform(name, http, verb, field, key)
 
-    @app.post("/reconstruct")
-    async def default_reconstruct(http: Request) -> dict[str, Any]:
-        return await transform(default, http, "reconstruct", "reconstruction", "reconstructions")
+        app.add_api_route(f"/{verb}", of_default, methods=["POST"], name=verb)
+        app.add_api_route(f"/models/{{name}}/{verb}", of_named, methods=["POST"], name=f"named_{verb}")
 
-    @app.post("/models/{name}/reconstruct")
-    async def named_reconstruct(name: str, http: Request) -> dict[str, Any]:
-        return await transform(name, http, "reconstruct", "reconstruction", "reconstructions")
+    transform_routes("embed", "embedding", "embeddings")
+    transform_routes("reconstruct", "reconstruction", "reconstructions")
 
 
 def _describe_routes(app: FastAPI, batchers: dict[str, Batcher], request: ServeRequest, counter: Counter) -> None:

@@ -59,7 +59,7 @@ bench-full: $(STAMP) ## every benchmark at full size: more rounds, streaming (ar
 	$(BIN)/python benchmarks/bench_text_streaming.py
 	$(BIN)/python benchmarks/bench_kinds.py
 	$(BIN)/python benchmarks/bench_series.py
-	$(BIN)/python benchmarks/bench_odds.py
+	$(BIN)/python benchmarks/bench_odds.py --variants recipe,untrimmed
 	$(BIN)/python benchmarks/bench_nab.py
 	$(BIN)/python benchmarks/bench_oneclass.py --variants recipe,conv,combined
 	$(BIN)/python benchmarks/bench_workers.py

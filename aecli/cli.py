@@ -46,6 +46,14 @@ ForceOption = Annotated[
     ),
 ]
 RunArgument = Annotated[Path, typer.Argument(help="A completed run directory.", show_default=False)]
+ServedRunsArgument = Annotated[
+    list[Path],
+    typer.Argument(help="Completed runs to serve (the first answers /score ...).", metavar="RUN", show_default=False),
+]
+ServedNameOption = Annotated[
+    list[str] | None,
+    typer.Option(help="The name RUN is served under (default: its folder's name).", metavar="NAME=RUN"),
+]
 TextOption = Annotated[
     list[str] | None,
     typer.Option("--text", help="Text runs: a text to reconstruct (repeatable; INPUT may be text files too)."),
@@ -829,16 +837,8 @@ def export(
 @app.command()
 @reports_errors
 def serve(
-    run_dirs: Annotated[
-        list[Path],
-        typer.Argument(
-            help="Completed runs to serve (the first answers /score ...).", metavar="RUN", show_default=False
-        ),
-    ],
-    name: Annotated[
-        list[str] | None,
-        typer.Option(help="The name RUN is served under (default: its folder's name).", metavar="NAME=RUN"),
-    ] = None,
+    run_dirs: ServedRunsArgument,
+    name: ServedNameOption = None,
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free one, announced on start).")] = 8000,
     max_batch: Annotated[int, typer.Option(help="Rows per model call, gathered across concurrent requests.")] = 256,
@@ -877,16 +877,15 @@ def serve(
     request.api_key_file, request.insecure = api_key_file, insecure
     request.ssl_certfile, request.ssl_keyfile = ssl_certfile, ssl_keyfile
     request.max_concurrent, request.max_queued_rows = max_concurrent, max_queued_rows
-    request.timeout_keep_alive = timeout_keep_alive
-    request.timeout_request = timeout_request
+    request.timeout_keep_alive, request.timeout_request = timeout_keep_alive, timeout_request
     console = _console()
+    served = ", ".join(f"{name}={run}" for name, run in runs.items()) if len(runs) > 1 else str(run_dirs[0])
 
-    def announce(url: str, warning: str | None) -> None:
-        routes = "POST /score /embed /reconstruct, GET /health /metadata /metrics"
-        routes += ", /models/NAME/..." if len(runs) > 1 else ""
-        keys = f", {len(request.api_keys)} API key(s)" if request.api_keys else ""
-        served = ", ".join(f"{name}={run}" for name, run in runs.items()) if len(runs) > 1 else str(run_dirs[0])
-        console.print(f"serving {served} on {url} ({routes}{keys})")
+    def announce(url: str, warning: str | None, keys: int) -> None:
+        routes = "POST /score /embed /reconstruct, GET /health /metadata /metrics" + (
+            ", /models/NAME/..." if len(runs) > 1 else ""
+        )
+        console.print(f"serving {served} on {url} ({routes}{f', {keys} API key(s)' if keys else ''})")
         if warning:
             console.print(f"note: {warning}")
 

@@ -161,7 +161,7 @@ def test_a_lost_worker_or_chief_stops_the_cluster_and_a_resume_completes_every_e
     shards = shard_folder(tmp_path, files=4)
     config = write_config(
         tmp_path,
-        {"data": {"source": str(shards), "limit": 800}, "training": {"epochs": 8, "batch_size": 8}},
+        {"data": {"source": str(shards), "limit": 400}, "training": {"epochs": 8, "batch_size": 8}},
         name="long.yaml",
     )
     runs = tmp_path / "runs"

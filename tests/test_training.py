@@ -109,7 +109,7 @@ def test_input_pipelines_agree(digits: tuple, tmp_path: Path) -> None:
     curves = {}
     for kind in ("tensor", "arrays", "keras"):
         config = validate_config(
-            {"model": {"encoder": [16], "latent_dim": 4}, "training": {"epochs": 3, "input_pipeline": kind}}
+            {"model": {"encoder": [16], "latent_dim": 4}, "training": {"epochs": 2, "input_pipeline": kind}}
         )
         seed_everything(0)
         model = build_autoencoder(config.model, (8, 8, 1)).model

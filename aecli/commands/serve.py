@@ -95,9 +95,10 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(request: ServeRequest, announce: Callable[[str, str | None], None]) -> int:
+def serve(request: ServeRequest, announce: Callable[[str, str | None, int], None]) -> int:
     """Run the service until SIGTERM or Ctrl-C; returns the number of requests answered.
-    `announce` is told the URL, and a warning when the service is exposed (check_exposure)."""
+    `announce` is told the URL, a warning when the service is exposed (check_exposure), and the
+    number of API keys read."""
     if request.max_batch < 1 or request.max_wait_ms < 0 or request.max_request_mb <= 0:
         raise ConfigError("--max-batch must be >= 1, --max-wait-ms >= 0 and --max-request-mb > 0")
     if request.max_concurrent < 1 or request.max_queued_rows < 1:
@@ -127,6 +128,7 @@ def serve(request: ServeRequest, announce: Callable[[str, str | None], None]) ->
     )
     host, port = sock.getsockname()[:2]
     scheme = "https" if tls else "http"
-    announce(f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}", warning)
+    url = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+    announce(url, warning, len(request.api_keys))
     _Server(config).run(sockets=[sock])
     return counter.answered

@@ -55,9 +55,10 @@ def create_app(detectors: dict[str, Detector], request: ServeRequest) -> tuple[F
     """The service over one detector per served run, by name; the first also answers /score,
     /embed, /reconstruct and /metadata, every one at /models/NAME/..."""
     wait_s = request.max_wait_ms / 1000
-    batchers = {name: Batcher(detector, request.max_batch, wait_s) for name, detector in detectors.items()}
-    for batcher in batchers.values():
-        batcher.max_queued_rows = request.max_queued_rows
+    batchers = {
+        name: Batcher(detector, request.max_batch, wait_s, max_queued_rows=request.max_queued_rows)
+        for name, detector in detectors.items()
+    }
     counter = Counter()
     metrics = ServiceMetrics({name: _gauges(batcher) for name, batcher in batchers.items()})
     for name, batcher in batchers.items():
